@@ -1,0 +1,38 @@
+# Two commands for a new user: `make demo` and `make test`. Everything else is set up on demand.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test unit contract lint typecheck check bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@$(BIN)/python infra/local/demo.py
+
+test: $(STAMP) check
+	@$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+unit: $(STAMP)
+	@$(BIN)/python -m pytest -q tests/unit
+
+contract: $(STAMP)
+	@$(BIN)/python -m pytest -q tests/contract
+
+lint: $(STAMP)
+	@$(BIN)/ruff check core client tests infra bench
+
+typecheck: $(STAMP)
+	@$(BIN)/mypy
+
+check: lint typecheck
+
+bench: $(STAMP)
+	@$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo .bench

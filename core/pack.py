@@ -1,0 +1,265 @@
+"""The pack format: a VM bundle as an index plus content-addressed chunks.
+
+Every regular file is cut on a fixed grid of ``chunk_size`` bytes. A grid cell that is all zeros or
+lies in a hole is simply absent from the file's chunk list (it reads back as zeros and is written back
+as a hole). Every other cell is a chunk, named by the sha256 of its *raw* bytes and stored
+zstd-compressed at ``catalogs/<catalog_id>/chunks/<sha256>``. The grid keeps chunk boundaries stable
+between versions of a VM, which is what makes a second version upload only what changed.
+
+The index is JSON; its canonical form (sorted keys, no spaces) hashed with sha256 is the pack digest.
+This module is pure: parsing and validation here, file I/O in ``client.packer``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import InvalidInput
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "FORMAT_VERSION",
+    "MAX_CHUNK_SIZE",
+    "MIN_CHUNK_SIZE",
+    "Chunk",
+    "FileEntry",
+    "PackIndex",
+    "chunk_key",
+    "chunks_prefix",
+    "grid",
+    "is_digest",
+    "validate_relative_path",
+]
+
+FORMAT_VERSION = 1
+DEFAULT_CHUNK_SIZE = 32 * 1024 * 1024
+MIN_CHUNK_SIZE = 4096
+MAX_CHUNK_SIZE = 1024 * 1024 * 1024
+MAX_FILES = 100_000
+MAX_PATH = 1024
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+FILE, DIR, SYMLINK = "file", "dir", "symlink"
+
+
+def is_digest(value: object) -> bool:
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
+
+
+def chunks_prefix(catalog_id: str) -> str:
+    return f"catalogs/{catalog_id}/chunks/"
+
+
+def chunk_key(catalog_id: str, digest: str) -> str:
+    """Dedup is scoped to one catalog id: a digest from another catalog grants nothing here."""
+    return f"{chunks_prefix(catalog_id)}{digest}"
+
+
+def grid(size: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+    """``(offset, length)`` of every grid cell of a file of ``size`` bytes."""
+    for offset in range(0, size, chunk_size):
+        yield offset, min(chunk_size, size - offset)
+
+
+def validate_relative_path(path: object) -> str:
+    """A bundle-relative POSIX path that cannot escape the bundle."""
+    if not isinstance(path, str) or not path:
+        raise InvalidInput("every file needs a non-empty path")
+    if len(path) > MAX_PATH or "\x00" in path or path.startswith("/") or "\\" in path:
+        raise InvalidInput(f"invalid path in pack: {path[:80]!r}")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise InvalidInput(f"invalid path in pack (empty, '.' or '..' segment): {path[:80]!r}")
+    return path
+
+
+@dataclass(frozen=True)
+class Chunk:
+    offset: int
+    size: int
+    digest: str
+    stored_size: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"offset": self.offset, "size": self.size, "digest": self.digest}
+        if self.stored_size is not None:
+            out["stored_size"] = self.stored_size
+        return out
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    type: str = FILE
+    mode: int = 0o644
+    size: int = 0
+    chunks: tuple[Chunk, ...] = ()
+    target: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "type": self.type, "mode": self.mode}
+        if self.type == FILE:
+            out["size"] = self.size
+            out["chunks"] = [c.to_json() for c in self.chunks]
+        if self.type == SYMLINK:
+            out["target"] = self.target
+        return out
+
+
+@dataclass(frozen=True)
+class PackIndex:
+    chunk_size: int
+    files: tuple[FileEntry, ...]
+    format: int = FORMAT_VERSION
+    compression: str = "zstd"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ---- derived figures --------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """Logical (unpacked) bytes of all regular files, holes included."""
+        return sum(f.size for f in self.files if f.type == FILE)
+
+    def chunks(self) -> Iterator[Chunk]:
+        for f in self.files:
+            yield from f.chunks
+
+    def unique_digests(self) -> dict[str, int]:
+        """digest -> raw size, each stored chunk once."""
+        return {c.digest: c.size for c in self.chunks()}
+
+    @property
+    def stored_size(self) -> int:
+        sizes: dict[str, int] = {}
+        for c in self.chunks():
+            sizes[c.digest] = c.stored_size or 0
+        return sum(sizes.values())
+
+    @property
+    def data_size(self) -> int:
+        """Bytes that are neither holes nor zero runs, counted once per unique chunk."""
+        return sum(self.unique_digests().values())
+
+    # ---- serialisation ----------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "compression": self.compression,
+            "chunk_size": self.chunk_size,
+            "size": self.size,
+            "files": [f.to_json() for f in self.files],
+        }
+
+    def canonical_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.canonical_bytes()).hexdigest()
+
+    def with_stored_sizes(self, sizes: dict[str, int]) -> PackIndex:
+        files = tuple(
+            FileEntry(
+                f.path,
+                f.type,
+                f.mode,
+                f.size,
+                tuple(Chunk(c.offset, c.size, c.digest, sizes[c.digest]) for c in f.chunks),
+                f.target,
+            )
+            for f in self.files
+        )
+        return PackIndex(self.chunk_size, files, self.format, self.compression)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PackIndex:
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInput("the pack index is not valid JSON") from exc
+        return cls.parse(doc)
+
+    @classmethod
+    def parse(cls, doc: object) -> PackIndex:
+        """Validate an untrusted index completely; every rule here protects a server or a client."""
+        if not isinstance(doc, dict):
+            raise InvalidInput("the pack index must be a JSON object")
+        if doc.get("format", FORMAT_VERSION) != FORMAT_VERSION:
+            raise InvalidInput(f"unsupported pack format {doc.get('format')!r}; this server reads {FORMAT_VERSION}")
+        if doc.get("compression", "zstd") != "zstd":
+            raise InvalidInput("unsupported chunk compression; expected 'zstd'")
+        chunk_size = _int(doc.get("chunk_size"), "chunk_size")
+        if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or chunk_size % MIN_CHUNK_SIZE:
+            raise InvalidInput(
+                f"chunk_size must be a multiple of {MIN_CHUNK_SIZE} between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
+            )
+        raw_files = doc.get("files")
+        if not isinstance(raw_files, list):
+            raise InvalidInput("the pack index needs a 'files' list")
+        if len(raw_files) > MAX_FILES:
+            raise InvalidInput(f"a pack holds at most {MAX_FILES} files")
+        files = tuple(_parse_file(f, chunk_size) for f in raw_files)
+        seen: set[str] = set()
+        for f in files:
+            if f.path in seen:
+                raise InvalidInput(f"duplicate path in pack: {f.path[:80]!r}")
+            seen.add(f.path)
+        index = cls(chunk_size, files)
+        if "size" in doc and doc["size"] != index.size:
+            raise InvalidInput("the pack index size does not match the sum of its file sizes")
+        return index
+
+
+def _int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"{what} must be a non-negative integer")
+    return value
+
+
+def _parse_file(raw: object, chunk_size: int) -> FileEntry:
+    if not isinstance(raw, dict):
+        raise InvalidInput("every entry of 'files' must be an object")
+    path = validate_relative_path(raw.get("path"))
+    kind = raw.get("type", FILE)
+    mode = _int(raw.get("mode", 0o644), f"mode of {path}") & 0o7777
+    if kind == DIR:
+        return FileEntry(path, DIR, mode)
+    if kind == SYMLINK:
+        target = raw.get("target")
+        if not isinstance(target, str) or not target or target.startswith("/") or "\x00" in target:
+            raise InvalidInput(f"symlink {path!r} must have a relative target")
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+        if resolved == ".." or resolved.startswith("../"):
+            raise InvalidInput(f"symlink {path!r} points outside the bundle")
+        return FileEntry(path, SYMLINK, mode, target=target)
+    if kind != FILE:
+        raise InvalidInput(f"{path!r}: type must be file, dir or symlink (devices and sockets are refused)")
+    size = _int(raw.get("size"), f"size of {path}")
+    raw_chunks = raw.get("chunks", [])
+    if not isinstance(raw_chunks, list):
+        raise InvalidInput(f"chunks of {path!r} must be a list")
+    chunks: list[Chunk] = []
+    last_end = 0
+    for rc in raw_chunks:
+        if not isinstance(rc, dict):
+            raise InvalidInput(f"every chunk of {path!r} must be an object")
+        offset = _int(rc.get("offset"), f"chunk offset in {path}")
+        length = _int(rc.get("size"), f"chunk size in {path}")
+        digest = rc.get("digest")
+        if not is_digest(digest):
+            raise InvalidInput(f"chunk digests must be 64 lower-case hex characters ({path!r})")
+        if offset % chunk_size or offset < last_end:
+            raise InvalidInput(f"chunks of {path!r} must sit on the {chunk_size}-byte grid, in order")
+        if not 0 < length <= chunk_size or offset + length > size:
+            raise InvalidInput(f"chunk at {offset} of {path!r} has an invalid size")
+        if length != min(chunk_size, size - offset):
+            raise InvalidInput(f"chunk at {offset} of {path!r} must cover its whole grid cell")
+        stored = rc.get("stored_size")
+        chunks.append(Chunk(offset, length, str(digest), None if stored is None else _int(stored, "stored_size")))
+        last_end = offset + length
+    return FileEntry(path, FILE, mode, size, tuple(chunks))

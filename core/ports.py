@@ -1,0 +1,180 @@
+"""The ports the catalog service depends on. Adapters: SQLite + files (core.local), DynamoDB + S3
+(aws_app), Cosmos DB + Blob (azure_app). Every adapter must pass ``tests/contract/test_ports.py``.
+
+Concurrency is optimistic: every stored record carries an opaque ``etag``; a write that names a stale
+etag, or a create of an existing key, raises :class:`core.errors.Conflict`. Adapters translate their
+SDK's errors into core errors at the boundary; nothing SDK-specific leaks out.
+"""
+
+from __future__ import annotations
+
+import builtins
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from core.identity import ManifestKey
+from core.manifest import Manifest
+
+__all__ = [
+    "ApiKeyRecord",
+    "ApiKeyStore",
+    "BlobInfo",
+    "BlobStore",
+    "ManifestQuery",
+    "ManifestStore",
+    "Stored",
+]
+
+HttpMethod = Literal["GET", "PUT"]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A manifest as read from a store, with the etag a conditional write must name."""
+
+    manifest: Manifest
+    etag: str
+
+
+@dataclass(frozen=True)
+class ManifestQuery:
+    """Filters for :meth:`ManifestStore.query`; results come in ``ManifestKey`` order.
+
+    ``after`` is exclusive: keyset pagination, so a page boundary does not move when other
+    manifests are written concurrently.
+    """
+
+    catalog_id: str | None = None
+    tag: str | None = None
+    architecture: str | None = None
+    after: ManifestKey | None = None
+    limit: int = 100
+
+
+class ManifestStore(ABC):
+    @abstractmethod
+    def get(self, key: ManifestKey) -> Stored | None: ...
+
+    @abstractmethod
+    def create(self, manifest: Manifest) -> str:
+        """Insert if absent and return the etag; :class:`Conflict` if the key exists."""
+
+    @abstractmethod
+    def replace(self, manifest: Manifest, etag: str) -> str:
+        """Replace if the stored etag still matches; :class:`Conflict` if not (or if gone)."""
+
+    @abstractmethod
+    def delete(self, key: ManifestKey, etag: str | None = None) -> None:
+        """Delete (conditionally when ``etag`` is given). Deleting a missing key is not an error."""
+
+    @abstractmethod
+    def query(self, query: ManifestQuery) -> list[Manifest]:
+        """Up to ``query.limit`` manifests matching every given filter, in key order."""
+
+    @abstractmethod
+    def record_download(self, key: ManifestKey, by: str, at: str) -> None:
+        """Atomically add one to the download counter and stamp who/when; NotFound if missing."""
+
+    def iter_all(self, catalog_id: str | None = None) -> Iterator[Manifest]:
+        """Every manifest (of one catalog), page by page. For purge checks and admin tools only."""
+        after: ManifestKey | None = None
+        while True:
+            page = self.query(ManifestQuery(catalog_id=catalog_id, after=after, limit=500))
+            yield from page
+            if len(page) < 500:
+                return
+            after = page[-1].key
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; most adapters have nothing to do."""
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """An API key as stored: only the hash of its secret, never the secret."""
+
+    key_id: str
+    secret_hash: str
+    subject: str
+    roles: list[str]
+    claims: list[str]
+    created_by: str
+    created_at: str
+    expires_at: str | None = None
+    revoked: bool = False
+    revoked_at: str | None = None
+    revoked_by: str | None = None
+    description: str = ""
+
+    def to_public(self) -> dict[str, object]:
+        return {
+            "id": self.key_id,
+            "subject": self.subject,
+            "roles": self.roles,
+            "claims": self.claims,
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "revoked": self.revoked,
+            "revoked_at": self.revoked_at,
+            "revoked_by": self.revoked_by,
+            "description": self.description,
+        }
+
+
+class ApiKeyStore(ABC):
+    @abstractmethod
+    def create(self, record: ApiKeyRecord) -> None:
+        """Insert; :class:`Conflict` if the id exists."""
+
+    @abstractmethod
+    def get(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    @abstractmethod
+    def put(self, record: ApiKeyRecord) -> None:
+        """Overwrite (revocation). Keys are immutable otherwise, so no etag is needed."""
+
+    @abstractmethod
+    def list(self) -> builtins.list[ApiKeyRecord]: ...
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    key: str
+    size: int
+
+
+class BlobStore(ABC):
+    """Where VM bytes live. The service only signs URLs and moves small JSON objects (indexes).
+
+    ``name`` identifies the storage in manifests; it is never a credential or connection string.
+    """
+
+    name: str = "blobs"
+
+    @abstractmethod
+    def presign(self, key: str, method: HttpMethod, expires_in: int) -> str:
+        """A URL that allows exactly ``method`` on exactly ``key`` for ``expires_in`` seconds."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[BlobInfo]:
+        """Every object under ``prefix`` in key order, paged internally (one request per 1,000 keys).
+
+        The prefix is a plain string prefix, as in S3: ``catalogs/a`` also matches ``catalogs/ab/...``.
+        """
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """The object's bytes; :class:`NotFound` when missing."""
+
+    @abstractmethod
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete the objects that exist; missing keys are ignored."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; most adapters have nothing to do."""
