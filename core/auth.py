@@ -1,0 +1,455 @@
+"""Authentication: who is calling, from a bearer JWT or an API key. No RBAC decisions here.
+
+Two credentials reach the same :class:`~core.rbac.Principal`, so tokens and API keys go through the
+same RBAC afterwards:
+
+* ``Authorization: Bearer <jwt>``: HS256 with a shared secret (the embedded server signs its own),
+  or RS256/ES256 against an IdP's JWKS (Cognito, Entra ID, any OIDC provider). The algorithm list is
+  fixed per mode and never taken from the token, which is what defeats ``alg: none`` and HS/RS key
+  confusion.
+* ``X-Api-Key: pdcat_<key_id>_<secret>``: looked up by id, the secret compared by hash in constant
+  time. Only the hash is ever stored.
+
+Every failure a caller can cause is :class:`Unauthenticated` with a short message that never
+contains the credential; an identity provider we cannot reach is :class:`Unavailable` (503), because
+the caller's credential may be perfectly fine.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import jwt
+
+from core.errors import Unauthenticated, Unavailable
+from core.ports import ApiKeyRecord, ApiKeyStore
+from core.rbac import Principal
+
+if TYPE_CHECKING:
+    from jwt.types import Options
+
+__all__ = [
+    "API_KEY_PREFIX",
+    "AuthConfig",
+    "Authenticator",
+    "TokenVerifier",
+    "hash_password",
+    "hash_secret",
+    "issue_token",
+    "new_api_key",
+    "parse_api_key",
+    "verify_password",
+]
+
+log = logging.getLogger(__name__)
+
+API_KEY_PREFIX = "pdcat_"
+_API_KEY_RE = re.compile(r"pdcat_([0-9a-f]{16})_([A-Za-z0-9_-]{43})", re.ASCII)
+_HS_ALGORITHMS = ("HS256",)
+# Header alg -> the JWK key type that may verify it. The JWK's own algorithm must match too.
+_JWKS_ALGORITHMS: dict[str, str] = {"RS256": "RSA", "ES256": "EC"}
+# Real JWTs are a few KiB at most; a bound keeps garbage from costing base64/JSON work.
+_MAX_TOKEN_CHARS = 16 * 1024
+_JWKS_TIMEOUT_SECONDS = 5.0
+_MISSING_CREDENTIALS = "authentication required: send 'Authorization: Bearer <token>' or 'X-Api-Key'"
+_INVALID_API_KEY = "invalid API key"
+
+# scrypt parameters for new hashes, and the bounds a stored hash may claim: an encoding read from
+# disk must not be able to make us allocate gigabytes.
+_SCRYPT_N = 2**14
+_SCRYPT_R = 8
+_SCRYPT_P = 1
+_SCRYPT_DKLEN = 32
+_SCRYPT_MAXMEM = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """How bearer tokens are verified. Exactly one of ``jwt_secret`` / ``jwks_url``.
+
+    ``roles_field`` / ``claims_field`` / ``subject_field`` name where an IdP puts them: a top-level
+    key (``"cognito:groups"``, or a namespaced ``"https://example.com/roles"``), or a dotted path
+    into nested objects (``"realm_access.roles"``). An exact top-level key wins over the dotted walk.
+
+    A token that carries ``aud`` is rejected unless ``audience`` is configured and matches (pyjwt's
+    rule): otherwise a token an IdP issued for another application would be accepted here.
+    """
+
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwks_url: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    roles_field: str = "roles"
+    claims_field: str = "claims"
+    subject_field: str = "sub"
+    leeway_seconds: int = 30
+
+    def __post_init__(self) -> None:
+        if bool(self.jwt_secret) == bool(self.jwks_url):
+            raise ValueError("AuthConfig needs exactly one of jwt_secret or jwks_url")
+        if self.jwks_url and not self.jwks_url.lower().startswith(("https://", "http://")):
+            raise ValueError("AuthConfig.jwks_url must be an http(s) URL")
+        if self.leeway_seconds < 0:
+            raise ValueError("AuthConfig.leeway_seconds must not be negative")
+        for name in ("roles_field", "claims_field", "subject_field"):
+            if not getattr(self, name):
+                raise ValueError(f"AuthConfig.{name} must not be empty")
+
+
+class TokenVerifier:
+    """Turns a bearer JWT into a :class:`Principal`, or raises :class:`Unauthenticated`.
+
+    In JWKS mode the key set is fetched on first use and cached for five minutes, so key rotation
+    at the IdP is picked up without a restart and a withdrawn key stops working within that time.
+    pyjwt's per-kid key cache (``cache_keys=True``) is deliberately not used: it never expires, so
+    a key the IdP withdrew would be trusted until the process restarts.
+    """
+
+    def __init__(self, config: AuthConfig) -> None:
+        self._config = config
+        self._jwks_client: jwt.PyJWKClient | None = None
+        self._lock = threading.Lock()
+        self._options: Options = {"require": ["exp"]}
+
+    @property
+    def config(self) -> AuthConfig:
+        return self._config
+
+    def verify(self, token: str) -> Principal:
+        if (
+            not isinstance(token, str)
+            or not token
+            or len(token) > _MAX_TOKEN_CHARS
+            or not token.isascii()
+            or token.count(".") != 2
+        ):
+            raise Unauthenticated("malformed token")
+        if self._config.jwt_secret:
+            payload = self._decode(token, self._config.jwt_secret, _HS_ALGORITHMS)
+        else:
+            payload = self._decode(token, self._jwks_key(token), tuple(_JWKS_ALGORITHMS))
+        return self._principal(payload)
+
+    def _decode(self, token: str, key: str | jwt.PyJWK, algorithms: tuple[str, ...]) -> dict[str, object]:
+        cfg = self._config
+        try:
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=list(algorithms),
+                options=self._options,
+                issuer=cfg.issuer,
+                audience=cfg.audience,
+                leeway=cfg.leeway_seconds,
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("token expired") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise Unauthenticated("token not yet valid") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise Unauthenticated("token issuer not accepted") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise Unauthenticated("token audience not accepted") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthenticated(f"token is missing the {exc.claim!r} claim") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise Unauthenticated("token signature is invalid") from exc
+        except jwt.InvalidAlgorithmError as exc:
+            raise Unauthenticated("token algorithm not accepted") from exc
+        except jwt.DecodeError as exc:
+            raise Unauthenticated("malformed token") from exc
+        except jwt.PyJWTError as exc:
+            # Includes InvalidKeyError (e.g. a PEM used as an HMAC secret), which is not an
+            # InvalidTokenError but still means "this token does not authenticate anyone".
+            raise Unauthenticated("invalid token") from exc
+        if not isinstance(payload, dict):
+            raise Unauthenticated("malformed token")
+        return payload
+
+    def _jwks_key(self, token: str) -> jwt.PyJWK:
+        """The JWK that may verify ``token``: chosen by ``kid``, and of the family ``alg`` names."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated("malformed token") from exc
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in _JWKS_ALGORITHMS:
+            raise Unauthenticated("token algorithm not accepted")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthenticated("token has no key id")
+        client = self._client()
+        # Fetch (or reuse) the key set first, on its own, so that a broken IdP (503) is told apart
+        # from a token naming a kid the IdP never issued (401): pyjwt raises PyJWKClientError for both.
+        with _jwks_errors(unknown_kid=False):
+            client.get_signing_keys()
+        with _jwks_errors(unknown_kid=True):
+            # Not in the cached set -> one refresh, rate-limited by pyjwt's cooldown.
+            key = client.get_signing_key(kid)
+        if key.key_type != _JWKS_ALGORITHMS[alg] or key.algorithm_name != alg:
+            raise Unauthenticated("token algorithm does not match its key")
+        return key
+
+    def _client(self) -> jwt.PyJWKClient:
+        with self._lock:
+            if self._jwks_client is None:
+                assert self._config.jwks_url is not None
+                self._jwks_client = jwt.PyJWKClient(
+                    self._config.jwks_url,
+                    cache_keys=False,
+                    cache_jwk_set=True,
+                    lifespan=300,
+                    timeout=_JWKS_TIMEOUT_SECONDS,
+                )
+            return self._jwks_client
+
+    def _principal(self, payload: Mapping[str, object]) -> Principal:
+        cfg = self._config
+        subject = _lookup(payload, cfg.subject_field)
+        if not isinstance(subject, str) or not subject.strip():
+            raise Unauthenticated(f"token is missing the {cfg.subject_field!r} claim")
+        roles = _string_list(_lookup(payload, cfg.roles_field), cfg.roles_field)
+        claims = _string_list(_lookup(payload, cfg.claims_field), cfg.claims_field)
+        return Principal.of(subject.strip(), roles, claims, via="token")
+
+
+@contextmanager
+def _jwks_errors(*, unknown_kid: bool) -> Iterator[None]:
+    """Translate PyJWKClient failures: unreachable or unusable key set -> 503, unknown kid -> 401."""
+    try:
+        yield
+    except jwt.PyJWKClientConnectionError as exc:
+        raise Unavailable("the identity provider's key set cannot be fetched") from exc
+    except (jwt.PyJWKSetError, ValueError) as exc:
+        # ValueError: the endpoint answered something that is not JSON at all.
+        raise Unavailable("the identity provider's key set is unusable") from exc
+    except jwt.PyJWKClientError as exc:
+        if unknown_kid:
+            raise Unauthenticated("token signed with an unknown key") from exc
+        raise Unavailable("the identity provider's key set is unusable") from exc
+
+
+def _lookup(payload: Mapping[str, object], path: str) -> object:
+    """``payload[path]`` if that key exists, else walk ``a.b.c`` through nested objects."""
+    if path in payload:
+        return payload[path]
+    node: object = payload
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+_SEPARATORS = re.compile(r"[\s,]+")
+
+
+def _string_list(value: object, name: str) -> list[str]:
+    """Roles/claims as IdPs send them: a JSON list of strings, or one space/comma separated string."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v for v in _SEPARATORS.split(value) if v]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value if v.strip()]
+    raise Unauthenticated(f"token field {name!r} must be a list of strings or a string")
+
+
+def issue_token(
+    secret: str,
+    subject: str,
+    roles: Iterable[str],
+    claims: Iterable[str] = (),
+    ttl_seconds: int = 3600,
+) -> tuple[str, str]:
+    """An HS256 token for the embedded server's own users; returns ``(token, expires_at)``."""
+    if not secret:
+        raise ValueError("issue_token needs a secret")
+    if ttl_seconds <= 0:
+        raise ValueError("ttl_seconds must be positive")
+    if isinstance(roles, str) or isinstance(claims, str):
+        raise TypeError("roles and claims must be iterables of strings, not a string")
+    now = int(time.time())
+    exp = now + ttl_seconds
+    payload = {"sub": subject, "roles": list(roles), "claims": list(claims), "iat": now, "exp": exp}
+    token = jwt.encode(payload, secret, algorithm="HS256")
+    return token, datetime.fromtimestamp(exp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_api_key() -> tuple[str, str, str]:
+    """A fresh ``(key_id, secret, full_key)``. Show ``full_key`` once; store only the secret's hash."""
+    key_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    return key_id, secret, f"{API_KEY_PREFIX}{key_id}_{secret}"
+
+
+def parse_api_key(text: str) -> tuple[str, str]:
+    """Split a full key into ``(key_id, secret)``; anything else is ``Unauthenticated``."""
+    match = _API_KEY_RE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise Unauthenticated("malformed API key")
+    return match.group(1), match.group(2)
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 hex of an API key secret.
+
+    A fast hash is right here, unlike for passwords: the secret is 256 bits from ``secrets``, so
+    there is no dictionary to try and brute force over 2**256 is hopeless whatever the hash costs.
+    Slow KDFs exist to protect low-entropy human passwords; on every API request they would only
+    cost CPU and make a denial of service cheaper.
+    """
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _parse_instant(text: str) -> datetime:
+    """ISO-8601 as stored (``now_iso()``: fraction and ``Z``), also without fraction or with an offset."""
+    value = datetime.fromisoformat(text.strip())
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class Authenticator:
+    """Picks the credential from request headers and returns the caller's :class:`Principal`."""
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        api_keys: ApiKeyStore,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._verifier = verifier
+        self._api_keys = api_keys
+        self._clock = clock
+
+    def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        normalised = _normalise_headers(headers)
+        authorization = normalised.get("authorization", "")
+        api_key = normalised.get("x-api-key", "")
+        if authorization and api_key:
+            # Two identities in one request is ambiguous; refusing beats silently picking one.
+            raise Unauthenticated("send either 'Authorization' or 'X-Api-Key', not both")
+        if authorization:
+            return self._verifier.verify(_bearer_token(authorization))
+        if api_key:
+            return self._authenticate_api_key(api_key)
+        raise Unauthenticated(_MISSING_CREDENTIALS)
+
+    def _authenticate_api_key(self, text: str) -> Principal:
+        key_id, secret = parse_api_key(text)
+        record = self._api_keys.get(key_id)
+        presented = hash_secret(secret).encode("ascii")
+        if record is None:
+            # Same work as a real comparison, so timing says little about which ids exist.
+            hmac.compare_digest(presented, presented)
+            raise Unauthenticated(_INVALID_API_KEY)
+        if not hmac.compare_digest(presented, record.secret_hash.encode("utf-8")):
+            raise Unauthenticated(_INVALID_API_KEY)
+        if record.revoked:
+            raise Unauthenticated("API key revoked")
+        if self._expired(record):
+            raise Unauthenticated("API key expired")
+        return Principal.of(record.subject, record.roles, record.claims, via="api_key")
+
+    def _expired(self, record: ApiKeyRecord) -> bool:
+        if not record.expires_at:
+            return False
+        try:
+            expires_at = _parse_instant(record.expires_at)
+        except ValueError:
+            # A stored expiry we cannot read must not become "never expires".
+            log.warning("API key %s has an unreadable expires_at; treating it as expired", record.key_id)
+            return True
+        now = self._clock()
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        return now >= expires_at
+
+
+def _normalise_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Lower-cased names, stripped values; blank values count as absent."""
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            continue
+        key = name.lower()
+        if key not in ("authorization", "x-api-key"):
+            continue
+        value = value.strip()
+        if not value:
+            continue
+        if key in out and out[key] != value:
+            raise Unauthenticated(f"conflicting {key!r} headers")
+        out[key] = value
+    return out
+
+
+def _bearer_token(value: str) -> str:
+    scheme, _, token = value.partition(" ")
+    # Never echo the scheme: a client that forgot "Bearer " would have us print its token.
+    if scheme.lower() != "bearer":
+        raise Unauthenticated("unsupported Authorization scheme: use 'Bearer <token>'")
+    token = token.strip()
+    if not token:
+        raise Unauthenticated("empty bearer token")
+    return token
+
+
+def hash_password(password: str) -> str:
+    """scrypt with a random salt, encoded ``scrypt$n$r$p$salt_b64$hash_b64`` (parameters travel along,
+    so they can be raised later without invalidating stored hashes)."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        password.encode("utf-8"),
+        salt=salt,
+        n=_SCRYPT_N,
+        r=_SCRYPT_R,
+        p=_SCRYPT_P,
+        maxmem=_SCRYPT_MAXMEM,
+        dklen=_SCRYPT_DKLEN,
+    )
+    return "$".join(("scrypt", str(_SCRYPT_N), str(_SCRYPT_R), str(_SCRYPT_P), _b64(salt), _b64(digest)))
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """Constant-time check; ``False`` (never an exception) for any malformed or hostile encoding."""
+    try:
+        scheme, n_text, r_text, p_text, salt_text, hash_text = encoded.split("$")
+        if scheme != "scrypt" or not all(t.isdigit() for t in (n_text, r_text, p_text)):
+            return False
+        n, r, p = int(n_text), int(r_text), int(p_text)
+        if not (2 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
+            return False
+        if 128 * n * r * p > _SCRYPT_MAXMEM // 2:
+            return False
+        salt = base64.b64decode(salt_text, validate=True)
+        expected = base64.b64decode(hash_text, validate=True)
+        if len(salt) < 8 or not 16 <= len(expected) <= 64:
+            return False
+        actual = hashlib.scrypt(
+            password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=_SCRYPT_MAXMEM, dklen=len(expected)
+        )
+    except (AttributeError, ValueError, binascii.Error):
+        # AttributeError: not a str; ValueError covers bad ints, bad UTF-8 and scrypt's own refusals.
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

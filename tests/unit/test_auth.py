@@ -1,0 +1,607 @@
+"""core.auth against real pyjwt, real keys and a real JWKS endpoint on loopback; no mocks.
+
+The attack cases are the point: each one is a token or header a hostile client can send, and each
+must end in ``Unauthenticated`` (401), never a 500 and never a Principal.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from core.auth import (
+    AuthConfig,
+    Authenticator,
+    TokenVerifier,
+    hash_password,
+    hash_secret,
+    issue_token,
+    new_api_key,
+    parse_api_key,
+    verify_password,
+)
+from core.errors import Conflict, Unauthenticated, Unavailable
+from core.manifest import now_iso
+from core.ports import ApiKeyRecord, ApiKeyStore
+from core.rbac import Principal
+
+SECRET = "s" * 48  # >= 32 bytes, so pyjwt does not warn about a short HMAC key
+OTHER_SECRET = "o" * 48
+ISSUER = "https://idp.example.test/"
+AUDIENCE = "pdcat-api"
+
+
+# --------------------------------------------------------------------------- fakes and fixtures
+
+
+class InMemoryApiKeyStore(ApiKeyStore):
+    def __init__(self) -> None:
+        self._records: dict[str, ApiKeyRecord] = {}
+
+    def create(self, record: ApiKeyRecord) -> None:
+        if record.key_id in self._records:
+            raise Conflict(f"API key {record.key_id} exists")
+        self._records[record.key_id] = record
+
+    def get(self, key_id: str) -> ApiKeyRecord | None:
+        return self._records.get(key_id)
+
+    def put(self, record: ApiKeyRecord) -> None:
+        self._records[record.key_id] = record
+
+    def list(self) -> list[ApiKeyRecord]:
+        return sorted(self._records.values(), key=lambda r: r.key_id)
+
+
+class Keys:
+    """The IdP's private keys; the JWKS server publishes the public halves."""
+
+    def __init__(self) -> None:
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.ec = ec.generate_private_key(ec.SECP256R1())
+        self.rsa_public_pem = self.rsa.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def jwks(self) -> dict[str, Any]:
+        rsa_jwk = RSAAlgorithm.to_jwk(self.rsa.public_key(), as_dict=True)
+        ec_jwk = ECAlgorithm.to_jwk(self.ec.public_key(), as_dict=True)
+        return {
+            "keys": [
+                {**rsa_jwk, "kid": "rsa1", "alg": "RS256", "use": "sig"},
+                {**ec_jwk, "kid": "ec1", "alg": "ES256", "use": "sig"},
+            ]
+        }
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    return Keys()
+
+
+@pytest.fixture(scope="module")
+def jwks_base(keys: Keys) -> Iterator[str]:
+    """A real HTTP JWKS endpoint on 127.0.0.1; also serves broken answers under other paths."""
+    jwks = keys.jwks()
+    body = json.dumps(jwks).encode()
+    answers = {
+        "/jwks.json": (200, "application/json", body),
+        "/junk": (200, "text/html", b"<html>not json</html>"),
+        "/empty": (200, "application/json", b'{"keys": []}'),
+        "/array": (200, "application/json", b"[]"),
+        "/nokid": (
+            200,
+            "application/json",
+            json.dumps({"keys": [{**jwks["keys"][0], "kid": None}]}).encode(),
+        ),
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, ctype, payload = answers.get(self.path, (404, "text/plain", b"no"))
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def jwks_verifier(jwks_base: str) -> TokenVerifier:
+    return TokenVerifier(AuthConfig(jwks_url=f"{jwks_base}/jwks.json", issuer=ISSUER, audience=AUDIENCE))
+
+
+@pytest.fixture(scope="module")
+def hs_verifier() -> TokenVerifier:
+    return TokenVerifier(AuthConfig(jwt_secret=SECRET))
+
+
+def claims_for(sub: str = "alice", **extra: Any) -> dict[str, Any]:
+    now = int(time.time())
+    return {"sub": sub, "iat": now, "exp": now + 600, **extra}
+
+
+def idp_claims(**extra: Any) -> dict[str, Any]:
+    return claims_for(iss=ISSUER, aud=AUDIENCE, **extra)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def hand_made(header: dict[str, Any], payload: dict[str, Any], sign: Any = None) -> str:
+    """A JWT assembled by hand, for tokens pyjwt refuses to produce."""
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
+    signature = sign(signing_input.encode()) if sign else b""
+    return f"{signing_input}.{b64url(signature)}"
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_config_needs_exactly_one_key_source() -> None:
+    with pytest.raises(ValueError):
+        AuthConfig()
+    with pytest.raises(ValueError):
+        AuthConfig(jwt_secret=SECRET, jwks_url="https://idp.example.test/jwks")
+    with pytest.raises(ValueError):
+        AuthConfig(jwks_url="file:///etc/passwd")
+
+
+def test_config_repr_hides_the_secret() -> None:
+    assert SECRET not in repr(AuthConfig(jwt_secret=SECRET))
+
+
+# --------------------------------------------------------------------------- happy paths
+
+
+def test_hs256_token_from_issue_token(hs_verifier: TokenVerifier) -> None:
+    token, expires_at = issue_token(SECRET, "alice", ["publisher"], ["manage_api_keys"], ttl_seconds=120)
+    principal = hs_verifier.verify(token)
+    assert principal == Principal("alice", frozenset({"PUBLISHER"}), frozenset({"MANAGE_API_KEYS"}), "token")
+    expiry = datetime.strptime(expires_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert timedelta(seconds=100) < expiry - datetime.now(UTC) <= timedelta(seconds=121)
+
+
+def test_rs256_via_jwks(jwks_verifier: TokenVerifier, keys: Keys) -> None:
+    token = jwt.encode(idp_claims(roles=["admin"]), keys.rsa, algorithm="RS256", headers={"kid": "rsa1"})
+    principal = jwks_verifier.verify(token)
+    assert principal.subject == "alice"
+    assert principal.roles == {"ADMIN"}
+    assert principal.via == "token"
+
+
+def test_es256_via_jwks(jwks_verifier: TokenVerifier, keys: Keys) -> None:
+    token = jwt.encode(idp_claims(roles=["user"]), keys.ec, algorithm="ES256", headers={"kid": "ec1"})
+    assert jwks_verifier.verify(token).roles == {"USER"}
+
+
+def test_cognito_groups_field(jwks_base: str, keys: Keys) -> None:
+    verifier = TokenVerifier(
+        AuthConfig(jwks_url=f"{jwks_base}/jwks.json", issuer=ISSUER, roles_field="cognito:groups")
+    )
+    payload = {**claims_for(iss=ISSUER), "cognito:groups": ["publisher", "user"]}
+    token = jwt.encode(payload, keys.rsa, algorithm="RS256", headers={"kid": "rsa1"})
+    assert verifier.verify(token).roles == {"PUBLISHER", "USER"}
+
+
+def test_dotted_roles_field_and_string_claims() -> None:
+    verifier = TokenVerifier(
+        AuthConfig(jwt_secret=SECRET, roles_field="realm_access.roles", claims_field="scope")
+    )
+    payload = claims_for(
+        realm_access={"roles": ["admin"]},
+        scope="list_catalog_manifest  pull_catalog_manifest,push_catalog_manifest",
+    )
+    principal = verifier.verify(jwt.encode(payload, SECRET, algorithm="HS256"))
+    assert principal.roles == {"ADMIN"}
+    assert principal.claims == {"LIST_CATALOG_MANIFEST", "PULL_CATALOG_MANIFEST", "PUSH_CATALOG_MANIFEST"}
+
+
+def test_missing_roles_and_claims_are_empty(hs_verifier: TokenVerifier) -> None:
+    principal = hs_verifier.verify(jwt.encode(claims_for(), SECRET, algorithm="HS256"))
+    assert principal.roles == frozenset() and principal.claims == frozenset()
+
+
+def test_expiry_within_leeway_is_accepted(hs_verifier: TokenVerifier) -> None:
+    payload = claims_for(exp=int(time.time()) - 5)
+    assert hs_verifier.verify(jwt.encode(payload, SECRET, algorithm="HS256")).subject == "alice"
+
+
+# --------------------------------------------------------------------------- attacks on tokens
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "garbage", "a.b", "a.b.c", "a.b.c.d", "!!!.###.$$$", "é.é.é", "eyJhbGciOiJIUzI1NiJ9..", "x" * 20000],
+)
+def test_garbage_tokens(hs_verifier: TokenVerifier, jwks_verifier: TokenVerifier, token: str) -> None:
+    for verifier in (hs_verifier, jwks_verifier):
+        with pytest.raises(Unauthenticated) as err:
+            verifier.verify(token)
+        assert token not in err.value.message or not token
+
+
+def test_bad_signature(hs_verifier: TokenVerifier) -> None:
+    token = jwt.encode(claims_for(), OTHER_SECRET, algorithm="HS256")
+    with pytest.raises(Unauthenticated, match="signature"):
+        hs_verifier.verify(token)
+
+
+def test_expired_beyond_leeway(hs_verifier: TokenVerifier) -> None:
+    token = jwt.encode(claims_for(exp=int(time.time()) - 120), SECRET, algorithm="HS256")
+    with pytest.raises(Unauthenticated, match="expired"):
+        hs_verifier.verify(token)
+
+
+def test_alg_none(hs_verifier: TokenVerifier, jwks_verifier: TokenVerifier) -> None:
+    token = hand_made({"alg": "none", "typ": "JWT"}, idp_claims(roles=["super_user"]))
+    for verifier in (hs_verifier, jwks_verifier):
+        with pytest.raises(Unauthenticated):
+            verifier.verify(token)
+    with pytest.raises(Unauthenticated):
+        jwks_verifier.verify(hand_made({"alg": "none", "kid": "rsa1"}, idp_claims()))
+
+
+def test_hs256_signed_with_rsa_public_key(jwks_verifier: TokenVerifier, keys: Keys) -> None:
+    """Classic key confusion: the public key, which anyone has, used as an HMAC secret."""
+
+    def sign(data: bytes) -> bytes:
+        return hmac.new(keys.rsa_public_pem, data, hashlib.sha256).digest()
+
+    token = hand_made({"alg": "HS256", "typ": "JWT", "kid": "rsa1"}, idp_claims(roles=["admin"]), sign)
+    with pytest.raises(Unauthenticated, match="algorithm"):
+        jwks_verifier.verify(token)
+
+
+def test_rs256_against_hs_verifier(hs_verifier: TokenVerifier, keys: Keys) -> None:
+    token = jwt.encode(claims_for(), keys.rsa, algorithm="RS256", headers={"kid": "rsa1"})
+    with pytest.raises(Unauthenticated, match="algorithm"):
+        hs_verifier.verify(token)
+
+
+def test_header_alg_must_match_key_family(jwks_verifier: TokenVerifier, keys: Keys) -> None:
+    token = jwt.encode(idp_claims(), keys.ec, algorithm="ES256", headers={"kid": "rsa1"})
+    with pytest.raises(Unauthenticated, match="does not match"):
+        jwks_verifier.verify(token)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"iss": "https://evil.example.test/"}, "issuer"),
+        ({"aud": "someone-else"}, "audience"),
+        ({"exp": None}, "'exp'"),
+        ({"sub": None}, "'sub'"),
+        ({"iss": None}, "'iss'"),
+    ],
+)
+def test_claims_checked(
+    jwks_verifier: TokenVerifier, keys: Keys, change: dict[str, Any], message: str
+) -> None:
+    payload = {k: v for k, v in {**idp_claims(), **change}.items() if v is not None}
+    token = jwt.encode(payload, keys.rsa, algorithm="RS256", headers={"kid": "rsa1"})
+    with pytest.raises(Unauthenticated, match=message):
+        jwks_verifier.verify(token)
+
+
+def test_missing_exp_and_sub_with_hs(hs_verifier: TokenVerifier) -> None:
+    with pytest.raises(Unauthenticated, match="'exp'"):
+        hs_verifier.verify(jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"))
+    with pytest.raises(Unauthenticated, match="'sub'"):
+        hs_verifier.verify(jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256"))
+
+
+def test_unexpected_audience_rejected_when_none_configured(hs_verifier: TokenVerifier) -> None:
+    token = jwt.encode(claims_for(aud="another-app"), SECRET, algorithm="HS256")
+    with pytest.raises(Unauthenticated, match="audience"):
+        hs_verifier.verify(token)
+
+
+def test_roles_of_wrong_shape(hs_verifier: TokenVerifier) -> None:
+    token = jwt.encode(claims_for(roles={"admin": True}), SECRET, algorithm="HS256")
+    with pytest.raises(Unauthenticated, match="roles"):
+        hs_verifier.verify(token)
+
+
+def test_unknown_kid(jwks_verifier: TokenVerifier, keys: Keys) -> None:
+    token = jwt.encode(idp_claims(), keys.rsa, algorithm="RS256", headers={"kid": "nope"})
+    with pytest.raises(Unauthenticated, match="unknown key"):
+        jwks_verifier.verify(token)
+    no_kid = jwt.encode(idp_claims(), keys.rsa, algorithm="RS256")
+    with pytest.raises(Unauthenticated, match="key id"):
+        jwks_verifier.verify(no_kid)
+
+
+# --------------------------------------------------------------------------- IdP failures
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_unreachable_jwks_is_unavailable(keys: Keys) -> None:
+    verifier = TokenVerifier(AuthConfig(jwks_url=f"http://127.0.0.1:{closed_port()}/jwks.json"))
+    token = jwt.encode(claims_for(), keys.rsa, algorithm="RS256", headers={"kid": "rsa1"})
+    with pytest.raises(Unavailable):
+        verifier.verify(token)
+
+
+@pytest.mark.parametrize("path", ["/junk", "/empty", "/array", "/nokid", "/missing"])
+def test_broken_jwks_is_unavailable(jwks_base: str, keys: Keys, path: str) -> None:
+    verifier = TokenVerifier(AuthConfig(jwks_url=f"{jwks_base}{path}"))
+    token = jwt.encode(claims_for(), keys.rsa, algorithm="RS256", headers={"kid": "rsa1"})
+    with pytest.raises(Unavailable):
+        verifier.verify(token)
+
+
+# --------------------------------------------------------------------------- API keys and headers
+
+
+class KeyFixture:
+    def __init__(self) -> None:
+        self.store = InMemoryApiKeyStore()
+        self.now = datetime.now(UTC)
+        self.auth = Authenticator(
+            TokenVerifier(AuthConfig(jwt_secret=SECRET)), self.store, clock=lambda: self.now
+        )
+
+    def add(self, **overrides: Any) -> str:
+        key_id, secret, full_key = new_api_key()
+        record = ApiKeyRecord(
+            key_id=key_id,
+            secret_hash=hash_secret(secret),
+            subject="ci-bot",
+            roles=["publisher"],
+            claims=["manage_api_keys"],
+            created_by="admin",
+            created_at=now_iso(),
+        )
+        self.store.create(replace(record, **overrides))
+        return full_key
+
+
+@pytest.fixture
+def kf() -> KeyFixture:
+    return KeyFixture()
+
+
+def test_new_api_key_shape() -> None:
+    key_id, secret, full_key = new_api_key()
+    assert len(key_id) == 16 and int(key_id, 16) >= 0
+    assert len(secret) == 43
+    assert full_key == f"pdcat_{key_id}_{secret}"
+    assert parse_api_key(full_key) == (key_id, secret)
+    assert hash_secret(secret) == hashlib.sha256(secret.encode()).hexdigest()
+
+
+def test_store_holds_only_the_hash(kf: KeyFixture) -> None:
+    full_key = kf.add()
+    _, secret = parse_api_key(full_key)
+    (record,) = kf.store.list()
+    assert secret not in repr(record.to_public()) and record.secret_hash != secret
+
+
+def test_api_key_authenticates(kf: KeyFixture) -> None:
+    principal = kf.auth.authenticate({"X-Api-Key": kf.add()})
+    assert principal == Principal(
+        "ci-bot", frozenset({"PUBLISHER"}), frozenset({"MANAGE_API_KEYS"}), "api_key"
+    )
+
+
+def test_header_names_are_case_insensitive(kf: KeyFixture) -> None:
+    assert kf.auth.authenticate({"x-api-key": kf.add()}).via == "api_key"
+    assert kf.auth.authenticate({"X-API-KEY": f"  {kf.add()}  "}).via == "api_key"
+    token, _ = issue_token(SECRET, "alice", ["user"])
+    assert kf.auth.authenticate({"authorization": f"Bearer {token}"}).subject == "alice"
+    assert kf.auth.authenticate({"AUTHORIZATION": f"bearer {token}"}).subject == "alice"
+
+
+def test_wrong_secret_and_unknown_id_look_the_same(kf: KeyFixture) -> None:
+    full_key = kf.add()
+    key_id, secret = parse_api_key(full_key)
+    wrong_secret = f"pdcat_{key_id}_{'A' * 43}"
+    unknown_id = f"pdcat_{'0' * 16}_{secret}"
+    messages = []
+    for key in (wrong_secret, unknown_id):
+        with pytest.raises(Unauthenticated) as err:
+            kf.auth.authenticate({"X-Api-Key": key})
+        messages.append(err.value.message)
+    assert messages == ["invalid API key", "invalid API key"]
+
+
+def test_revoked_key(kf: KeyFixture) -> None:
+    full_key = kf.add(revoked=True, revoked_at=now_iso(), revoked_by="admin")
+    with pytest.raises(Unauthenticated, match="revoked"):
+        kf.auth.authenticate({"X-Api-Key": full_key})
+
+
+def test_revocation_not_revealed_without_the_secret(kf: KeyFixture) -> None:
+    key_id, _ = parse_api_key(kf.add(revoked=True))
+    with pytest.raises(Unauthenticated, match="invalid API key"):
+        kf.auth.authenticate({"X-Api-Key": f"pdcat_{key_id}_{'A' * 43}"})
+
+
+@pytest.mark.parametrize(
+    "expires_at",
+    [
+        (datetime.now(UTC) - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),  # now_iso() format
+        (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        (datetime.now(UTC) - timedelta(days=1)).isoformat(),
+        "not a date",  # unreadable expiry fails closed
+    ],
+)
+def test_expired_key(kf: KeyFixture, expires_at: str) -> None:
+    full_key = kf.add(expires_at=expires_at)
+    with pytest.raises(Unauthenticated, match="expired"):
+        kf.auth.authenticate({"X-Api-Key": full_key})
+
+
+def test_key_with_future_expiry_works(kf: KeyFixture) -> None:
+    future = (kf.now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    full_key = kf.add(expires_at=future)
+    assert kf.auth.authenticate({"X-Api-Key": full_key}).subject == "ci-bot"
+    kf.now += timedelta(hours=2)  # the injected clock decides
+    with pytest.raises(Unauthenticated, match="expired"):
+        kf.auth.authenticate({"X-Api-Key": full_key})
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "pdcat_",
+        "pdcat_zzzzzzzzzzzzzzzz_" + "a" * 43,
+        "pdcat_0123456789abcdef_short",
+        "other_0123456789abcdef_" + "a" * 43,
+        "pdcat_0123456789abcdef_" + "a" * 43 + "\n",
+        "pdcat_0123456789ABCDEF_" + "a" * 43,
+    ],
+)
+def test_malformed_api_key(kf: KeyFixture, key: str) -> None:
+    with pytest.raises(Unauthenticated, match="malformed API key"):
+        parse_api_key(key)
+    if key.strip() == key and key:  # the authenticator strips header whitespace first
+        with pytest.raises(Unauthenticated, match="malformed API key"):
+            kf.auth.authenticate({"X-Api-Key": key})
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Content-Type": "application/json"}, {"Authorization": "   "}, {"X-Api-Key": ""}],
+)
+def test_no_credentials(kf: KeyFixture, headers: dict[str, str]) -> None:
+    with pytest.raises(Unauthenticated, match="authentication required"):
+        kf.auth.authenticate(headers)
+
+
+def test_other_schemes_rejected_without_echo(kf: KeyFixture) -> None:
+    for value in ("Basic YWxpY2U6cGFzc3dvcmQ=", "Token abc", "Bearer", "Bearer   "):
+        with pytest.raises(Unauthenticated):
+            kf.auth.authenticate({"Authorization": value})
+    token, _ = issue_token(SECRET, "alice", ["user"])
+    with pytest.raises(Unauthenticated) as err:
+        kf.auth.authenticate({"Authorization": token})  # forgot "Bearer "
+    assert token not in err.value.message
+
+
+def test_both_credentials_rejected(kf: KeyFixture) -> None:
+    token, _ = issue_token(SECRET, "alice", ["user"])
+    with pytest.raises(Unauthenticated, match="not both"):
+        kf.auth.authenticate({"Authorization": f"Bearer {token}", "X-Api-Key": kf.add()})
+
+
+def test_conflicting_duplicate_headers_rejected(kf: KeyFixture) -> None:
+    with pytest.raises(Unauthenticated, match="conflicting"):
+        kf.auth.authenticate({"X-Api-Key": kf.add(), "x-api-key": kf.add()})
+
+
+def test_bad_bearer_token_through_authenticator(kf: KeyFixture) -> None:
+    token = jwt.encode(claims_for(), OTHER_SECRET, algorithm="HS256")
+    with pytest.raises(Unauthenticated) as err:
+        kf.auth.authenticate({"Authorization": f"Bearer {token}"})
+    assert token not in err.value.message
+
+
+# --------------------------------------------------------------------------- passwords
+
+
+def test_password_round_trip() -> None:
+    encoded = hash_password("correct horse battery staple")
+    assert encoded.startswith("scrypt$16384$8$1$")
+    assert "correct horse" not in encoded
+    assert verify_password("correct horse battery staple", encoded)
+    assert not verify_password("Correct horse battery staple", encoded)
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        "",
+        "plain",
+        "bcrypt$16384$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA==",
+        "scrypt$16384$8$1$!!!$aGFzaGhhc2hoYXNoaGFzaA==",
+        "scrypt$x$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA==",
+        "scrypt$1000$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA==",  # n not a power of two
+        "scrypt$1073741824$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA==",  # hostile cost
+        "scrypt$16384$8$1$c2FsdHNhbHQ=",
+    ],
+)
+def test_malformed_password_encoding(encoded: str) -> None:
+    assert verify_password("anything", encoded) is False
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text())
+def test_parse_api_key_only_raises_unauthenticated(text: str) -> None:
+    try:
+        key_id, secret = parse_api_key(text)
+    except Unauthenticated:
+        return
+    assert text == f"pdcat_{key_id}_{secret}"
+
+
+segment = st.one_of(
+    st.text(max_size=40),
+    st.binary(max_size=40).map(b64url),
+    st.dictionaries(
+        st.sampled_from(["alg", "kid", "typ", "crit", "b64", "sub", "exp", "roles", "aud", "iss"]),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.text(max_size=10),
+            st.sampled_from(["none", "HS256", "RS256", "ES256", "rsa1", "ec1"]),
+            st.lists(st.text(max_size=5), max_size=3),
+        ),
+        max_size=5,
+    ).map(lambda d: b64url(json.dumps(d).encode())),
+)
+almost_jwt = st.tuples(segment, segment, segment).map(".".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.text(), almost_jwt))
+def test_verify_only_raises_unauthenticated(
+    hs_verifier: TokenVerifier, jwks_verifier: TokenVerifier, text: str
+) -> None:
+    for verifier in (hs_verifier, jwks_verifier):
+        with pytest.raises(Unauthenticated):
+            verifier.verify(text)
