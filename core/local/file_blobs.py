@@ -1,0 +1,386 @@
+"""The local-filesystem blob store of the embedded backend, with HMAC-signed URLs.
+
+Objects live under ``<root>/objects/``; uploads are streamed into ``<root>/tmp/`` and renamed into
+place, so a reader never sees half an object and a listing never sees an upload in progress.
+Presigned URLs point at the embedded server's ``/blobs/<key>`` route and carry
+``method``, ``expires`` and an HMAC-SHA256 ``signature`` over ``method \\n key \\n expires``; the
+server calls :meth:`FileBlobStore.verify` (or :meth:`FileBlobStore.verify_query`) before it
+serves one. The signing key never appears in a URL, a message or a repr.
+
+Every key is validated (:func:`validate_key`) and the resulting path is checked to resolve inside
+the root (defence in depth against traversal and symlinks). On disk, each upper-case letter ``X``
+of a key is stored as ``%x``: keys are case-sensitive (``V1`` and ``v1`` are different versions)
+but the default macOS filesystem is not, and ``%`` cannot occur in a key, so the mapping is
+one-to-one on every filesystem.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import hashlib
+import hmac
+import io
+import logging
+import os
+import re
+import stat
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import suppress
+from pathlib import Path
+from typing import BinaryIO
+
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unavailable
+from core.ports import BlobInfo, BlobStore, HttpMethod
+
+__all__ = ["MAX_EXPIRES_IN", "MAX_KEY_LENGTH", "FileBlobStore", "validate_key"]
+
+logger = logging.getLogger(__name__)
+
+MAX_KEY_LENGTH = 1024
+MAX_EXPIRES_IN = 7 * 24 * 3600
+_MAX_NAME_BYTES = 255  # per path segment on disk, after encoding
+_BLOCK = 1 << 20
+_STALE_TEMP_S = 24 * 3600
+_KEY_CHARS = re.compile(r"[A-Za-z0-9._+:/-]*")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+_EXPIRES = re.compile(r"[0-9]{1,12}")
+_METHODS: tuple[HttpMethod, ...] = ("GET", "PUT")
+
+
+def _encode_name(segment: str) -> str:
+    if segment.islower() or not any("A" <= c <= "Z" for c in segment):
+        return segment
+    return "".join("%" + c.lower() if "A" <= c <= "Z" else c for c in segment)
+
+
+def _decode_name(name: str) -> str | None:
+    """The key segment stored as ``name``; ``None`` for names this store did not write."""
+    if "%" not in name:
+        return None if any("A" <= c <= "Z" for c in name) else name
+    out: builtins.list[str] = []
+    chars = iter(name)
+    for c in chars:
+        if "A" <= c <= "Z":
+            return None
+        if c == "%":
+            nxt = next(chars, "")
+            if not "a" <= nxt <= "z":
+                return None
+            out.append(nxt.upper())
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _check_segments(segments: builtins.list[str], text: str) -> None:
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            raise InvalidInput(f"invalid blob key {text[:80]!r}: empty, '.' or '..' segment")
+        if len(_encode_name(segment).encode()) > _MAX_NAME_BYTES:
+            raise InvalidInput(f"invalid blob key {text[:80]!r}: a segment is too long")
+
+
+def _check_text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string")
+    if len(value) > MAX_KEY_LENGTH:
+        raise InvalidInput(f"{what} is longer than {MAX_KEY_LENGTH} characters")
+    if "\x00" in value or "\\" in value:
+        raise InvalidInput(f"invalid {what} {value[:80]!r}: NUL and backslash are not allowed")
+    if value.startswith("/"):
+        raise InvalidInput(f"invalid {what} {value[:80]!r}: must be relative")
+    if not _KEY_CHARS.fullmatch(value):
+        raise InvalidInput(f"invalid {what} {value[:80]!r}: use only A-Z a-z 0-9 . _ + : - /")
+    return value
+
+
+def validate_key(key: object) -> str:
+    """A relative ``/``-separated object key that cannot leave the store; ``InvalidInput`` if not."""
+    text = _check_text(key, "blob key")
+    if not text:
+        raise InvalidInput("blob key must not be empty")
+    _check_segments(text.split("/"), text)
+    return text
+
+
+def _validate_prefix(prefix: object) -> str:
+    """Like a key, but may be empty, end with ``/``, or stop in the middle of a segment."""
+    text = _check_text(prefix, "blob prefix")
+    _check_segments(text.split("/")[:-1], text)
+    return text
+
+
+def _method(value: object) -> HttpMethod:
+    for method in _METHODS:
+        if value == method:
+            return method
+    raise InvalidInput("method must be GET or PUT")
+
+
+def _expires(value: object) -> int:
+    if isinstance(value, bool):
+        raise InvalidInput("malformed expires")
+    if isinstance(value, int):
+        if value < 0:
+            raise InvalidInput("malformed expires")
+        return value
+    if not isinstance(value, str) or not _EXPIRES.fullmatch(value):
+        raise InvalidInput("malformed expires")
+    return int(value)
+
+
+class FileBlobStore(BlobStore):
+    """:class:`BlobStore` over a local directory; the embedded server serves its signed URLs."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        root: Path | str,
+        base_url: str,
+        signing_key: bytes,
+        max_object_size: int = 1 << 30,
+        *,
+        fsync: bool = False,
+    ) -> None:
+        if not isinstance(signing_key, bytes) or len(signing_key) < 16:
+            raise ValueError("signing_key must be at least 16 random bytes")
+        if max_object_size < 0:
+            raise ValueError("max_object_size must not be negative")
+        self._root = Path(root)
+        self._objects = self._root / "objects"
+        self._tmp = self._root / "tmp"
+        self._objects.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._objects_real = os.path.realpath(self._objects)
+        self._base_url = base_url.rstrip("/")
+        self._signing_key = signing_key
+        self._max_object_size = max_object_size
+        self._fsync = fsync
+        self._remove_stale_temp_files()
+
+    def __repr__(self) -> str:
+        return f"FileBlobStore(root={str(self._root)!r}, base_url={self._base_url!r})"
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    @property
+    def max_object_size(self) -> int:
+        return self._max_object_size
+
+    # ---- signed URLs ----------------------------------------------------------------------
+    def _sign(self, method: str, key: str, expires: int) -> str:
+        message = f"{method}\n{key}\n{expires}".encode()
+        return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()
+
+    def presign(self, key: str, method: HttpMethod, expires_in: int, *, now: float | None = None) -> str:
+        key = validate_key(key)
+        method = _method(method)
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int):
+            raise InvalidInput("expires_in must be an integer number of seconds")
+        if not 1 <= expires_in <= MAX_EXPIRES_IN:
+            raise InvalidInput(f"expires_in must be between 1 and {MAX_EXPIRES_IN} seconds")
+        expires = int(time.time() if now is None else now) + expires_in
+        signature = self._sign(method, key, expires)
+        # The key's alphabet is URL-safe in a path, so it goes in unescaped.
+        return f"{self._base_url}/blobs/{key}?method={method}&expires={expires}&signature={signature}"
+
+    def verify(
+        self, key: str, method: str, expires: str | int, signature: str, now: float | None = None
+    ) -> None:
+        """Accept a request only if the URL was signed for this key and this method and is fresh.
+
+        ``method`` must be the HTTP method of the request being served (not the URL's ``method``
+        parameter): that is what binds a GET URL to GETs. The signature is checked before the
+        expiry, so "URL expired" is only ever said about a URL this store really signed.
+        """
+        key = validate_key(key)
+        checked_method = _method(method)
+        expires_at = _expires(expires)
+        if not isinstance(signature, str) or not _SIGNATURE.fullmatch(signature):
+            raise InvalidInput("malformed signature")
+        if not hmac.compare_digest(self._sign(checked_method, key, expires_at), signature):
+            raise Forbidden("signature does not match")
+        if (time.time() if now is None else now) >= expires_at:
+            raise Forbidden("URL expired")
+
+    def verify_query(
+        self, key: str, http_method: str, query: Mapping[str, str], now: float | None = None
+    ) -> None:
+        """:meth:`verify` for a ``/blobs/<key>`` request and its query parameters.
+
+        HEAD is allowed with a GET URL. A URL whose ``method`` parameter names another method is
+        refused even before the signature is checked.
+        """
+        method = "GET" if http_method.upper() == "HEAD" else http_method.upper()
+        missing = [name for name in ("method", "expires", "signature") if not query.get(name)]
+        if missing:
+            raise InvalidInput(f"missing query parameter(s): {', '.join(missing)}")
+        if query["method"] != method:
+            raise Forbidden(f"this URL allows {_method(query['method'])}, not {method}")
+        self.verify(key, method, query["expires"], query["signature"], now=now)
+
+    # ---- paths ----------------------------------------------------------------------------
+    def _path(self, key: object) -> Path:
+        return self._resolve_inside(validate_key(key))
+
+    def _resolve_inside(self, key: str) -> Path:
+        path = self._objects.joinpath(*(_encode_name(s) for s in key.split("/"))) if key else self._objects
+        resolved = os.path.realpath(path)
+        if resolved != self._objects_real and not resolved.startswith(self._objects_real + os.sep):
+            raise InvalidInput(f"blob key {key[:80]!r} leaves the storage root")
+        return path
+
+    # ---- reading --------------------------------------------------------------------------
+    def open_for_read(self, key: str) -> tuple[BinaryIO, int]:
+        """An open file and its size, for the server to stream; the caller closes the file."""
+        path = self._path(key)
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - handed to the caller
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+            raise NotFound(f"no object {key!r}") from None
+        try:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise NotFound(f"no object {key!r}")
+        except BaseException:
+            handle.close()
+            raise
+        return handle, info.st_size
+
+    def get_bytes(self, key: str) -> bytes:
+        handle, _size = self.open_for_read(key)
+        with handle:
+            return handle.read()
+
+    def list(self, prefix: str) -> Iterator[BlobInfo]:
+        """Objects whose key starts with ``prefix``, in key order, streamed directory by directory."""
+        prefix = _validate_prefix(prefix)
+        directory, _, name_start = prefix.rpartition("/")
+        base = self._resolve_inside(directory)
+        return self._walk(base, directory + "/" if directory else "", name_start)
+
+    def _walk(self, directory: Path | str, key_prefix: str, name_start: str) -> Iterator[BlobInfo]:
+        try:
+            with os.scandir(directory) as scan:
+                entries = builtins.list(scan)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        # A directory sorts as "name/" so that a depth-first walk yields keys in plain key order
+        # ("a.b" < "a/x" because "." < "/").
+        items: builtins.list[tuple[str, os.DirEntry[str], bool]] = []
+        for entry in entries:
+            name = _decode_name(entry.name)
+            if name is None or not name.startswith(name_start):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                items.append((name + "/", entry, True))
+            elif entry.is_file(follow_symlinks=False):
+                items.append((name, entry, False))
+        items.sort(key=lambda item: item[0])
+        for name, entry, is_dir in items:
+            if is_dir:
+                yield from self._walk(entry.path, key_prefix + name, "")
+                continue
+            try:
+                size = entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:  # deleted while we were listing
+                continue
+            yield BlobInfo(key_prefix + name, size)
+
+    # ---- writing --------------------------------------------------------------------------
+    def write_stream(self, key: str, stream: BinaryIO, length: int) -> None:
+        """Store exactly ``length`` bytes read from ``stream`` as ``key``, atomically.
+
+        The size limit is checked before anything is read. The bytes go to a temporary file that is
+        renamed into place only once complete; on any failure (truncated body, disk full, Ctrl-C) the
+        temporary file is removed and any previous object under ``key`` is left as it was.
+        """
+        path = self._path(key)
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise InvalidInput("length must be a non-negative integer")
+        if length > self._max_object_size:
+            raise PayloadTooLarge(
+                f"an object of {length} bytes is larger than the limit of {self._max_object_size} bytes"
+            )
+        fd, temp = tempfile.mkstemp(dir=self._tmp, prefix="put-", suffix=".part")
+        try:
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    remaining = length
+                    while remaining:
+                        block = stream.read(min(_BLOCK, remaining))
+                        if not block:
+                            raise InvalidInput(
+                                f"upload truncated: received {length - remaining} of {length} bytes"
+                            )
+                        block = block[:remaining]
+                        out.write(block)
+                        remaining -= len(block)
+                    if self._fsync:
+                        out.flush()
+                        os.fsync(out.fileno())
+                self._install(temp, path, key)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise Unavailable("local storage is full") from exc
+                raise
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+
+    def _install(self, temp: str, path: Path, key: str) -> None:
+        """Rename ``temp`` to ``path``, re-creating parents a concurrent delete may have pruned."""
+        for attempt in range(5):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(temp, path)
+                return
+            except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+                raise Conflict(f"blob key {key!r} collides with an existing object or prefix") from exc
+            except FileNotFoundError:
+                if attempt == 4 or not os.path.exists(temp):
+                    raise
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.write_stream(key, io.BytesIO(data), len(data))
+
+    def delete(self, keys: Iterable[str]) -> None:
+        paths = [self._path(key) for key in keys]  # validate them all before deleting any
+        for path in paths:
+            try:
+                os.unlink(path)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                continue
+            except PermissionError:
+                if path.is_dir():  # macOS answers EPERM for unlink() on a directory
+                    continue
+                raise
+            self._prune(path.parent)
+
+    def _prune(self, directory: Path) -> None:
+        """Remove directories left empty, up to (not including) ``objects/``."""
+        while directory != self._objects and self._objects in directory.parents:
+            try:
+                os.rmdir(directory)
+            except OSError:  # not empty (or already gone): stop
+                return
+            directory = directory.parent
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files of uploads killed mid-way (a crashed server) would otherwise pile up."""
+        cutoff = time.time() - _STALE_TEMP_S
+        try:
+            with os.scandir(self._tmp) as scan:
+                for entry in scan:
+                    with suppress(OSError):
+                        if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                            os.unlink(entry.path)
+        except OSError as exc:  # pragma: no cover - best effort
+            logger.warning("could not clean %s: %s", self._tmp, exc)
