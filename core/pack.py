@@ -12,7 +12,9 @@ This module is pure: parsing and validation here, file I/O in ``client.packer``.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import posixpath
 import re
@@ -43,6 +45,7 @@ MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = 1024 * 1024 * 1024
 MAX_FILES = 100_000
 MAX_PATH = 1024
+MAX_DEPTH = 64
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 FILE, DIR, SYMLINK = "file", "dir", "symlink"
 
@@ -73,6 +76,8 @@ def validate_relative_path(path: object) -> str:
     if len(path) > MAX_PATH or "\x00" in path or path.startswith("/") or "\\" in path:
         raise InvalidInput(f"invalid path in pack: {path[:80]!r}")
     parts = path.split("/")
+    if len(parts) > MAX_DEPTH:
+        raise InvalidInput(f"path nested deeper than {MAX_DEPTH} folders: {path[:80]!r}")
     if any(p in ("", ".", "..") for p in parts):
         raise InvalidInput(f"invalid path in pack (empty, '.' or '..' segment): {path[:80]!r}")
     return path
@@ -174,7 +179,7 @@ class PackIndex:
             )
             for f in self.files
         )
-        return PackIndex(self.chunk_size, files, self.format, self.compression)
+        return PackIndex(self.chunk_size, files, self.format, self.compression, dict(self.extra))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PackIndex:
@@ -204,15 +209,30 @@ class PackIndex:
         if len(raw_files) > MAX_FILES:
             raise InvalidInput(f"a pack holds at most {MAX_FILES} files")
         files = tuple(_parse_file(f, chunk_size) for f in raw_files)
-        seen: set[str] = set()
-        for f in files:
-            if f.path in seen:
-                raise InvalidInput(f"duplicate path in pack: {f.path[:80]!r}")
-            seen.add(f.path)
+        _check_nesting(files)
         index = cls(chunk_size, files)
         if "size" in doc and doc["size"] != index.size:
             raise InvalidInput("the pack index size does not match the sum of its file sizes")
         return index
+
+
+def _check_nesting(files: tuple[FileEntry, ...]) -> None:
+    """Paths are unique and nothing lies inside a file or a symlink.
+
+    An entry under a symlink would be written through it on unpack, wherever it points; an entry
+    under a file can never be unpacked. Sorted paths make this one bisect per entry, so a hostile
+    index of deep paths costs n log n, not n times its depth.
+    """
+    paths = sorted(f.path for f in files)
+    for before, after in itertools.pairwise(paths):
+        if before == after:
+            raise InvalidInput(f"duplicate path in pack: {after[:80]!r}")
+    for f in files:
+        if f.type == DIR:
+            continue
+        inner = bisect.bisect_left(paths, f.path + "/")
+        if inner < len(paths) and paths[inner].startswith(f.path + "/"):
+            raise InvalidInput(f"{paths[inner][:80]!r} lies inside {f.path[:80]!r}, which is a {f.type}, not a folder")
 
 
 def _int(value: object, what: str) -> int:
@@ -231,7 +251,13 @@ def _parse_file(raw: object, chunk_size: int) -> FileEntry:
         return FileEntry(path, DIR, mode)
     if kind == SYMLINK:
         target = raw.get("target")
-        if not isinstance(target, str) or not target or target.startswith("/") or "\x00" in target:
+        if (
+            not isinstance(target, str)
+            or not target
+            or len(target) > MAX_PATH
+            or target.startswith("/")
+            or "\x00" in target
+        ):
             raise InvalidInput(f"symlink {path!r} must have a relative target")
         resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
         if resolved == ".." or resolved.startswith("../"):
