@@ -1,0 +1,404 @@
+"""The HTTP contract of DESIGN §8, declared once as a route table over :class:`CatalogService`.
+
+Every frontend serves exactly this table through :class:`core.http.Router`; the OpenAPI document is
+generated from it (``core.openapi``), so what is documented is what is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from core.errors import InvalidInput
+from core.http import Call, Response, Route, Router
+from core.identity import ManifestKey, normalize_architecture, normalize_catalog_id, normalize_tag, normalize_version
+from core.openapi import openapi_document
+from core.rbac import Claim, Principal
+from core.service import CatalogService
+
+__all__ = ["TokenIssuer", "build_router", "build_routes"]
+
+TokenIssuer = Callable[[str, str], dict[str, Any]]
+"""(username, password) -> {"token", "expires_at"}; only the embedded server has one."""
+
+_LIST_BODY = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}}}
+
+
+def _key(call: Call) -> ManifestKey:
+    p = call.params
+    return ManifestKey.parse(p["id"], p["version"], p["arch"])
+
+
+def _items(manifests: list[Any]) -> Response:
+    return Response.json({"items": [m.to_public() for m in manifests]})
+
+
+def _list_field(call: Call, name: str) -> object:
+    body = call.request.json()
+    if name not in body:
+        raise InvalidInput(f'the body must be {{"{name}": [...]}}')
+    return body[name]
+
+
+def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = None) -> list[Route]:
+    """The route table. Literal paths come before ``{param}`` ones with the same shape."""
+    s = service
+
+    def health(call: Call) -> Response:
+        return Response.json({"status": "ok"})
+
+    def openapi(call: Call) -> Response:
+        return Response.json(openapi_document(routes))
+
+    def token(call: Call) -> Response:
+        assert token_issuer is not None
+        body = call.request.json()
+        username, password = body.get("username"), body.get("password")
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise InvalidInput('send {"username": ..., "password": ...}')
+        return Response.json(token_issuer(username, password))
+
+    def whoami(call: Call) -> Response:
+        who: Principal = call.principal
+        return Response.json(
+            {
+                "subject": who.subject,
+                "roles": sorted(who.roles),
+                "claims": sorted(who.effective_claims),
+                "via": who.via,
+            }
+        )
+
+    def list_catalog(call: Call) -> Response:
+        q = call.request.query
+        items, cursor = s.list_manifests(
+            call.principal,
+            tag=normalize_tag(q["tag"]) if q.get("tag") else None,
+            architecture=normalize_architecture(q["architecture"]) if q.get("architecture") else None,
+            limit=call.query_int("limit", 100, minimum=1, maximum=1000),
+            cursor=q.get("cursor") or None,
+        )
+        return Response.json({"items": [m.to_public() for m in items], "next_cursor": cursor})
+
+    def get_catalog(call: Call) -> Response:
+        return _items(s.versions(call.principal, normalize_catalog_id(call.params["id"])))
+
+    def get_version(call: Call) -> Response:
+        version = normalize_version(call.params["version"], allow_latest=True)
+        return _items(s.versions(call.principal, normalize_catalog_id(call.params["id"]), version))
+
+    def get_manifest(call: Call) -> Response:
+        p = call.params
+        return Response.json(s.get(call.principal, p["id"], p["version"], p["arch"]).to_public())
+
+    def delete(call: Call) -> Response:
+        p = call.params
+        s.delete(call.principal, p["id"], p.get("version"), p.get("arch"), purge=call.query_bool("purge"))
+        return Response.empty()
+
+    def taint(call: Call) -> Response:
+        return Response.json(s.taint(call.principal, _key(call)).to_public())
+
+    def untaint(call: Call) -> Response:
+        return Response.json(s.untaint(call.principal, _key(call)).to_public())
+
+    def revoke(call: Call) -> Response:
+        return Response.json(s.revoke(call.principal, _key(call)).to_public())
+
+    def list_editor(field_name: str, body_name: str, add: bool) -> Callable[[Call], Response]:
+        def handler(call: Call) -> Response:
+            values = _list_field(call, body_name)
+            return Response.json(s.edit_list(call.principal, _key(call), field_name, values, add).to_public())
+
+        return handler
+
+    def metadata(call: Call) -> Response:
+        return Response.json(s.update_metadata(call.principal, _key(call), call.request.json()).to_public())
+
+    def push(call: Call) -> Response:
+        return Response.json(s.push_begin(call.principal, _key(call), call.request.json()), 201)
+
+    def upload_urls(call: Call) -> Response:
+        body = call.request.json()
+        return Response.json(s.upload_urls(call.principal, call.params["upload_id"], body.get("digests")))
+
+    def commit(call: Call) -> Response:
+        manifest = s.commit(call.principal, call.params["upload_id"], call.request.json())
+        return Response.json(manifest.to_public())
+
+    def abort(call: Call) -> Response:
+        s.abort(call.principal, call.params["upload_id"])
+        return Response.empty()
+
+    def pull(call: Call) -> Response:
+        p = call.params
+        return Response.json(s.pull(call.principal, p["id"], p["version"], p["arch"]))
+
+    def pull_urls(call: Call) -> Response:
+        return Response.json(s.pull_urls(call.principal, _key(call), call.request.json().get("digests")))
+
+    def import_pack(call: Call) -> Response:
+        return Response.json(s.import_pack(call.principal, call.request.json()).to_public(), 201)
+
+    def create_key(call: Call) -> Response:
+        record, full_key = s.create_api_key(call.principal, call.request.json())
+        return Response.json({**record.to_public(), "key": full_key}, 201)
+
+    def list_keys(call: Call) -> Response:
+        return Response.json({"items": [r.to_public() for r in s.list_api_keys(call.principal)]})
+
+    def revoke_key(call: Call) -> Response:
+        return Response.json(s.revoke_api_key(call.principal, call.params["key_id"]).to_public())
+
+    m = "/catalog/{id}/{version}/{arch}"
+    lists = {"type": "object"}
+    routes: list[Route] = [
+        Route("GET", "/health", health, "Liveness check", auth=False, tag="meta"),
+        Route("GET", "/openapi.json", openapi, "This document", auth=False, tag="meta"),
+        Route("GET", "/auth/whoami", whoami, "Who the credentials belong to", responses=(200, 401), tag="auth"),
+        Route(
+            "GET",
+            "/auth/api-keys",
+            list_keys,
+            "List API keys",
+            claim=Claim.MANAGE_API_KEYS,
+            responses=(200, 401, 403),
+            tag="auth",
+        ),
+        Route(
+            "POST",
+            "/auth/api-keys",
+            create_key,
+            "Create an API key (the key is shown once)",
+            claim=Claim.MANAGE_API_KEYS,
+            body={
+                "type": "object",
+                "properties": {
+                    "subject": {"type": "string"},
+                    "roles": {"type": "array", "items": {"type": "string"}},
+                    "claims": {"type": "array", "items": {"type": "string"}},
+                    "expires_in_days": {"type": "integer"},
+                    "description": {"type": "string"},
+                },
+            },
+            responses=(201, 400, 401, 403),
+            tag="auth",
+        ),
+        Route(
+            "DELETE",
+            "/auth/api-keys/{key_id}",
+            revoke_key,
+            "Revoke an API key",
+            claim=Claim.MANAGE_API_KEYS,
+            responses=(200, 401, 403, 404),
+            tag="auth",
+        ),
+        Route(
+            "GET",
+            "/catalog",
+            list_catalog,
+            "List visible manifests, paginated",
+            claim=Claim.LIST,
+            responses=(200, 400, 401, 403),
+        ),
+        Route(
+            "POST",
+            "/catalog/import",
+            import_pack,
+            "Register a pack that already sits in storage",
+            claim=Claim.IMPORT,
+            body={"type": "object", "required": ["catalog_id", "version", "architecture"]},
+            responses=(201, 400, 401, 403, 404, 409),
+        ),
+        Route(
+            "GET",
+            "/catalog/{id}",
+            get_catalog,
+            "Every visible version of a catalog id",
+            claim=Claim.LIST,
+            responses=(200, 400, 401, 403, 404),
+        ),
+        Route(
+            "DELETE",
+            "/catalog/{id}",
+            delete,
+            "Delete every visible version (purge=true removes stored data)",
+            claim=Claim.DELETE,
+            responses=(204, 400, 401, 403, 404),
+        ),
+        Route(
+            "GET",
+            "/catalog/{id}/{version}",
+            get_version,
+            "Every architecture of one version ('latest' allowed)",
+            claim=Claim.LIST,
+            responses=(200, 400, 401, 403, 404),
+        ),
+        Route(
+            "DELETE",
+            "/catalog/{id}/{version}",
+            delete,
+            "Delete one version, every architecture",
+            claim=Claim.DELETE,
+            responses=(204, 400, 401, 403, 404),
+        ),
+        Route(
+            "GET",
+            m,
+            get_manifest,
+            "One manifest ('latest' allowed)",
+            claim=Claim.LIST,
+            responses=(200, 400, 401, 403, 404),
+        ),
+        Route("DELETE", m, delete, "Delete one manifest", claim=Claim.DELETE, responses=(204, 400, 401, 403, 404)),
+        Route(
+            "PATCH",
+            m + "/taint",
+            taint,
+            "Taint: refuse pulls until untainted",
+            claim=Claim.TAINT,
+            responses=(200, 401, 403, 404, 409, 410),
+        ),
+        Route("PATCH", m + "/untaint", untaint, "Untaint", claim=Claim.TAINT, responses=(200, 401, 403, 404, 409, 410)),
+        Route(
+            "PATCH",
+            m + "/revoke",
+            revoke,
+            "Revoke, permanently",
+            claim=Claim.REVOKE,
+            responses=(200, 401, 403, 404, 410),
+        ),
+        Route(
+            "PATCH",
+            m + "/roles",
+            list_editor("required_roles", "roles", True),
+            "Add required roles",
+            claim=Claim.UPDATE,
+            body=lists,
+            responses=(200, 400, 401, 403, 404),
+        ),
+        Route(
+            "DELETE",
+            m + "/roles",
+            list_editor("required_roles", "roles", False),
+            "Remove required roles",
+            claim=Claim.UPDATE,
+            body=lists,
+            responses=(200, 400, 401, 403, 404),
+        ),
+        Route(
+            "PATCH",
+            m + "/claims",
+            list_editor("required_claims", "claims", True),
+            "Add required claims",
+            claim=Claim.UPDATE,
+            body=lists,
+            responses=(200, 400, 401, 403, 404),
+        ),
+        Route(
+            "DELETE",
+            m + "/claims",
+            list_editor("required_claims", "claims", False),
+            "Remove required claims",
+            claim=Claim.UPDATE,
+            body=lists,
+            responses=(200, 400, 401, 403, 404),
+        ),
+        Route(
+            "PATCH",
+            m + "/tags",
+            list_editor("tags", "tags", True),
+            "Add tags",
+            claim=Claim.UPDATE,
+            body=lists,
+            responses=(200, 400, 401, 403, 404),
+        ),
+        Route(
+            "DELETE",
+            m + "/tags",
+            list_editor("tags", "tags", False),
+            "Remove tags",
+            claim=Claim.UPDATE,
+            body=lists,
+            responses=(200, 400, 401, 403, 404),
+        ),
+        Route(
+            "PUT",
+            m + "/metadata",
+            metadata,
+            "Replace the metadata fields present in the body",
+            claim=Claim.UPDATE,
+            body={"type": "object"},
+            responses=(200, 400, 401, 403, 404),
+        ),
+        Route(
+            "POST",
+            m + "/push",
+            push,
+            "Begin a push: presigned PUT URLs for the missing chunks",
+            claim=Claim.PUSH,
+            body={"type": "object", "required": ["index"]},
+            responses=(201, 400, 401, 403, 409, 410),
+        ),
+        Route(
+            "POST",
+            m + "/pull",
+            pull,
+            "Pull: manifest, index and presigned GET URLs; counts a download",
+            claim=Claim.PULL,
+            responses=(200, 401, 403, 404, 409, 410),
+        ),
+        Route(
+            "POST",
+            m + "/pull/urls",
+            pull_urls,
+            "More or fresh GET URLs for a pull in progress",
+            claim=Claim.PULL,
+            body={"type": "object", "required": ["digests"]},
+            responses=(200, 400, 401, 403, 404, 409, 410),
+        ),
+        Route(
+            "POST",
+            "/uploads/{upload_id}/urls",
+            upload_urls,
+            "More or fresh PUT URLs for an upload",
+            claim=Claim.PUSH,
+            body={"type": "object", "required": ["digests"]},
+            responses=(200, 400, 401, 403, 404),
+        ),
+        Route(
+            "POST",
+            "/uploads/{upload_id}/commit",
+            commit,
+            "Commit an upload: verify chunks, write the index",
+            claim=Claim.PUSH,
+            responses=(200, 401, 403, 404, 409),
+        ),
+        Route(
+            "DELETE", "/uploads/{upload_id}", abort, "Abort an upload", claim=Claim.PUSH, responses=(204, 401, 403, 404)
+        ),
+    ]
+    if token_issuer is not None:
+        routes.insert(
+            2,
+            Route(
+                "POST",
+                "/auth/token",
+                token,
+                "Exchange a username and password for a token (embedded server)",
+                auth=False,
+                body={"type": "object", "required": ["username", "password"]},
+                responses=(200, 400, 401),
+                tag="auth",
+            ),
+        )
+    return routes
+
+
+def build_router(
+    service: CatalogService,
+    authenticate: Callable[[Any], Principal],
+    *,
+    token_issuer: TokenIssuer | None = None,
+) -> Router:
+    return Router(build_routes(service, token_issuer=token_issuer), authenticate)

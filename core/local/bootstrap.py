@@ -1,0 +1,123 @@
+"""Composition root of the embedded catalog: SQLite + local files behind the one router.
+
+First start creates, in the data folder, a JWT secret, a blob-signing key and an ``admin`` user
+(SUPER_USER) whose password is printed once and kept in ``initial-admin-password`` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.api import build_router
+from core.auth import AuthConfig, Authenticator, TokenVerifier, hash_password, issue_token, verify_password
+from core.config import Settings, load_settings
+from core.errors import Conflict, Unauthenticated
+from core.http import Request, Router
+from core.local.file_blobs import FileBlobStore
+from core.local.sqlite_store import (
+    SqliteApiKeyStore,
+    SqliteDatabase,
+    SqliteManifestStore,
+    SqliteUserStore,
+    User,
+)
+from core.manifest import now_iso
+from core.rbac import Role
+from core.service import CatalogService
+
+__all__ = ["FirstStart", "LocalCatalog", "open_local_catalog"]
+
+ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class FirstStart:
+    """What a person needs to log in after the very first start."""
+
+    username: str
+    password: str
+    password_file: Path
+
+
+@dataclass
+class LocalCatalog:
+    data_dir: Path
+    router: Router
+    service: CatalogService
+    blobs: FileBlobStore
+    db: SqliteDatabase
+    jwt_secret: str
+    first_start: FirstStart | None
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _secret_file(path: Path, make: Any) -> str:
+    """Read a secret kept in the data folder, creating it (0600, never group/world readable)."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value: str = make()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+        return value
+
+
+def open_local_catalog(
+    data_dir: Path,
+    public_url: str,
+    settings: Settings | None = None,
+) -> LocalCatalog:
+    settings = settings or load_settings()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    jwt_secret = os.environ.get("PDCAT_JWT_SECRET") or _secret_file(
+        data_dir / "jwt-secret", lambda: secrets.token_urlsafe(48)
+    )
+    signing_key = _secret_file(data_dir / "blob-signing-key", lambda: secrets.token_hex(32))
+    db = SqliteDatabase(data_dir / "catalog.sqlite")
+    blobs = FileBlobStore(data_dir / "blobs", public_url.rstrip("/"), bytes.fromhex(signing_key))
+    api_keys = SqliteApiKeyStore(db)
+    users = SqliteUserStore(db)
+    first_start = _bootstrap_admin(users, data_dir)
+
+    # Tokens from /auth/token are HS256 with this secret; a JWKS setting adds an external IdP instead.
+    auth_config = settings.auth or AuthConfig(jwt_secret=jwt_secret)
+    authenticator = Authenticator(TokenVerifier(auth_config), api_keys)
+    service = CatalogService(SqliteManifestStore(db), blobs, api_keys, settings.service)
+
+    def token_issuer(username: str, password: str) -> dict[str, Any]:
+        user = users.get(username)
+        if user is None or not verify_password(password, user.password_hash):
+            raise Unauthenticated("invalid username or password")
+        token, expires_at = issue_token(jwt_secret, user.username, user.roles, user.claims, settings.token_ttl_seconds)
+        return {"token": token, "expires_at": expires_at}
+
+    def authenticate(request: Request) -> Any:
+        return authenticator.authenticate(request.headers)
+
+    router = build_router(service, authenticate, token_issuer=token_issuer)
+    return LocalCatalog(data_dir, router, service, blobs, db, jwt_secret, first_start)
+
+
+def _bootstrap_admin(users: SqliteUserStore, data_dir: Path) -> FirstStart | None:
+    if users.count() > 0:
+        return None
+    password = os.environ.get("PDCAT_ADMIN_PASSWORD") or secrets.token_urlsafe(18)
+    user = User(ADMIN, hash_password(password), [Role.SUPER_USER.value], [], now_iso())
+    try:
+        users.create(user)
+    except Conflict:
+        return None  # another process bootstrapped at the same moment
+    path = data_dir / "initial-admin-password"
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return FirstStart(ADMIN, password, path)
