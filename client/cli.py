@@ -1,0 +1,444 @@
+"""The ``pdcat`` command line (DESIGN §9). Thin: parse, call client/core functions, print.
+
+Exit codes: 0 success, 1 failure (one line on stderr saying why), 2 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from client.api import CatalogClient
+from client.config import Credentials, load_credentials, save_credentials
+from client.output import RichProgress, console, err_console, human_size, manifest_table, print_json
+from client.prlctl import Prlctl, PrlctlError, find_prlctl
+from client.transfer import NoProgress, Progress, TransferConfig, pull, push
+from core.errors import InvalidInput, PdcatError, Unauthenticated
+from core.identity import LATEST, ManifestKey, normalize_architecture, parse_reference
+from core.pack import DEFAULT_CHUNK_SIZE
+
+__all__ = ["main"]
+
+
+def host_architecture() -> str:
+    try:
+        return normalize_architecture(platform.machine())
+    except InvalidInput:
+        return "x86_64"
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+def _client(args: argparse.Namespace) -> CatalogClient:
+    creds = load_credentials(getattr(args, "server", None))
+    if not creds.token and not creds.api_key:
+        raise Unauthenticated(f"not logged in to {creds.server}: run 'pdcat login --server {creds.server} -u USER'")
+    return CatalogClient(creds.server, token=creds.token, api_key=creds.api_key)
+
+
+def _progress(args: argparse.Namespace) -> Progress:
+    if getattr(args, "json", False) or getattr(args, "quiet", False) or not sys.stderr.isatty():
+        return NoProgress()
+    return RichProgress()
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not getattr(args, "quiet", False) and not getattr(args, "json", False):
+        console.print(text)
+
+
+def _transfer_config(args: argparse.Namespace) -> TransferConfig:
+    base = TransferConfig()
+    return TransferConfig(
+        workers=args.workers or base.workers,
+        chunk_size=getattr(args, "chunk_size", None) or DEFAULT_CHUNK_SIZE,
+        level=getattr(args, "level", None) or base.level,
+    )
+
+
+# ---- commands ---------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from core.config import load_settings
+    from core.local.bootstrap import open_local_catalog
+    from core.local.server import LocalServer, WsgiApp, data_dir_default
+    from core.logs import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    data = Path(args.data) if args.data else data_dir_default()
+    app = WsgiApp()
+    server = LocalServer(app, args.host, args.port, threads=args.threads)
+    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+    public_url = os.environ.get("PDCAT_PUBLIC_URL") or f"http://{shown_host}:{server.port}"
+    catalog = open_local_catalog(data, public_url, settings)
+    app.catalog = catalog
+    print(f"pdcat catalog serving on {public_url} (data: {data})", flush=True)
+    if catalog.first_start:
+        fs = catalog.first_start
+        print(
+            f"First start: created user '{fs.username}' (SUPER_USER); its password is in {fs.password_file}", flush=True
+        )
+        print(
+            f'Log in with: pdcat login --server {public_url} -u {fs.username} -p "$(cat {fs.password_file})"',
+            flush=True,
+        )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        catalog.close()
+    return 0
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    password = args.password or os.environ.get("PDCAT_PASSWORD")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise InvalidInput("no password: pass -p, set PDCAT_PASSWORD, or run in a terminal")
+        password = getpass.getpass(f"Password for {args.username}: ")
+    with CatalogClient(args.server) as api:
+        answer = api.login(args.username, password)
+    path = save_credentials(
+        Credentials(args.server.rstrip("/"), answer["token"], None, args.username, answer["expires_at"])
+    )
+    _say(args, f"Logged in to {args.server} as {args.username} (token until {answer['expires_at']}; saved in {path})")
+    return 0
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        me = api.whoami()
+    if args.json:
+        print_json(me)
+    else:
+        console.print(f"{me['subject']} (roles: {', '.join(me['roles']) or '-'}; via {me['via']})")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    arch = normalize_architecture(args.arch) if args.arch else None
+    with _client(args) as api:
+        if args.id:
+            items = api.versions(args.id)
+            items = [
+                m
+                for m in items
+                if (arch is None or m["architecture"] == arch) and (not args.tag or args.tag in m["tags"])
+            ]
+        else:
+            items = list(api.list_manifests(tag=args.tag, architecture=arch))
+    if args.json:
+        print_json({"items": items})
+    elif not items:
+        console.print("No VMs visible to you.")
+    else:
+        console.print(manifest_table(items))
+    return 0
+
+
+def _ref(args: argparse.Namespace) -> tuple[str, str, str]:
+    catalog_id, version = parse_reference(args.ref)
+    return catalog_id, version, normalize_architecture(args.arch or host_architecture())
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    catalog_id, version, arch = _ref(args)
+    with _client(args) as api:
+        m = api.get(catalog_id, version, arch)
+    if args.json:
+        print_json(m)
+        return 0
+    console.print(manifest_table([m]))
+    details = {
+        "description": m["description"] or "-",
+        "vm type": m["vm_type"],
+        "size": f"{human_size(m['size'])} unpacked, {human_size(m['stored_size'])} stored",
+        "pack digest": m["pack"]["digest"] or "-",
+        "required roles": ", ".join(m["required_roles"]) or "-",
+        "required claims": ", ".join(m["required_claims"]) or "-",
+        "downloads": str(m["download_count"]),
+        "created": f"{m['created_at']} by {m['created_by']}",
+    }
+    if m["tainted"]:
+        details["tainted"] = f"{m['tainted_at']} by {m['tainted_by']}"
+    if m["revoked"]:
+        details["revoked"] = f"{m['revoked_at']} by {m['revoked_by']}"
+    for k, v in details.items():
+        console.print(f"  [bold]{k:>15}[/bold]  {v}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    root = Path(args.path)
+    arch = normalize_architecture(args.arch or host_architecture())
+    key = ManifestKey.parse(args.catalog, args.version, arch)
+    vm_type = "macvm" if root.suffix == ".macvm" else "pvm"
+    metadata: dict[str, Any] = {"vm_type": vm_type, "roles": args.role, "claims": args.claim, "tags": args.tag}
+    if args.description is not None:
+        metadata["description"] = args.description
+    progress = _progress(args)
+    with _client(args) as api:
+        try:
+            result = push(
+                api, root, key, metadata=metadata, force=args.force, config=_transfer_config(args), progress=progress
+            )
+        finally:
+            if isinstance(progress, RichProgress):
+                progress.close()
+    if args.json:
+        print_json(
+            {
+                "manifest": result.manifest,
+                "uploaded_chunks": result.uploaded_chunks,
+                "uploaded_bytes": result.uploaded_bytes,
+                "reused_bytes": result.reused_bytes,
+                "chunks": result.chunks,
+                "seconds": round(result.seconds, 3),
+            }
+        )
+    else:
+        m = result.manifest
+        _say(
+            args,
+            f"Pushed {m['catalog_id']}:{m['version']} ({m['architecture']}): {human_size(m['size'])} VM, "
+            f"{result.uploaded_chunks}/{result.chunks} chunks uploaded ({human_size(result.uploaded_bytes)} sent, "
+            f"{human_size(result.reused_bytes)} already stored) in {result.seconds:.1f}s",
+        )
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    catalog_id, version, arch = _ref(args)
+    dest = Path(args.dest) if args.dest else Path.cwd()
+    progress = _progress(args)
+    with _client(args) as api:
+        try:
+            result = pull(
+                api, catalog_id, version, arch, dest, name=args.name, config=_transfer_config(args), progress=progress
+            )
+        finally:
+            if isinstance(progress, RichProgress):
+                progress.close()
+    registered = False
+    note = ""
+    if args.no_register:
+        note = "not registered (--no-register)"
+    else:
+        exe = find_prlctl()
+        if exe is None:
+            note = "prlctl not found, so it was not registered with Parallels Desktop"
+        else:
+            try:
+                Prlctl(exe).register(result.path)
+                registered = True
+                note = "registered with Parallels Desktop"
+            except PrlctlError as exc:
+                note = f"NOT registered: {exc.message}"
+    m = result.manifest
+    if args.json:
+        print_json(
+            {
+                "path": str(result.path),
+                "manifest": m,
+                "registered": registered,
+                "downloaded_chunks": result.downloaded_chunks,
+                "downloaded_bytes": result.downloaded_bytes,
+                "resumed_chunks": result.resumed_chunks,
+                "seconds": round(result.seconds, 3),
+            }
+        )
+    else:
+        resumed = f", {result.resumed_chunks} resumed" if result.resumed_chunks else ""
+        _say(
+            args,
+            f"Pulled {m['catalog_id']}:{m['version']} ({m['architecture']}) to {result.path}: "
+            f"{result.downloaded_chunks}/{result.chunks} chunks downloaded "
+            f"({human_size(result.downloaded_bytes)}{resumed}), "
+            f"every chunk verified, in {result.seconds:.1f}s; {note}",
+        )
+    return 0
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    catalog_id, version, arch = _ref(args)
+    if version == LATEST:
+        raise InvalidInput(f"{args.command} needs an explicit version (ID:VERSION), not latest")
+    with _client(args) as api:
+        m = api.state(catalog_id, version, arch, args.command)
+    if args.json:
+        print_json(m)
+    else:
+        _say(args, f"{m['catalog_id']}:{m['version']} ({m['architecture']}) is now {args.command.rstrip('e')}ed")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    catalog_id, _, version = args.ref.partition(":")
+    arch = normalize_architecture(args.arch) if args.arch else None
+    if arch and not version:
+        raise InvalidInput("--arch needs ID:VERSION")
+    with _client(args) as api:
+        api.delete(catalog_id, version or None, arch, purge=args.purge)
+    _say(
+        args,
+        f"Removed {args.ref}" + (f" ({arch})" if arch else "") + (" and purged its stored data" if args.purge else ""),
+    )
+    return 0
+
+
+def cmd_apikey(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        if args.action == "create":
+            body: dict[str, Any] = {"roles": args.role, "claims": args.claim, "expires_in_days": args.days}
+            if args.subject:
+                body["subject"] = args.subject
+            if args.description:
+                body["description"] = args.description
+            created = api.create_api_key(**body)
+            if args.json:
+                print_json(created)
+            else:
+                console.print(f"API key {created['id']} for {created['subject']}, expires {created['expires_at']}")
+                console.print("Shown only once; use it as PDCAT_API_KEY or the X-Api-Key header:")
+                print(created["key"])
+        elif args.action == "ls":
+            keys = api.list_api_keys()
+            if args.json:
+                print_json({"items": keys})
+            else:
+                for k in keys:
+                    state = "revoked" if k["revoked"] else f"expires {k['expires_at']}"
+                    console.print(f"{k['id']}  {k['subject']}  roles={','.join(k['roles']) or '-'}  {state}")
+        else:
+            if not args.key_id:
+                raise InvalidInput("revoke needs the key id")
+            api.revoke_api_key(args.key_id)
+            _say(args, f"Revoked API key {args.key_id}")
+    return 0
+
+
+# ---- parser -----------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pdcat", description="Push and pull Parallels Desktop VMs through a catalog.")
+    p.add_argument("--debug", action="store_true", help="show logs and full errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, *, json_flag: bool = False, server: bool = True) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_text, description=help_text)
+        if json_flag:
+            c.add_argument("--json", action="store_true", help="machine-readable output")
+        if server:
+            c.add_argument("--server", help="catalog URL (default: the one you logged in to, or PDCAT_SERVER)")
+        c.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+        return c
+
+    c = command("serve", "Run the embedded catalog (SQLite + local files) on this machine", server=False)
+    c.add_argument("--data", help="data folder (default: the platform's user data folder)")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=int(os.environ.get("PDCAT_PORT", "8080")))
+    c.add_argument("--threads", type=int, default=16)
+    c.set_defaults(func=cmd_serve)
+
+    c = command("login", "Log in and store a token", server=False)
+    c.add_argument("--server", required=True)
+    c.add_argument("-u", "--username", required=True)
+    c.add_argument("-p", "--password", help="(default: PDCAT_PASSWORD, or asked for)")
+    c.set_defaults(func=cmd_login)
+
+    command("whoami", "Show who you are logged in as", json_flag=True).set_defaults(func=cmd_whoami)
+
+    c = command("ls", "List VMs (every visible one, or the versions of one id)", json_flag=True)
+    c.add_argument("id", nargs="?")
+    c.add_argument("--tag")
+    c.add_argument("--arch")
+    c.set_defaults(func=cmd_ls)
+
+    c = command("show", "Show one VM version", json_flag=True)
+    c.add_argument("ref", metavar="ID:VERSION")
+    c.add_argument("--arch", help="(default: this machine's)")
+    c.set_defaults(func=cmd_show)
+
+    c = command("push", "Push a VM bundle (.pvm/.macvm folder)", json_flag=True)
+    c.add_argument("path")
+    c.add_argument("--catalog", required=True, help="catalog id")
+    c.add_argument("--version", required=True)
+    c.add_argument("--arch", help="(default: this machine's)")
+    c.add_argument("--role", action="append", default=[], help="required role to see it (repeatable)")
+    c.add_argument("--claim", action="append", default=[], help="required claim to see it (repeatable)")
+    c.add_argument("--tag", action="append", default=[])
+    c.add_argument("--description")
+    c.add_argument("--force", action="store_true", help="replace an existing version")
+    c.add_argument("--chunk-size", type=int, help=f"bytes per chunk (default {DEFAULT_CHUNK_SIZE})")
+    c.add_argument("--level", type=int, help="zstd level (default 3)")
+    c.add_argument("--workers", type=int)
+    c.set_defaults(func=cmd_push)
+
+    c = command("pull", "Pull a VM, verify every byte, and register it with prlctl", json_flag=True)
+    c.add_argument("ref", metavar="ID[:VERSION]")
+    c.add_argument("--arch", help="(default: this machine's)")
+    c.add_argument("--dest", help="folder to put the VM in (default: current folder)")
+    c.add_argument("--name", help="VM name (default: the catalog id)")
+    c.add_argument("--no-register", action="store_true")
+    c.add_argument("--start", action="store_true", help="start the VM after registering it")
+    c.add_argument("--workers", type=int)
+    c.set_defaults(func=cmd_pull)
+
+    for action, text in (
+        ("taint", "Taint a version: pulls are refused until untainted"),
+        ("untaint", "Untaint a version"),
+        ("revoke", "Revoke a version, permanently"),
+    ):
+        c = command(action, text, json_flag=True)
+        c.add_argument("ref", metavar="ID:VERSION")
+        c.add_argument("--arch", help="(default: this machine's)")
+        c.set_defaults(func=cmd_state)
+
+    c = command("rm", "Remove a VM id, a version, or one architecture of a version")
+    c.add_argument("ref", metavar="ID[:VERSION]")
+    c.add_argument("--arch")
+    c.add_argument("--purge", action="store_true", help="also delete stored data no other version uses")
+    c.set_defaults(func=cmd_rm)
+
+    c = command("apikey", "Create, list or revoke API keys", json_flag=True)
+    c.add_argument("action", choices=("create", "ls", "revoke"))
+    c.add_argument("key_id", nargs="?")
+    c.add_argument("--subject")
+    c.add_argument("--role", action="append", default=[])
+    c.add_argument("--claim", action="append", default=[])
+    c.add_argument("--days", type=int, default=90)
+    c.add_argument("--description")
+    c.set_defaults(func=cmd_apikey)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.debug:
+        logging.basicConfig(level=logging.DEBUG)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        err_console.print("pdcat: interrupted; run the same command again to resume")
+        return 130
+    except PdcatError as exc:
+        if args.debug:
+            raise
+        err_console.print(f"pdcat: {exc.message}", markup=False, highlight=False)
+        return 1
+    except OSError as exc:
+        if args.debug:
+            raise
+        err_console.print(f"pdcat: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), markup=False)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

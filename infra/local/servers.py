@@ -1,0 +1,93 @@
+"""Start the real local servers as child processes, wait until they answer, stop them by PID.
+
+Used by the test fixtures, ``make demo`` and the benchmarks, so all three run the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+__all__ = ["RunningServer", "start_embedded"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen[str]
+    data_dir: Path
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_embedded(
+    data_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    port: int = 0,
+    timeout: float = 30.0,
+) -> RunningServer:
+    """``pdcat serve`` on a free loopback port; fails loudly with the server's log if it won't start."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir.parent / f"{data_dir.name}.server.log"
+    full_env = {**os.environ, **(env or {})}
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "serve", "--data", str(data_dir), "--port", str(port)],
+        cwd=REPO,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    url = None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        match = re.search(r"serving on (http://\S+)", line)
+        if match:
+            url = match.group(1)
+            break
+    if url is None:
+        process.kill()
+        raise RuntimeError(f"pdcat serve did not start; its log:\n{log_path.read_text()[-4000:]}")
+    # keep draining stdout so the child never blocks on a full pipe
+    import threading
+
+    threading.Thread(target=lambda: [None for _ in process.stdout or []], daemon=True).start()
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
+                return RunningServer(url, process, data_dir, log_path)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"pdcat serve at {url} never answered /health; its log:\n{log_path.read_text()[-4000:]}")
