@@ -1,5 +1,5 @@
 # Two commands for a new user: `make demo` and `make test`. Everything else is set up on demand.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

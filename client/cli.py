@@ -237,9 +237,13 @@ def cmd_pull(args: argparse.Namespace) -> int:
             note = "prlctl not found, so it was not registered with Parallels Desktop"
         else:
             try:
-                Prlctl(exe).register(result.path)
+                prlctl = Prlctl(exe)
+                vm_id = prlctl.register(result.path)
                 registered = True
-                note = "registered with Parallels Desktop"
+                note = f"registered with Parallels Desktop as {vm_id}"
+                if args.start:
+                    prlctl.start(vm_id)
+                    note += " and started"
             except PrlctlError as exc:
                 note = f"NOT registered: {exc.message}"
     m = result.manifest

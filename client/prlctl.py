@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -51,5 +52,22 @@ class Prlctl:
             raise PrlctlError(f"prlctl {argv[1]} failed: {reason[-1] if reason else f'exit {done.returncode}'}")
         return done.stdout
 
-    def register(self, bundle: Path) -> None:
+    def register(self, bundle: Path) -> str:
+        """Register and return the new VM's id (found by its home folder)."""
         self.run(register_argv(self.exe, bundle))
+        return self.find_by_home(bundle)
+
+    def find_by_home(self, bundle: Path) -> str:
+        try:
+            vms = json.loads(self.run([self.exe, "list", "-a", "-i", "--json"]))
+        except ValueError as exc:
+            raise PrlctlError("prlctl list did not answer JSON") from exc
+        wanted = str(bundle.resolve()).rstrip("/")
+        for vm in vms if isinstance(vms, list) else []:
+            home = str(vm.get("Home") or vm.get("home") or "").rstrip("/")
+            if home and Path(home).resolve() == Path(wanted):
+                return str(vm.get("ID") or vm.get("uuid"))
+        raise PrlctlError(f"prlctl registered {bundle} but does not list it")
+
+    def start(self, vm: str) -> None:
+        self.run([self.exe, "start", vm])
