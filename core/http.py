@@ -59,7 +59,7 @@ class Request:
             return {}
         try:
             data = json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidInput("the request body is not valid JSON") from exc
         if not isinstance(data, dict):
             raise InvalidInput("the request body must be a JSON object")
@@ -178,6 +178,8 @@ class Router:
             response = Response.error(exc.status, exc.code, exc.message)
             if isinstance(exc, MethodNotAllowed):
                 response.headers["Allow"] = ", ".join(self._allowed(request.path))
+            if exc.status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="pdcat"'
         except Exception:
             log.exception("unhandled error", extra={"request_id": request_id})
             response = Response.error(500, "internal", f"internal error (request id {request_id})")

@@ -62,7 +62,7 @@ def _b64(data: Any) -> str:
 def _unb64(token: str) -> Any:
     try:
         return json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         return None
 
 
@@ -114,6 +114,13 @@ def parse_metadata(body: dict[str, Any]) -> dict[str, Any]:
     if "vm_type" in body:
         out["vm_type"] = parse_vm_type(body["vm_type"])
     return out
+
+
+def _refuse_unknown(body: dict[str, Any], allowed: set[str]) -> None:
+    """A typo in a field name must fail loudly, not be ignored."""
+    unknown = set(body) - allowed - set(_METADATA_FIELDS) - {"roles", "claims"}
+    if unknown:
+        raise InvalidInput(f"unknown or read-only field(s): {', '.join(sorted(unknown))}")
 
 
 def _metadata_to_json(meta: dict[str, Any]) -> dict[str, Any]:
@@ -260,10 +267,8 @@ class CatalogService:
         return self._change(who, key, Claim.UPDATE, change)
 
     def update_metadata(self, who: Principal, key: ManifestKey, body: dict[str, Any]) -> Manifest:
+        _refuse_unknown(body, set())
         meta = parse_metadata(body)
-        unknown = set(body) - set(_METADATA_FIELDS) - {"roles", "claims"}
-        if unknown:
-            raise InvalidInput(f"unknown or read-only field(s): {', '.join(sorted(unknown))}")
         return self._change(who, key, Claim.UPDATE, lambda m: m.touched(**meta))
 
     # ---- delete and purge -----------------------------------------------------------------
@@ -339,6 +344,7 @@ class CatalogService:
     def push_begin(self, who: Principal, key: ManifestKey, body: dict[str, Any]) -> dict[str, Any]:
         """Open (or take over) an upload session and say which chunks the client must send."""
         require(who, Claim.PUSH)
+        _refuse_unknown(body, {"index", "force"})
         if "index" not in body:
             raise InvalidInput("push needs the pack 'index'")
         index = PackIndex.parse(body["index"])
@@ -372,7 +378,8 @@ class CatalogService:
                 raise Conflict(f"{key} is being pushed by someone else right now") from None
         else:
             current = stored.manifest
-            if not can_see(who, current.required_roles, current.required_claims):
+            resuming = current.upload is not None and current.upload.started_by == who.subject
+            if not resuming and not can_see(who, current.required_roles, current.required_claims):
                 raise Conflict(f"{key} already exists")
             if current.revoked:
                 raise Gone(f"{key} was revoked; a revoked version cannot be pushed again")
@@ -423,7 +430,9 @@ class CatalogService:
         stored = self.store.get(key)
         if stored is None or stored.manifest.upload is None or stored.manifest.upload.upload_id != upload_id:
             raise NotFound("no such upload (it was committed, aborted or replaced by a newer push)")
-        if not can_see(who, stored.manifest.required_roles, stored.manifest.required_claims):
+        # The pusher keeps their session even if the roles they pushed with hide the manifest from them.
+        own = stored.manifest.upload.started_by == who.subject
+        if not own and not can_see(who, stored.manifest.required_roles, stored.manifest.required_claims):
             raise NotFound("no such upload (it was committed, aborted or replaced by a newer push)")
         return stored.manifest, stored.etag, stored.manifest.upload
 
@@ -486,7 +495,6 @@ class CatalogService:
                 chunk_count=len(final.unique_digests()),
                 file_count=len(final.files),
             ),
-            tainted=False,
             pushed_at=at,
             updated_at=at,
         )
@@ -500,7 +508,7 @@ class CatalogService:
 
     def abort(self, who: Principal, upload_id: str) -> None:
         manifest, etag, session = self._session(who, upload_id)
-        if manifest.is_ready:
+        if manifest.is_ready or manifest.revoked:  # a revoked identity stays burned
             self.store.replace(manifest.touched(upload=None), etag)
         else:
             self.store.delete(manifest.key, etag)
@@ -551,6 +559,7 @@ class CatalogService:
     def import_pack(self, who: Principal, body: dict[str, Any]) -> Manifest:
         """Register a pack whose index and chunks already sit in this catalog's storage."""
         require(who, Claim.IMPORT)
+        _refuse_unknown(body, {"catalog_id", "version", "architecture"})
         key = ManifestKey.parse(body.get("catalog_id"), body.get("version"), body.get("architecture"))
         meta = parse_metadata(body)
         try:

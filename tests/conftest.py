@@ -34,6 +34,7 @@ class Backend:
     jwt_secret: str
     supports_password_login: bool
     server: RunningServer | None = None
+    admin_password: str | None = None
 
     @property
     def api_url(self) -> str:
@@ -62,7 +63,14 @@ def _embedded(tmp: Path) -> Backend:
         tmp / "catalog",
         env={"PDCAT_JWT_SECRET": TEST_JWT_SECRET, "PDCAT_ADMIN_PASSWORD": ADMIN_PASSWORD, "PDCAT_LOG_LEVEL": "WARNING"},
     )
-    return Backend("embedded", server.url, TEST_JWT_SECRET, supports_password_login=True, server=server)
+    return Backend(
+        "embedded",
+        server.url,
+        TEST_JWT_SECRET,
+        supports_password_login=True,
+        server=server,
+        admin_password=ADMIN_PASSWORD,
+    )
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

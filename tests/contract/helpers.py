@@ -1,0 +1,255 @@
+"""Shared helpers of the HTTP contract suite.
+
+Everything here speaks HTTP only (plus ``core.pack`` for the index format), so the same suite runs
+unchanged against every backend: the embedded server, AWS and Azure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+import zstandard
+
+from core.pack import PackIndex
+
+__all__ = [
+    "CHUNK_SIZE",
+    "Pack",
+    "RawResponse",
+    "assert_error",
+    "begin_push",
+    "build_pack",
+    "commit",
+    "download_chunk",
+    "manifest_path",
+    "plain",
+    "pull",
+    "push_empty",
+    "push_pack",
+    "race",
+    "raw_request",
+    "upload_chunks",
+]
+
+CHUNK_SIZE = 4096
+T = TypeVar("T")
+_ZSTD = zstandard.ZstdCompressor(level=3)
+# One plain client (no credentials) for presigned URLs: building an httpx.Client costs ~30 ms (TLS
+# context), which would dominate a suite that moves a few KiB per request. httpx.Client is thread-safe.
+plain = httpx.Client(timeout=60)
+
+
+@dataclass
+class Pack:
+    """A hand-built pack: its index (as JSON) and its stored chunks by digest (raw bytes)."""
+
+    index: dict[str, Any]
+    chunks: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def digests(self) -> list[str]:
+        return list(self.chunks)
+
+    def file_digests(self, path: str) -> list[str]:
+        for f in self.index["files"]:
+            if f["path"] == path:
+                return [c["digest"] for c in f["chunks"]]
+        raise KeyError(path)
+
+
+def build_pack(files: Mapping[str, bytes], chunk_size: int = CHUNK_SIZE) -> Pack:
+    """Cut each file on the ``chunk_size`` grid; all-zero cells are holes (left out, never stored)."""
+    entries: list[dict[str, Any]] = []
+    chunks: dict[str, bytes] = {}
+    for path, data in files.items():
+        file_chunks = []
+        for offset in range(0, len(data), chunk_size):
+            raw = data[offset : offset + chunk_size]
+            if not raw.strip(b"\x00"):
+                continue
+            digest = hashlib.sha256(raw).hexdigest()
+            chunks[digest] = raw
+            file_chunks.append({"offset": offset, "size": len(raw), "digest": digest})
+        entries.append({"path": path, "type": "file", "mode": 0o644, "size": len(data), "chunks": file_chunks})
+    index = {
+        "format": 1,
+        "compression": "zstd",
+        "chunk_size": chunk_size,
+        "size": sum(len(d) for d in files.values()),
+        "files": entries,
+    }
+    PackIndex.parse(index)  # the helper itself must build valid indexes
+    return Pack(index, chunks)
+
+
+def manifest_path(cid: str, version: str, arch: str) -> str:
+    return f"/catalog/{cid}/{version}/{arch}"
+
+
+def begin_push(client: httpx.Client, cid: str, version: str, arch: str, pack: Pack, **body: Any) -> httpx.Response:
+    return client.post(f"{manifest_path(cid, version, arch)}/push", json={"index": pack.index, **body})
+
+
+def upload_chunks(urls: Mapping[str, str], chunks: Mapping[str, bytes]) -> dict[str, int]:
+    """PUT each chunk, zstd-compressed, to its presigned URL with a plain client (no credentials).
+
+    Returns the stored (compressed) size of every chunk sent.
+    """
+    sizes: dict[str, int] = {}
+    for digest, url in urls.items():
+        data = _ZSTD.compress(chunks[digest])
+        r = plain.put(url, content=data)
+        assert r.status_code in (200, 201, 204), (r.status_code, r.text[:500])
+        sizes[digest] = len(data)
+    return sizes
+
+
+def commit(client: httpx.Client, upload_id: str, **body: Any) -> httpx.Response:
+    return client.post(f"/uploads/{upload_id}/commit", json=body)
+
+
+def push_pack(
+    client: httpx.Client,
+    cid: str,
+    version: str,
+    arch: str,
+    files: Mapping[str, bytes] | Pack,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    **meta: Any,
+) -> dict[str, Any]:
+    """Begin, upload the missing chunks, commit; returns the committed manifest."""
+    pack = files if isinstance(files, Pack) else build_pack(files, chunk_size)
+    r = begin_push(client, cid, version, arch, pack, **meta)
+    assert r.status_code == 201, (r.status_code, r.text[:1000])
+    session = r.json()
+    missing = {m["digest"] for m in session["missing"]}
+    assert missing <= set(session["urls"]), "small packs get every URL in the first answer"
+    upload_chunks({d: session["urls"][d] for d in missing}, pack.chunks)
+    c = commit(client, session["upload_id"])
+    assert c.status_code == 200, (c.status_code, c.text[:1000])
+    manifest: dict[str, Any] = c.json()
+    assert manifest["status"] == "ready"
+    return manifest
+
+
+def push_empty(client: httpx.Client, cid: str, version: str, arch: str = "x86_64", **meta: Any) -> dict[str, Any]:
+    """The cheapest possible manifest: a pack without files (two requests)."""
+    r = client.post(
+        f"{manifest_path(cid, version, arch)}/push",
+        json={"index": {"chunk_size": CHUNK_SIZE, "files": []}, **meta},
+    )
+    assert r.status_code == 201, (r.status_code, r.text[:1000])
+    c = commit(client, r.json()["upload_id"])
+    assert c.status_code == 200, (c.status_code, c.text[:1000])
+    result: dict[str, Any] = c.json()
+    return result
+
+
+def pull(client: httpx.Client, cid: str, version: str, arch: str) -> httpx.Response:
+    return client.post(f"{manifest_path(cid, version, arch)}/pull")
+
+
+def download_chunk(url: str) -> bytes:
+    """GET a presigned URL with a plain client and return the decompressed bytes."""
+    r = plain.get(url)
+    assert r.status_code == 200, (r.status_code, r.text[:500])
+    return zstandard.ZstdDecompressor().decompress(r.content, max_output_size=64 * 1024 * 1024)
+
+
+def assert_error(
+    r: httpx.Response | RawResponse, status: int | tuple[int, ...], code: str | None = None
+) -> dict[str, str]:
+    """The one error shape, the expected status, and never a stack trace."""
+    statuses = (status,) if isinstance(status, int) else status
+    assert r.status_code in statuses, (r.status_code, r.text[:1000])
+    assert "Traceback" not in r.text
+    assert 'File "' not in r.text
+    assert r.headers.get("content-type", "").startswith("application/json"), r.headers
+    body = r.json()
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    error = body["error"]
+    assert isinstance(error, dict) and {"code", "message"} <= set(error), error
+    assert isinstance(error["code"], str) and error["code"], error
+    assert isinstance(error["message"], str) and error["message"], error
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+@dataclass
+class RawResponse:
+    status_code: int
+    headers: dict[str, str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def raw_request(
+    base_url: str,
+    method: str,
+    path: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 60,
+) -> RawResponse:
+    """Send ``path`` exactly as given (no dot-segment removal, no re-encoding), as an attacker would."""
+    url = urlsplit(base_url)
+    conn_cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(url.hostname or "localhost", url.port, timeout=timeout)
+    try:
+        conn.putrequest(method, url.path.rstrip("/") + path, skip_accept_encoding=True)
+        all_headers = dict(headers or {})
+        if body is not None:
+            all_headers.setdefault("Content-Length", str(len(body)))
+        elif method in ("POST", "PUT", "PATCH"):
+            all_headers.setdefault("Content-Length", "0")
+        for name, value in all_headers.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        if body:
+            conn.send(body)
+        resp = conn.getresponse()
+        data = resp.read()
+        return RawResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+def race(n: int, action: Callable[[int], T]) -> list[T]:
+    """Run ``action(i)`` on ``n`` threads released together by a barrier; the results in order."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(30)
+            results[i] = action(i)
+        except BaseException as exc:  # surfaced below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a racing thread hung"
+    if errors:
+        raise errors[0]
+    return results
