@@ -229,6 +229,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 progress.close()
     registered = False
     note = ""
+    register_failed = ""
+    vm_id = ""
     if args.no_register:
         note = "not registered (--no-register)"
     else:
@@ -240,12 +242,19 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 prlctl = Prlctl(exe)
                 vm_id = prlctl.register(result.path)
                 registered = True
+                if args.name:
+                    prlctl.set_name(vm_id, args.name)
                 note = f"registered with Parallels Desktop as {vm_id}"
                 if args.start:
                     prlctl.start(vm_id)
                     note += " and started"
             except PrlctlError as exc:
-                note = f"NOT registered: {exc.message}"
+                if registered:  # --start failed after a good registration
+                    register_failed = f"registered as {vm_id} but NOT started: {exc.message}"
+                    note = register_failed
+                else:
+                    register_failed = f"NOT registered: {exc.message}"
+                    note = register_failed
     m = result.manifest
     if args.json:
         print_json(
@@ -268,6 +277,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
             f"({human_size(result.downloaded_bytes)}{resumed}), "
             f"every chunk verified, in {result.seconds:.1f}s; {note}",
         )
+    if register_failed:
+        # The user asked for a registered (or started) VM and did not get one: that is a failure
+        # (exit 1), but the verified bundle stays where it is and the one-line reason says what to do.
+        todo = f"prlctl start {vm_id}" if registered else f"prlctl register '{result.path}' --regenerate-src-uuid"
+        raise PrlctlError(f"pulled and verified {result.path}, but {register_failed}; finish with: {todo}")
     return 0
 
 
@@ -423,10 +437,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _WarningFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"pdcat: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _configure_logging(debug: bool) -> None:
+    """Warnings (retries, re-fetched chunks) as short prefixed lines; everything with --debug."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s") if debug else _WarningFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.DEBUG if debug else logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.debug:
-        logging.basicConfig(level=logging.DEBUG)
+    _configure_logging(args.debug)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from core.errors import PdcatError
 
-__all__ = ["Prlctl", "PrlctlError", "find_prlctl", "register_argv"]
+__all__ = ["Prlctl", "PrlctlError", "find_prlctl", "register_argv", "set_name_argv"]
 
 
 class PrlctlError(PdcatError):
@@ -68,6 +68,9 @@ class Prlctl:
             if home and Path(home).resolve() == Path(wanted):
                 return str(vm.get("ID") or vm.get("uuid"))
         raise PrlctlError(f"prlctl registered {bundle} but does not list it")
+
+    def set_name(self, vm: str, name: str) -> None:
+        self.run(set_name_argv(self.exe, vm, name))
 
     def start(self, vm: str) -> None:
         self.run([self.exe, "start", vm])

@@ -126,7 +126,7 @@ def push(
     progress = progress or NoProgress()
     started = time.monotonic()
     if not root.is_dir():
-        raise InvalidInput(f"{root} is not a VM bundle folder")
+        raise InvalidInput(f"{root} is not a VM bundle folder" if root.exists() else f"{root} does not exist")
     size_hint = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
     progress.start("indexing", size_hint)
     index = build_index(root, config.chunk_size, workers=config.workers, on_progress=progress.advance)

@@ -217,7 +217,7 @@ class CatalogService:
         if version == LATEST:
             found = [m for m in self._latest_per_arch(self._visible(who, catalog_id)) if m.architecture == architecture]
             if not found:
-                raise NotFound(f"no usable version of {catalog_id} for {architecture}")
+                raise NotFound(f"{catalog_id}:latest ({architecture}) not found: no usable version")
             return found[0]
         stored = self.store.get(ManifestKey(catalog_id, version, architecture))
         if stored is None or not can_see(who, stored.manifest.required_roles, stored.manifest.required_claims):

@@ -208,18 +208,14 @@ def test_es256_via_jwks(jwks_verifier: TokenVerifier, keys: Keys) -> None:
 
 
 def test_cognito_groups_field(jwks_base: str, keys: Keys) -> None:
-    verifier = TokenVerifier(
-        AuthConfig(jwks_url=f"{jwks_base}/jwks.json", issuer=ISSUER, roles_field="cognito:groups")
-    )
+    verifier = TokenVerifier(AuthConfig(jwks_url=f"{jwks_base}/jwks.json", issuer=ISSUER, roles_field="cognito:groups"))
     payload = {**claims_for(iss=ISSUER), "cognito:groups": ["publisher", "user"]}
     token = jwt.encode(payload, keys.rsa, algorithm="RS256", headers={"kid": "rsa1"})
     assert verifier.verify(token).roles == {"PUBLISHER", "USER"}
 
 
 def test_dotted_roles_field_and_string_claims() -> None:
-    verifier = TokenVerifier(
-        AuthConfig(jwt_secret=SECRET, roles_field="realm_access.roles", claims_field="scope")
-    )
+    verifier = TokenVerifier(AuthConfig(jwt_secret=SECRET, roles_field="realm_access.roles", claims_field="scope"))
     payload = claims_for(
         realm_access={"roles": ["admin"]},
         scope="list_catalog_manifest  pull_catalog_manifest,push_catalog_manifest",
@@ -307,9 +303,7 @@ def test_header_alg_must_match_key_family(jwks_verifier: TokenVerifier, keys: Ke
         ({"iss": None}, "'iss'"),
     ],
 )
-def test_claims_checked(
-    jwks_verifier: TokenVerifier, keys: Keys, change: dict[str, Any], message: str
-) -> None:
+def test_claims_checked(jwks_verifier: TokenVerifier, keys: Keys, change: dict[str, Any], message: str) -> None:
     payload = {k: v for k, v in {**idp_claims(), **change}.items() if v is not None}
     token = jwt.encode(payload, keys.rsa, algorithm="RS256", headers={"kid": "rsa1"})
     with pytest.raises(Unauthenticated, match=message):
@@ -376,9 +370,7 @@ class KeyFixture:
     def __init__(self) -> None:
         self.store = InMemoryApiKeyStore()
         self.now = datetime.now(UTC)
-        self.auth = Authenticator(
-            TokenVerifier(AuthConfig(jwt_secret=SECRET)), self.store, clock=lambda: self.now
-        )
+        self.auth = Authenticator(TokenVerifier(AuthConfig(jwt_secret=SECRET)), self.store, clock=lambda: self.now)
 
     def add(self, **overrides: Any) -> str:
         key_id, secret, full_key = new_api_key()
@@ -418,9 +410,7 @@ def test_store_holds_only_the_hash(kf: KeyFixture) -> None:
 
 def test_api_key_authenticates(kf: KeyFixture) -> None:
     principal = kf.auth.authenticate({"X-Api-Key": kf.add()})
-    assert principal == Principal(
-        "ci-bot", frozenset({"PUBLISHER"}), frozenset({"MANAGE_API_KEYS"}), "api_key"
-    )
+    assert principal == Principal("ci-bot", frozenset({"PUBLISHER"}), frozenset({"MANAGE_API_KEYS"}), "api_key")
 
 
 def test_header_names_are_case_insensitive(kf: KeyFixture) -> None:
@@ -456,12 +446,13 @@ def test_revocation_not_revealed_without_the_secret(kf: KeyFixture) -> None:
         kf.auth.authenticate({"X-Api-Key": f"pdcat_{key_id}_{'A' * 43}"})
 
 
+# Fixed past dates (not "now minus x"), so test ids are the same in every pytest-xdist worker.
 @pytest.mark.parametrize(
     "expires_at",
     [
-        (datetime.now(UTC) - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),  # now_iso() format
-        (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        (datetime.now(UTC) - timedelta(days=1)).isoformat(),
+        "2020-01-02T03:04:05.678901Z",  # now_iso() format
+        "2020-01-02T03:04:05Z",
+        "2020-01-02T03:04:05+00:00",
         "not a date",  # unreadable expiry fails closed
     ],
 )
