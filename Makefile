@@ -24,7 +24,7 @@ contract: $(STAMP)
 	@$(BIN)/python -m pytest -q tests/contract
 
 lint: $(STAMP)
-	@$(BIN)/ruff check core client tests infra bench
+	@$(BIN)/ruff check .
 
 typecheck: $(STAMP)
 	@$(BIN)/mypy
