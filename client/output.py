@@ -46,7 +46,7 @@ def _state(m: dict[str, Any]) -> str:
 
 
 def manifest_table(items: list[dict[str, Any]]) -> Table:
-    table = Table(box=None, header_style="bold")
+    table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("ID", "VERSION", "ARCH", "SIZE", "STATE", "TAGS", "PUSHED"):
         table.add_column(column)
     for m in items:

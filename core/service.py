@@ -116,6 +116,21 @@ def parse_metadata(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _pack_fields(index: PackIndex) -> dict[str, Any]:
+    """What a manifest records about a committed pack."""
+    return {
+        "size": index.size,
+        "stored_size": index.stored_size,
+        "pack": PackSummary(
+            digest=index.digest,
+            format=index.format,
+            chunk_size=index.chunk_size,
+            chunk_count=len(index.unique_digests()),
+            file_count=len(index.files),
+        ),
+    }
+
+
 def _refuse_unknown(body: dict[str, Any], allowed: set[str]) -> None:
     """A typo in a field name must fail loudly, not be ignored."""
     unknown = set(body) - allowed - set(_METADATA_FIELDS) - {"roles", "claims"}
@@ -440,6 +455,22 @@ class CatalogService:
         doc = json.loads(self.blobs.get_bytes(session.index_key))
         return PackIndex.parse(doc["index"]), parse_metadata(doc.get("metadata") or {})
 
+    def _stored_index(self, catalog_id: str, index: PackIndex, reported: dict[str, Any] | None = None) -> PackIndex:
+        """The index with every chunk's stored size, once each chunk is known to be in storage.
+
+        ``reported`` are the sizes the uploader sent; a mismatch means a chunk was overwritten.
+        """
+        existing = self._existing_chunks(catalog_id)
+        missing = [d for d in index.unique_digests() if d not in existing]
+        if missing:
+            raise Conflict(
+                f"{len(missing)} chunk(s) are not in storage yet (e.g. {missing[0][:12]}); upload them and commit again"
+            )
+        wrong = [d for d, size in (reported or {}).items() if d in existing and existing[d] != size]
+        if wrong:
+            raise Conflict(f"{len(wrong)} stored chunk(s) have an unexpected size (e.g. {wrong[0][:12]}); push again")
+        return index.with_stored_sizes({d: existing[d] for d in index.unique_digests()})
+
     def upload_urls(self, who: Principal, upload_id: str, digests: object) -> dict[str, Any]:
         """Fresh PUT URLs for chunks of this upload (the next page, or after the first ones expired)."""
         manifest, _, session = self._session(who, upload_id)
@@ -468,33 +499,15 @@ class CatalogService:
         reported = body.get("stored_sizes", {})
         if not isinstance(reported, dict):
             raise InvalidInput("stored_sizes must map digests to sizes")
-        existing = self._existing_chunks(manifest.catalog_id)
-        missing = [d for d in index.unique_digests() if d not in existing]
-        if missing:
-            raise Conflict(
-                f"{len(missing)} chunk(s) are not in storage yet (e.g. {missing[0][:12]}); upload them and commit again"
-            )
-        wrong = [d for d, size in reported.items() if d in existing and existing[d] != size]
-        if wrong:
-            raise Conflict(f"{len(wrong)} stored chunk(s) have an unexpected size (e.g. {wrong[0][:12]}); push again")
-        final = index.with_stored_sizes({d: existing[d] for d in index.unique_digests()})
-        data = final.canonical_bytes()
-        self.blobs.put_bytes(f"{manifest.key.prefix}/index.json", data)
+        final = self._stored_index(manifest.catalog_id, index, reported)
+        self.blobs.put_bytes(f"{manifest.key.prefix}/index.json", final.canonical_bytes())
         at = now_iso()
         ready = replace(
             manifest,
             **meta,
+            **_pack_fields(final),
             status=STATUS_READY,
             upload=None,
-            size=final.size,
-            stored_size=final.stored_size,
-            pack=PackSummary(
-                digest=final.digest,
-                format=final.format,
-                chunk_size=final.chunk_size,
-                chunk_count=len(final.unique_digests()),
-                file_count=len(final.files),
-            ),
             pushed_at=at,
             updated_at=at,
         )
@@ -566,12 +579,7 @@ class CatalogService:
             index = PackIndex.from_bytes(self.blobs.get_bytes(f"{key.prefix}/index.json"))
         except NotFound:
             raise NotFound(f"no pack index in storage at {key.prefix}/index.json") from None
-        existing = self._existing_chunks(key.catalog_id)
-        missing = [d for d in index.unique_digests() if d not in existing]
-        if missing:
-            raise Conflict(f"the pack in storage is incomplete: {len(missing)} chunk(s) are missing")
-        final = index.with_stored_sizes({d: existing[d] for d in index.unique_digests()})
-        at = now_iso()
+        final = self._stored_index(key.catalog_id, index)
         manifest = Manifest(
             catalog_id=key.catalog_id,
             version=key.version,
@@ -579,13 +587,9 @@ class CatalogService:
             created_by=who.subject,
             storage_name=self.blobs.name,
             storage_prefix=key.prefix,
-            size=final.size,
-            stored_size=final.stored_size,
-            pack=PackSummary(
-                final.digest, final.format, final.chunk_size, len(final.unique_digests()), len(final.files)
-            ),
             status=STATUS_READY,
-            pushed_at=at,
+            pushed_at=now_iso(),
+            **_pack_fields(final),
             **meta,
         )
         self.store.create(manifest)
