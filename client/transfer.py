@@ -57,6 +57,15 @@ class DiskFull(PdcatError):
     """The destination ran out of space; nothing was left half-written."""
 
 
+def _debug_delay() -> float:
+    """``PDCAT_DEBUG_CHUNK_DELAY`` (seconds per chunk) slows transfers down so fault-injection tests
+    can kill a process or let URLs expire at a known point. Never set in normal use."""
+    try:
+        return max(0.0, float(os.environ.get("PDCAT_DEBUG_CHUNK_DELAY", "0")))
+    except ValueError:
+        return 0.0
+
+
 @dataclass(frozen=True)
 class TransferConfig:
     workers: int = max(2, min(8, (os.cpu_count() or 2) * 2))
@@ -64,6 +73,7 @@ class TransferConfig:
     level: int = 3
     retries: int = 5
     backoff: float = 0.5
+    chunk_delay: float = field(default_factory=_debug_delay)
 
 
 class Progress(Protocol):
@@ -148,6 +158,8 @@ def push(
     blob_client = blobs or BlobClient(connections=config.workers * 2, retries=config.retries, backoff=config.backoff)
 
     def upload(chunk_digest: str) -> None:
+        if config.chunk_delay:
+            time.sleep(config.chunk_delay)
         path, offset, size = sources[chunk_digest]
         data = read_cell(path, offset, size)
         if digest(data) != chunk_digest:
@@ -254,6 +266,8 @@ def pull(
     journal_file = journal.open("a")
 
     def fetch(chunk_digest: str) -> None:
+        if config.chunk_delay:
+            time.sleep(config.chunk_delay)
         size = places[chunk_digest][0][1].size
         what = f"chunk {chunk_digest[:12]}"
         raw: bytes | None = None
