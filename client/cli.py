@@ -12,14 +12,16 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from client.api import CatalogClient
+from client.cache import CacheEntry, VmCache, budget_from_env
 from client.config import Credentials, load_credentials, save_credentials
 from client.output import RichProgress, console, err_console, human_size, manifest_table, print_json
 from client.prlctl import Prlctl, PrlctlError, find_prlctl
-from client.transfer import NoProgress, Progress, TransferConfig, pull, push
+from client.transfer import NoProgress, Progress, PullPlan, TransferConfig, pull, push
 from core.errors import InvalidInput, PdcatError, Unauthenticated
 from core.identity import LATEST, ManifestKey, normalize_architecture, parse_reference
 from core.pack import DEFAULT_CHUNK_SIZE
@@ -219,14 +221,49 @@ def cmd_pull(args: argparse.Namespace) -> int:
     catalog_id, version, arch = _ref(args)
     dest = Path(args.dest) if args.dest else Path.cwd()
     progress = _progress(args)
+    cache = None if args.no_cache else VmCache()
+
+    def show_plan(plan: PullPlan) -> None:
+        if plan.cache == "hit":
+            what = f"cached copy ({human_size(plan.reused_bytes)} reused, nothing to download)"
+        else:
+            what = f"download {human_size(plan.download_bytes)} in {plan.download_chunks} chunks"
+            if plan.reused_bytes:
+                what += f", reuse {human_size(plan.reused_bytes)} already on this machine"
+        m = plan.manifest
+        _say(
+            args,
+            f"Pulling {m['catalog_id']}:{m['version']} ({m['architecture']}, {human_size(m['size'])}): {what}; "
+            f"writes {human_size(plan.write_bytes)}, leaving {human_size(max(plan.free_after, 0))} free",
+        )
+
+    def show_eviction(entry: CacheEntry) -> None:
+        _say(
+            args,
+            f"Evicted {entry.catalog_id}:{entry.version} ({entry.architecture}) from the cache, "
+            f"freeing {human_size(entry.disk_usage)}",
+        )
+
     with _client(args) as api:
         try:
             result = pull(
-                api, catalog_id, version, arch, dest, name=args.name, config=_transfer_config(args), progress=progress
+                api,
+                catalog_id,
+                version,
+                arch,
+                dest,
+                name=args.name,
+                config=_transfer_config(args),
+                progress=progress,
+                cache=cache,
+                on_plan=show_plan,
+                on_evict=show_eviction,
             )
         finally:
             if isinstance(progress, RichProgress):
                 progress.close()
+            if cache is not None:
+                cache.close()
     registered = False
     note = ""
     register_failed = ""
@@ -265,11 +302,19 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 "downloaded_chunks": result.downloaded_chunks,
                 "downloaded_bytes": result.downloaded_bytes,
                 "resumed_chunks": result.resumed_chunks,
+                "reused_chunks": result.reused_chunks,
+                "reused_bytes": result.reused_bytes,
+                "cache": result.cache,
+                "clone_method": result.clone_method,
                 "seconds": round(result.seconds, 3),
             }
         )
     else:
         resumed = f", {result.resumed_chunks} resumed" if result.resumed_chunks else ""
+        if result.reused_chunks:
+            resumed += f", {result.reused_chunks} reused from the cache"
+        if result.cache == "hit":
+            resumed += f", from the cache by {result.clone_method}"
         _say(
             args,
             f"Pulled {m['catalog_id']}:{m['version']} ({m['architecture']}) to {result.path}: "
@@ -343,6 +388,65 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    overrides = {"max_bytes": args.max_size, "keep_free_bytes": args.keep_free}
+    budget = replace(budget_from_env(), **{k: v for k, v in overrides.items() if v is not None})
+    cache = VmCache(budget=budget)
+    try:
+        if args.action == "ls":
+            entries = sorted(cache.entries(), key=lambda e: e.last_used, reverse=True)
+            if args.json:
+                print_json(
+                    {"root": str(cache.root), "usage": cache.usage(), "items": [_entry_json(e) for e in entries]}
+                )
+            elif not entries:
+                console.print(f"The cache at {cache.root} is empty.")
+            else:
+                for e in entries:
+                    pin = " pinned" if e.pinned else ""
+                    console.print(
+                        f"{e.digest[:12]}  {e.catalog_id}:{e.version} ({e.architecture})  "
+                        f"{human_size(e.disk_usage)} on disk  used {e.use_count}x{pin}"
+                    )
+                console.print(f"{len(entries)} VM(s), {human_size(cache.usage())} in {cache.root}")
+        elif args.action == "prune":
+            victims = cache.prune(dry_run=args.dry_run)
+            if args.json:
+                print_json({"dry_run": args.dry_run, "evicted": [_entry_json(e) for e in victims]})
+            else:
+                verb = "Would evict" if args.dry_run else "Evicted"
+                for e in victims:
+                    console.print(f"{verb} {e.catalog_id}:{e.version} ({e.architecture}), {human_size(e.disk_usage)}")
+                if not victims:
+                    console.print("Nothing to evict: the cache is within its budget.")
+        else:
+            if not args.ref:
+                raise InvalidInput(f"cache {args.action} needs a digest prefix or ID:VERSION[:ARCH]")
+            if args.action == "rm":
+                e = cache.remove(args.ref)
+                _say(args, f"Removed {e.catalog_id}:{e.version} ({e.architecture}) from the cache")
+            else:
+                e = cache.pin(args.ref, args.action == "pin")
+                _say(args, f"{args.action.capitalize()}ned {e.catalog_id}:{e.version} ({e.architecture})")
+    finally:
+        cache.close()
+    return 0
+
+
+def _entry_json(e: CacheEntry) -> dict[str, Any]:
+    return {
+        "digest": e.digest,
+        "catalog_id": e.catalog_id,
+        "version": e.version,
+        "architecture": e.architecture,
+        "size": e.size,
+        "disk_usage": e.disk_usage,
+        "last_used": e.last_used,
+        "use_count": e.use_count,
+        "pinned": e.pinned,
+    }
+
+
 # ---- parser -----------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pdcat", description="Push and pull Parallels Desktop VMs through a catalog.")
@@ -406,6 +510,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--name", help="VM name (default: the catalog id)")
     c.add_argument("--no-register", action="store_true")
     c.add_argument("--start", action="store_true", help="start the VM after registering it")
+    c.add_argument("--no-cache", action="store_true", help="download straight to --dest, bypassing the local cache")
     c.add_argument("--workers", type=int)
     c.set_defaults(func=cmd_pull)
 
@@ -424,6 +529,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--arch")
     c.add_argument("--purge", action="store_true", help="also delete stored data no other version uses")
     c.set_defaults(func=cmd_rm)
+
+    c = command("cache", "Inspect and trim the local cache of pulled VMs", json_flag=True, server=False)
+    c.add_argument("action", choices=("ls", "prune", "rm", "pin", "unpin"))
+    c.add_argument("ref", nargs="?", metavar="DIGEST|ID:VERSION[:ARCH]")
+    c.add_argument("--dry-run", action="store_true", help="(prune) only say what would be evicted")
+    c.add_argument("--max-size", type=int, help="(prune) budget in bytes (default: PDCAT_CACHE_MAX_BYTES)")
+    c.add_argument("--keep-free", type=int, help="(prune) bytes of disk to keep free (default 5 GiB)")
+    c.set_defaults(func=cmd_cache)
 
     c = command("apikey", "Create, list or revoke API keys", json_flag=True)
     c.add_argument("action", choices=("create", "ls", "revoke"))

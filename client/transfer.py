@@ -11,9 +11,11 @@ a pull keeps a journal of finished chunks next to its partial folder.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,12 +25,13 @@ from typing import Any, Protocol
 
 from client.api import CatalogClient
 from client.blobio import BlobClient, UrlBook, UrlRefused
+from client.cache import CacheEntry, VmCache
+from client.clone import supports_reflink
 from client.packer import (
     ChunkCorrupt,
     build_index,
     compress,
     decompress,
-    digest,
     finalize_tree,
     prepare_tree,
     read_cell,
@@ -40,8 +43,10 @@ from core.identity import ManifestKey
 from core.pack import DEFAULT_CHUNK_SIZE, Chunk, FileEntry, PackIndex
 
 __all__ = [
+    "DiskFull",
     "NoProgress",
     "Progress",
+    "PullPlan",
     "PullResult",
     "PushResult",
     "TransferConfig",
@@ -116,8 +121,22 @@ class PullResult:
     downloaded_bytes: int
     resumed_chunks: int
     seconds: float
-    registered: bool = False
-    notes: list[str] = field(default_factory=list)
+    reused_chunks: int = 0
+    reused_bytes: int = 0
+    cache: str = "off"
+    clone_method: str | None = None
+
+
+def _fingerprint(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _fingerprints(root: Path) -> dict[Path, tuple[int, int]]:
+    """(size, mtime) of every regular file, taken before indexing: a chunk read later from a file whose
+    fingerprint moved may not match its digest, so the push stops instead of storing a lie. Cheaper
+    than hashing every chunk a second time."""
+    return {p: _fingerprint(p) for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
 
 
 # ---- push -------------------------------------------------------------------------------------
@@ -137,8 +156,8 @@ def push(
     started = time.monotonic()
     if not root.is_dir():
         raise InvalidInput(f"{root} is not a VM bundle folder" if root.exists() else f"{root} does not exist")
-    size_hint = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
-    progress.start("indexing", size_hint)
+    fingerprints = _fingerprints(root)
+    progress.start("indexing", sum(size for size, _ in fingerprints.values()))
     index = build_index(root, config.chunk_size, workers=config.workers, on_progress=progress.advance)
     progress.finish()
 
@@ -162,7 +181,7 @@ def push(
             time.sleep(config.chunk_delay)
         path, offset, size = sources[chunk_digest]
         data = read_cell(path, offset, size)
-        if digest(data) != chunk_digest:
+        if _fingerprint(path) != fingerprints[path]:
             raise Conflict(f"{path.relative_to(root)} changed while pushing; stop the VM and push again")
         blob = compress(data, config.level)
         del data
@@ -194,6 +213,25 @@ def push(
 
 
 # ---- pull -------------------------------------------------------------------------------------
+LocalChunks = Callable[[str], "bytes | None"]
+"""Raw, verified bytes of a chunk found on this machine (another cached version), or None."""
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    """What a pull will cost, shown before it starts."""
+
+    manifest: dict[str, Any]
+    index: PackIndex
+    final: Path
+    cache: str  # "hit" | "miss" | "off"
+    download_bytes: int  # compressed bytes to fetch
+    download_chunks: int
+    reused_bytes: int  # raw bytes taken from this machine instead of the network
+    write_bytes: int  # bytes that will land on disk (data only; holes cost nothing)
+    free_after: int
+
+
 def partial_paths(final: Path) -> tuple[Path, Path]:
     """Hidden work folder and journal of a pull into ``final``; both live next to it."""
     return final.with_name(f".{final.name}.pdcat-partial"), final.with_name(f".{final.name}.pdcat-journal")
@@ -209,6 +247,127 @@ def _read_journal(journal: Path, pack_digest: str) -> set[str]:
     return set(lines[1:])
 
 
+def _places(index: PackIndex) -> dict[str, list[tuple[FileEntry, Chunk]]]:
+    places: dict[str, list[tuple[FileEntry, Chunk]]] = {}
+    for entry in index.files:
+        for chunk in entry.chunks:
+            places.setdefault(chunk.digest, []).append((entry, chunk))
+    return places
+
+
+@dataclass
+class DownloadStats:
+    downloaded_chunks: int = 0
+    downloaded_bytes: int = 0
+    reused_chunks: int = 0
+    reused_bytes: int = 0
+    resumed_chunks: int = 0
+
+
+def download(
+    api: CatalogClient,
+    manifest: dict[str, Any],
+    index: PackIndex,
+    first_urls: dict[str, str],
+    final: Path,
+    *,
+    config: TransferConfig,
+    progress: Progress,
+    blobs: BlobClient,
+    local: LocalChunks | None = None,
+) -> DownloadStats:
+    """Fill ``final`` with the pack: verified chunks written at their offsets into sparse files.
+
+    Work happens in a hidden partial folder with a journal of finished chunks, so a killed pull
+    resumes; the folder is renamed to ``final`` only when every chunk is in and verified.
+    """
+    partial, journal = partial_paths(final)
+    done = _read_journal(journal, index.digest) if partial.is_dir() else set()
+    if not done:
+        shutil.rmtree(partial, ignore_errors=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        prepare_tree(partial, index)
+        journal.write_text(index.digest + "\n")
+    places = _places(index)
+    todo = [d for d in places if d not in done]
+    stats = DownloadStats(resumed_chunks=len(done))
+    key = (manifest["catalog_id"], manifest["version"], manifest["architecture"])
+    wanted = set(todo)
+    urls = UrlBook(
+        {d: u for d, u in first_urls.items() if d in wanted},
+        todo,
+        lambda ds: api.pull_urls(*key, ds),
+        max(1, len(first_urls)),
+    )
+    lock = threading.Lock()
+    journal_file = journal.open("a")
+
+    def fetch(chunk_digest: str) -> None:
+        if config.chunk_delay:
+            time.sleep(config.chunk_delay)
+        size = places[chunk_digest][0][1].size
+        raw = local(chunk_digest) if local is not None else None
+        fetched = 0
+        if raw is None:
+            raw, fetched = _fetch_verified(blobs, urls, chunk_digest, size)
+        for entry, chunk in places[chunk_digest]:
+            write_chunk(partial, entry, chunk, raw)
+        with lock:
+            journal_file.write(chunk_digest + "\n")
+            journal_file.flush()
+            if fetched:
+                stats.downloaded_chunks += 1
+                stats.downloaded_bytes += fetched
+            else:
+                stats.reused_chunks += 1
+                stats.reused_bytes += size
+        progress.advance(size)
+
+    progress.start("downloading", sum(places[d][0][1].size for d in todo))
+    try:
+        run_bounded(todo, fetch, config.workers)
+        finalize_tree(partial, index)
+    except OSError as exc:
+        _discard(partial, journal)
+        if exc.errno == errno.ENOSPC:
+            raise DiskFull(f"{final.parent} ran out of space; the partial VM was removed") from exc
+        raise
+    except (ChunkCorrupt, InvalidInput):
+        _discard(partial, journal)  # resuming cannot fix bad data in storage or a bad index
+        raise
+    finally:
+        journal_file.close()
+        progress.finish()
+    os.rename(partial, final)
+    journal.unlink(missing_ok=True)
+    return stats
+
+
+def _fetch_verified(blobs: BlobClient, urls: UrlBook, chunk_digest: str, size: int) -> tuple[bytes, int]:
+    """GET, decompress and verify one chunk; a corrupt one is fetched once more before giving up."""
+    what = f"chunk {chunk_digest[:12]}"
+    for attempt in range(2):
+        url = urls.get(chunk_digest) if attempt == 0 else urls.refresh(chunk_digest)
+        try:
+            blob = blobs.get(url, what)
+        except UrlRefused:
+            blob = blobs.get(urls.refresh(chunk_digest), what)
+        try:
+            return decompress(blob, chunk_digest, size), len(blob)
+        except ChunkCorrupt:
+            if attempt == 1:
+                raise
+            log.warning("chunk %s failed verification; fetching it again", chunk_digest[:12])
+    raise AssertionError("unreachable")
+
+
+def _free_bytes(path: Path) -> int:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
 def pull(
     api: CatalogClient,
     catalog_id: str,
@@ -220,8 +379,11 @@ def pull(
     config: TransferConfig | None = None,
     progress: Progress | None = None,
     blobs: BlobClient | None = None,
-    on_resolved: Callable[[dict[str, Any], PackIndex, Path], None] | None = None,
+    cache: VmCache | None = None,
+    on_plan: Callable[[PullPlan], None] | None = None,
+    on_evict: Callable[[CacheEntry], None] | None = None,
 ) -> PullResult:
+    """Resolve, plan, then materialise from the cache or download (into the cache when there is one)."""
     config = config or TransferConfig()
     progress = progress or NoProgress()
     started = time.monotonic()
@@ -231,96 +393,174 @@ def pull(
     if index.digest != manifest["pack"]["digest"]:
         raise ChunkCorrupt("the pack index does not match the manifest's pack digest; refusing to pull it")
     bundle_name = name or manifest["catalog_id"]
-    if "/" in bundle_name or bundle_name.startswith("."):
+    if "/" in bundle_name or bundle_name.startswith(".") or not bundle_name.strip():
         raise InvalidInput(f"invalid VM name {bundle_name!r}")
     final = dest_dir / f"{bundle_name}.{manifest['vm_type']}"
     if final.exists():
         raise Conflict(f"{final} already exists; pick another --name or remove it first")
-    if on_resolved is not None:
-        on_resolved(manifest, index, final)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    partial, journal = partial_paths(final)
 
-    done = _read_journal(journal, index.digest) if partial.is_dir() else set()
-    if not done:
-        shutil.rmtree(partial, ignore_errors=True)
-        prepare_tree(partial, index)
-        journal.write_text(index.digest + "\n")
-    places: dict[str, list[tuple[FileEntry, Chunk]]] = {}
-    for entry in index.files:
-        for chunk in entry.chunks:
-            places.setdefault(chunk.digest, []).append((entry, chunk))
-    todo = [d for d in places if d not in done]
-    needed = sum(places[d][0][1].size for d in todo)
-    free = shutil.disk_usage(dest_dir).free
-    if needed > free:
-        raise DiskFull(f"not enough space in {dest_dir}: the pull needs {needed} more bytes, {free} are free")
-
-    key = (manifest["catalog_id"], manifest["version"], manifest["architecture"])
-    first = {d: u for d, u in answer["urls"].items() if d in set(todo)}
-    urls = UrlBook(first, todo, lambda ds: api.pull_urls(*key, ds), max(1, len(answer["urls"])))
     own_blobs = blobs is None
     blob_client = blobs or BlobClient(connections=config.workers * 2, retries=config.retries, backoff=config.backoff)
-    counters = {"chunks": 0, "bytes": 0}
-    lock = threading.Lock()
-    journal_file = journal.open("a")
-
-    def fetch(chunk_digest: str) -> None:
-        if config.chunk_delay:
-            time.sleep(config.chunk_delay)
-        size = places[chunk_digest][0][1].size
-        what = f"chunk {chunk_digest[:12]}"
-        raw: bytes | None = None
-        for attempt in range(2):  # a corrupt chunk is fetched once more before giving up
-            try:
-                url = urls.get(chunk_digest) if attempt == 0 else urls.refresh(chunk_digest)
-                try:
-                    blob = blob_client.get(url, what)
-                except UrlRefused:
-                    blob = blob_client.get(urls.refresh(chunk_digest), what)
-                raw = decompress(blob, chunk_digest, size)
-                break
-            except ChunkCorrupt:
-                if attempt == 1:
-                    raise
-                log.warning("corrupt chunk, fetching again", extra={"digest": chunk_digest[:12]})
-        assert raw is not None
-        for entry, chunk in places[chunk_digest]:
-            write_chunk(partial, entry, chunk, raw)
-        with lock:
-            journal_file.write(chunk_digest + "\n")
-            journal_file.flush()
-            counters["chunks"] += 1
-            counters["bytes"] += len(blob)
-        progress.advance(size)
-
-    progress.start("downloading", needed)
     try:
-        run_bounded(todo, fetch, config.workers)
-        finalize_tree(partial, index)
-    except OSError as exc:
-        _discard(partial, journal)
-        if exc.errno == 28:  # ENOSPC
-            raise DiskFull(f"{dest_dir} ran out of space; the partial VM was removed") from exc
-        raise
-    except (ChunkCorrupt, InvalidInput):
-        _discard(partial, journal)  # resuming cannot fix bad data in storage or a bad index
-        raise
+        if cache is None:
+            return _pull_direct(api, answer, manifest, index, final, config, progress, blob_client, on_plan, started)
+        with cache.lock(index.digest):
+            return _pull_cached(
+                api, answer, manifest, index, final, config, progress, blob_client, cache, on_plan, on_evict, started
+            )
     finally:
-        journal_file.close()
-        progress.finish()
         if own_blobs:
             blob_client.close()
-    os.rename(partial, final)
-    journal.unlink(missing_ok=True)
+
+
+def _stored_sizes(index: PackIndex) -> dict[str, int]:
+    return {c.digest: c.stored_size or c.size for c in index.chunks()}
+
+
+def _plan(
+    manifest: dict[str, Any],
+    index: PackIndex,
+    final: Path,
+    cache_state: str,
+    todo: list[str],
+    reused: int,
+    write_bytes: int,
+) -> PullPlan:
+    stored = _stored_sizes(index)
+    need = sum(stored[d] for d in todo)
+    free = _free_bytes(final.parent)
+    return PullPlan(manifest, index, final, cache_state, need, len(todo), reused, write_bytes, free - write_bytes)
+
+
+def _check_space(plan: PullPlan) -> None:
+    if plan.free_after < 0:
+        raise DiskFull(
+            f"not enough space in {plan.final.parent}: the pull writes {plan.write_bytes} bytes, "
+            f"{plan.write_bytes + plan.free_after} are free"
+        )
+
+
+def _pull_direct(
+    api: CatalogClient,
+    answer: dict[str, Any],
+    manifest: dict[str, Any],
+    index: PackIndex,
+    final: Path,
+    config: TransferConfig,
+    progress: Progress,
+    blobs: BlobClient,
+    on_plan: Callable[[PullPlan], None] | None,
+    started: float,
+) -> PullResult:
+    places = _places(index)
+    partial, journal = partial_paths(final)
+    done = _read_journal(journal, index.digest) if partial.is_dir() else set()
+    todo = [d for d in places if d not in done]
+    plan = _plan(manifest, index, final, "off", todo, 0, sum(places[d][0][1].size * len(places[d]) for d in todo))
+    if on_plan:
+        on_plan(plan)
+    _check_space(plan)
+    stats = download(api, manifest, index, answer["urls"], final, config=config, progress=progress, blobs=blobs)
+    return _result(final, manifest, index, stats, started, "off")
+
+
+def _pull_cached(
+    api: CatalogClient,
+    answer: dict[str, Any],
+    manifest: dict[str, Any],
+    index: PackIndex,
+    final: Path,
+    config: TransferConfig,
+    progress: Progress,
+    blobs: BlobClient,
+    cache: VmCache,
+    on_plan: Callable[[PullPlan], None] | None,
+    on_evict: Callable[[CacheEntry], None] | None,
+    started: float,
+) -> PullResult:
+    places = _places(index)
+    data_bytes = sum(c.size for c in index.chunks())
+    if cache.lookup(index.digest, index) is not None:
+        plan = _plan(manifest, index, final, "hit", [], data_bytes, 0 if _cow(cache, final) else data_bytes)
+        if on_plan:
+            on_plan(plan)
+        _check_space(plan)
+        method = _materialize(cache, index.digest, final)
+        return _result(final, manifest, index, DownloadStats(reused_bytes=data_bytes), started, "hit", method)
+
+    # Make room first, so chunks chosen for reuse below cannot be evicted under us.
+    for victim in cache.prune(incoming=data_bytes):
+        if on_evict:
+            on_evict(victim)
+    staging = cache.staging_dir(index.digest)
+    partial, journal = partial_paths(staging)
+    done = _read_journal(journal, index.digest) if partial.is_dir() else set()
+    sources = cache.chunk_source(index, exclude=index.digest)
+    todo = [d for d in places if d not in done and d not in sources]
+    reused = sum(places[d][0][1].size for d in sources if d not in done)
+    write = sum(places[d][0][1].size * len(places[d]) for d in places if d not in done)
+    plan = _plan(manifest, index, final, "miss", todo, reused, write + (0 if _cow(cache, final) else data_bytes))
+    if on_plan:
+        on_plan(plan)
+    _check_space(plan)
+
+    def local(chunk_digest: str) -> bytes | None:
+        where = sources.get(chunk_digest)
+        return cache.read_chunk(where, chunk_digest) if where else None
+
+    stats = download(
+        api, manifest, index, answer["urls"], staging, config=config, progress=progress, blobs=blobs, local=local
+    )
+    cache.commit(
+        index.digest,
+        index,
+        staging,
+        catalog_id=manifest["catalog_id"],
+        version=manifest["version"],
+        architecture=manifest["architecture"],
+    )
+    method = _materialize(cache, index.digest, final)
+    return _result(final, manifest, index, stats, started, "miss", method)
+
+
+def _materialize(cache: VmCache, digest: str, final: Path) -> str:
+    try:
+        return cache.materialize(digest, final)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFull(f"{final.parent} ran out of space while copying the VM out of the cache") from exc
+        raise
+
+
+def _cow(cache: VmCache, final: Path) -> bool:
+    """Whether materialising from the cache into ``final``'s folder costs no space (reflink/APFS)."""
+    target = final.parent
+    target.mkdir(parents=True, exist_ok=True)
+    same_fs = os.stat(target).st_dev == os.stat(cache.root).st_dev
+    return same_fs and (sys.platform == "darwin" or supports_reflink(target))
+
+
+def _result(
+    final: Path,
+    manifest: dict[str, Any],
+    index: PackIndex,
+    stats: DownloadStats,
+    started: float,
+    cache_state: str,
+    clone_method: str | None = None,
+) -> PullResult:
     return PullResult(
         path=final,
         manifest=manifest,
-        chunks=len(places),
-        downloaded_chunks=counters["chunks"],
-        downloaded_bytes=counters["bytes"],
-        resumed_chunks=len(done),
+        chunks=len(index.unique_digests()),
+        downloaded_chunks=stats.downloaded_chunks,
+        downloaded_bytes=stats.downloaded_bytes,
+        resumed_chunks=stats.resumed_chunks,
+        reused_chunks=stats.reused_chunks,
+        reused_bytes=stats.reused_bytes,
         seconds=time.monotonic() - started,
+        cache=cache_state,
+        clone_method=clone_method,
     )
 
 

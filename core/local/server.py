@@ -175,6 +175,12 @@ class LocalServer:
             port=port,
             threads=threads,
             max_request_body_size=2 * 1024 * 1024 * 1024,
+            # Chunk bodies are tens of MiB: read and write in big blocks and keep a body in memory
+            # rather than spilling it to a temp file first (the blob store writes its own temp file).
+            recv_bytes=256 * 1024,
+            send_bytes=256 * 1024,
+            inbuf_overflow=128 * 1024 * 1024,
+            outbuf_overflow=16 * 1024 * 1024,
             channel_timeout=300,
             clear_untrusted_proxy_headers=True,
             ident="pdcat",

@@ -7,6 +7,7 @@ files are byte-identical (holes included), stops the server, and says what happe
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -92,6 +93,7 @@ def main() -> int:
     env = {
         "PDCAT_ADMIN_PASSWORD": password,
         "PDCAT_CONFIG_DIR": str(work / "client-config"),
+        "PDCAT_CACHE_DIR": str(work / "client-cache"),
         "PDCAT_LOG_LEVEL": "WARNING",
     }
     pdcat = [sys.executable, "-m", "client.cli"]
@@ -134,7 +136,7 @@ def main() -> int:
         t = time.monotonic()
         out = run("pull", "demo-ubuntu:latest", "--arch", "arm64", "--dest", str(dest), "--name", "Demo Ubuntu")
         t_pull = time.monotonic() - t
-        print(f"5. {out}")
+        print("5. " + "\n   ".join(out.splitlines()))
         pulled = dest / "Demo Ubuntu.pvm"
         if not same_tree(bundle, pulled):
             print("6. FAILED: the pulled VM differs from the pushed one")
@@ -145,10 +147,21 @@ def main() -> int:
             f"6. verified: every pulled file is byte-identical; the disk keeps its holes "
             f"({used / MIB:.0f} MiB on disk for {disk.stat().st_size / GIB:.0f} GiB)"
         )
+        t = time.monotonic()
+        again = json.loads(
+            run("pull", "demo-ubuntu", "--arch", "arm64", "--dest", str(dest), "--name", "Second copy", "--json")
+        )
+        print(
+            f"7. pulled it again as 'Second copy' in {time.monotonic() - t:.1f}s: cache {again['cache']} "
+            f"({again['clone_method']}), {again['downloaded_bytes']} bytes downloaded"
+        )
+        if not same_tree(bundle, dest / "Second copy.pvm"):
+            print("   FAILED: the second copy differs from the pushed VM")
+            return 1
     finally:
         server.stop()
     print(
-        f"7. stopped the catalog. push {t_push:.1f}s, pull {t_pull:.1f}s, whole demo {time.monotonic() - started:.1f}s"
+        f"8. stopped the catalog. push {t_push:.1f}s, pull {t_pull:.1f}s, whole demo {time.monotonic() - started:.1f}s"
     )
     shutil.rmtree(work, ignore_errors=True)
     return 0

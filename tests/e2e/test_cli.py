@@ -169,12 +169,17 @@ def test_pull_json_and_latest(pdcat: Pdcat, cid: str, tmp_path: Path) -> None:
     v2 = make_bundle(tmp_path / "b", variant=1)
     pdcat.push(v2, cid, "2.0")
     dest = tmp_path / "vms"
+    expected_cache = {"plain": "miss", "latest": "hit"}  # the second pull of one version comes from the cache
     for ref, name in ((cid, "plain"), (f"{cid}:latest", "latest")):
         got = pdcat.json(*pull_args(ref, dest, name))
         assert {"path", "manifest", "registered", "downloaded_chunks", "downloaded_bytes", "resumed_chunks"} <= set(got)
         assert got["manifest"]["version"] == "2.0" and got["registered"] is True
         assert got["path"] == str(dest / f"{name}.pvm") and got["resumed_chunks"] == 0
-        assert got["downloaded_chunks"] > 0 and got["downloaded_bytes"] > 0 and got["seconds"] >= 0
+        assert got["cache"] == expected_cache[name] and got["seconds"] >= 0
+        if got["cache"] == "miss":
+            assert got["downloaded_chunks"] > 0 and got["downloaded_bytes"] > 0
+        else:
+            assert got["downloaded_chunks"] == 0 and got["clone_method"] in ("reflink", "sparse-copy", "clonefile")
         assert_same_tree(v2, dest / f"{name}.pvm")
     # latest means the newest *usable* version
     pdcat.ok("taint", f"{cid}:2.0", "--arch", ARCH)
