@@ -301,6 +301,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 "registered": registered,
                 "downloaded_chunks": result.downloaded_chunks,
                 "downloaded_bytes": result.downloaded_bytes,
+                "chunks": result.chunks,
                 "resumed_chunks": result.resumed_chunks,
                 "reused_chunks": result.reused_chunks,
                 "reused_bytes": result.reused_bytes,

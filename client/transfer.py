@@ -11,7 +11,9 @@ a pull keeps a journal of finished chunks next to its partial folder.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -23,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from filelock import FileLock
+
 from client.api import CatalogClient
 from client.blobio import BlobClient, UrlBook, UrlRefused
-from client.cache import CacheEntry, VmCache
+from client.cache import CacheEntry, VmCache, cache_dir
 from client.clone import supports_reflink
 from client.packer import (
     ChunkCorrupt,
@@ -282,12 +286,34 @@ def download(
     resumes; the folder is renamed to ``final`` only when every chunk is in and verified.
     """
     partial, journal = partial_paths(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Two pulls into the same place would share one partial folder: the second waits for the first.
+    # The lock lives in the cache's lock folder (lock files must outlive their holders), not in dest.
+    locks = cache_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(str(final.resolve()).encode()).hexdigest()[:24]
+    with FileLock(str(locks / f"pull-{name}.lock")):
+        return _download_locked(
+            api, manifest, index, first_urls, final, partial, journal, config, progress, blobs, local
+        )
+
+
+def _download_locked(
+    api: CatalogClient,
+    manifest: dict[str, Any],
+    index: PackIndex,
+    first_urls: dict[str, str],
+    final: Path,
+    partial: Path,
+    journal: Path,
+    config: TransferConfig,
+    progress: Progress,
+    blobs: BlobClient,
+    local: LocalChunks | None,
+) -> DownloadStats:
+    if final.exists():
+        raise Conflict(f"{final} already exists; pick another --name or remove it first")
     done = _read_journal(journal, index.digest) if partial.is_dir() else set()
-    if not done:
-        shutil.rmtree(partial, ignore_errors=True)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        prepare_tree(partial, index)
-        journal.write_text(index.digest + "\n")
     places = _places(index)
     todo = [d for d in places if d not in done]
     stats = DownloadStats(resumed_chunks=len(done))
@@ -300,7 +326,7 @@ def download(
         max(1, len(first_urls)),
     )
     lock = threading.Lock()
-    journal_file = journal.open("a")
+    journal_file: Any = None
 
     def fetch(chunk_digest: str) -> None:
         if config.chunk_delay:
@@ -325,6 +351,11 @@ def download(
 
     progress.start("downloading", sum(places[d][0][1].size for d in todo))
     try:
+        if not done:
+            shutil.rmtree(partial, ignore_errors=True)
+            prepare_tree(partial, index)
+            journal.write_text(index.digest + "\n")
+        journal_file = journal.open("a")
         run_bounded(todo, fetch, config.workers)
         finalize_tree(partial, index)
     except OSError as exc:
@@ -336,7 +367,9 @@ def download(
         _discard(partial, journal)  # resuming cannot fix bad data in storage or a bad index
         raise
     finally:
-        journal_file.close()
+        if journal_file is not None:
+            with contextlib.suppress(OSError):  # a full disk must not replace the real error
+                journal_file.close()
         progress.finish()
     os.rename(partial, final)
     journal.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import io
 import logging
+import math
 import os
 import re
 import stat
@@ -185,14 +186,13 @@ class FileBlobStore(BlobStore):
             raise InvalidInput("expires_in must be an integer number of seconds")
         if not 1 <= expires_in <= MAX_EXPIRES_IN:
             raise InvalidInput(f"expires_in must be between 1 and {MAX_EXPIRES_IN} seconds")
-        expires = int(time.time() if now is None else now) + expires_in
+        # Round up: a URL must live at least ``expires_in`` seconds, never a fraction less.
+        expires = math.ceil(time.time() if now is None else now) + expires_in
         signature = self._sign(method, key, expires)
         # The key's alphabet is URL-safe in a path, so it goes in unescaped.
         return f"{self._base_url}/blobs/{key}?method={method}&expires={expires}&signature={signature}"
 
-    def verify(
-        self, key: str, method: str, expires: str | int, signature: str, now: float | None = None
-    ) -> None:
+    def verify(self, key: str, method: str, expires: str | int, signature: str, now: float | None = None) -> None:
         """Accept a request only if the URL was signed for this key and this method and is fresh.
 
         ``method`` must be the HTTP method of the request being served (not the URL's ``method``
@@ -209,9 +209,7 @@ class FileBlobStore(BlobStore):
         if (time.time() if now is None else now) >= expires_at:
             raise Forbidden("URL expired")
 
-    def verify_query(
-        self, key: str, http_method: str, query: Mapping[str, str], now: float | None = None
-    ) -> None:
+    def verify_query(self, key: str, http_method: str, query: Mapping[str, str], now: float | None = None) -> None:
         """:meth:`verify` for a ``/blobs/<key>`` request and its query parameters.
 
         HEAD is allowed with a GET URL. A URL whose ``method`` parameter names another method is
@@ -316,9 +314,7 @@ class FileBlobStore(BlobStore):
                     while remaining:
                         block = stream.read(min(_BLOCK, remaining))
                         if not block:
-                            raise InvalidInput(
-                                f"upload truncated: received {length - remaining} of {length} bytes"
-                            )
+                            raise InvalidInput(f"upload truncated: received {length - remaining} of {length} bytes")
                         block = block[:remaining]
                         out.write(block)
                         remaining -= len(block)

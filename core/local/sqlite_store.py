@@ -60,8 +60,7 @@ _SCHEMA = (
         FOREIGN KEY (catalog_id, version, architecture)
             REFERENCES manifests (catalog_id, version, architecture) ON DELETE CASCADE
     ) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS manifest_tags_by_tag"
-    " ON manifest_tags (tag, catalog_id, version, architecture)",
+    "CREATE INDEX IF NOT EXISTS manifest_tags_by_tag ON manifest_tags (tag, catalog_id, version, architecture)",
     "CREATE INDEX IF NOT EXISTS manifests_by_architecture ON manifests (architecture, catalog_id, version)",
     """CREATE TABLE IF NOT EXISTS api_keys (
         key_id TEXT NOT NULL PRIMARY KEY,
@@ -139,9 +138,7 @@ class SqliteDatabase:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         # check_same_thread=False only so close() may close other threads' connections at
         # shutdown; in normal use each connection stays on the thread that opened it.
-        conn = sqlite3.connect(
-            self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
+        conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -165,8 +162,7 @@ class SqliteDatabase:
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 conn.execute(
-                    "INSERT INTO schema_version (version) SELECT ? "
-                    "WHERE NOT EXISTS (SELECT 1 FROM schema_version)",
+                    "INSERT INTO schema_version (version) SELECT ? WHERE NOT EXISTS (SELECT 1 FROM schema_version)",
                     (SCHEMA_VERSION,),
                 )
                 (version,) = conn.execute("SELECT max(version) FROM schema_version").fetchone()
@@ -253,9 +249,7 @@ class SqliteManifestStore(ManifestStore):
 
     def get(self, key: ManifestKey) -> Stored | None:
         with self._db.reading() as conn:
-            row = conn.execute(
-                f"SELECT record, etag FROM manifests WHERE {_WHERE_KEY}", _key_params(key)
-            ).fetchone()
+            row = conn.execute(f"SELECT record, etag FROM manifests WHERE {_WHERE_KEY}", _key_params(key)).fetchone()
         if row is None:
             return None
         return Stored(Manifest.from_record(json.loads(row[0])), row[1])
@@ -295,9 +289,7 @@ class SqliteManifestStore(ManifestStore):
             if etag is None:
                 conn.execute(f"DELETE FROM manifests WHERE {_WHERE_KEY}", _key_params(key))
                 return
-            cursor = conn.execute(
-                f"DELETE FROM manifests WHERE {_WHERE_KEY} AND etag = ?", (*_key_params(key), etag)
-            )
+            cursor = conn.execute(f"DELETE FROM manifests WHERE {_WHERE_KEY} AND etag = ?", (*_key_params(key), etag))
             if cursor.rowcount != 1 and self._exists(conn, key):
                 raise Conflict(f"{key} was changed by someone else; reload and retry")
 
@@ -326,10 +318,7 @@ class SqliteManifestStore(ManifestStore):
         sql = "SELECT m.record FROM manifests m"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += (
-            " ORDER BY m.catalog_id COLLATE BINARY, m.version COLLATE BINARY,"
-            " m.architecture COLLATE BINARY LIMIT ?"
-        )
+        sql += " ORDER BY m.catalog_id COLLATE BINARY, m.version COLLATE BINARY, m.architecture COLLATE BINARY LIMIT ?"
         params.append(query.limit)
         with self._db.reading() as conn:
             rows = conn.execute(sql, params).fetchall()
@@ -360,8 +349,7 @@ class SqliteManifestStore(ManifestStore):
     @staticmethod
     def _write_tags(conn: sqlite3.Connection, manifest: Manifest) -> None:
         conn.executemany(
-            "INSERT OR IGNORE INTO manifest_tags (catalog_id, version, architecture, tag)"
-            " VALUES (?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO manifest_tags (catalog_id, version, architecture, tag) VALUES (?, ?, ?, ?)",
             [(*_key_params(manifest.key), tag) for tag in manifest.tags],
         )
 
