@@ -251,8 +251,13 @@ def find_disk(bundle: Path) -> Path:
     return max(files, key=lambda p: p.stat().st_size)
 
 
-def mutate(bundle: Path, fraction: float, seed: int) -> MutateResult:
-    """Rewrite ``fraction`` of the disk's non-zero 1 MiB blocks with new random bytes, spread uniformly."""
+def mutate(bundle: Path, fraction: float, seed: int, *, max_run_mib: int = 1) -> MutateResult:
+    """Rewrite ``fraction`` of the disk's non-zero 1 MiB blocks with new random bytes.
+
+    ``max_run_mib=1`` scatters single blocks uniformly (the worst case for any chunking). Larger values
+    rewrite runs of 1..max_run_mib consecutive blocks at random places, the way a guest's file system
+    writes files and updates: that is the realistic case.
+    """
     if not 0 < fraction <= 1:
         raise ValueError("fraction must be in (0, 1]")
     disk = find_disk(bundle)
@@ -266,7 +271,16 @@ def mutate(bundle: Path, fraction: float, seed: int) -> MutateResult:
         ]
         candidates = sorted(set(candidates))
         rng = random.Random(f"mutate:{seed}")
-        picked = sorted(rng.sample(candidates, max(1, round(fraction * len(candidates))))) if candidates else []
+        wanted = max(1, round(fraction * len(candidates))) if candidates else 0
+        chosen: set[int] = set()
+        while len(chosen) < wanted:
+            start = rng.choice(candidates)
+            for i in range(rng.randint(1, max_run_mib)):
+                if len(chosen) >= wanted:
+                    break
+                chosen.add(start + i * BLOCK)
+        valid = set(candidates)
+        picked = sorted(o for o in chosen if o in valid)
         for offset in picked:
             os.pwrite(fd, rng.randbytes(BLOCK), offset)
         os.fsync(fd)

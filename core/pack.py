@@ -1,6 +1,6 @@
 """The pack format: a VM bundle as an index plus content-addressed chunks.
 
-Every regular file is cut on a fixed grid of ``chunk_size`` bytes. A grid cell that is all zeros or
+Every regular file is cut on a fixed grid of ``chunk_size`` bytes (4 MiB by default). A grid cell that is all zeros or
 lies in a hole is simply absent from the file's chunk list (it reads back as zeros and is written back
 as a hole). Every other cell is a chunk, named by the sha256 of its *raw* bytes and stored
 zstd-compressed at ``catalogs/<catalog_id>/chunks/<sha256>``. The grid keeps chunk boundaries stable
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-DEFAULT_CHUNK_SIZE = 32 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024  # see docs/adr-001-chunk-size.md
 MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = 1024 * 1024 * 1024
 MAX_FILES = 100_000
