@@ -20,7 +20,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -287,93 +287,81 @@ def download(
     """
     partial, journal = partial_paths(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    # Two pulls into the same place would share one partial folder: the second waits for the first.
-    # The lock lives in the cache's lock folder (lock files must outlive their holders), not in dest.
+    with _pull_lock(final):
+        if final.exists():
+            raise Conflict(f"{final} already exists; pick another --name or remove it first")
+        done = _read_journal(journal, index.digest) if partial.is_dir() else set()
+        places = _places(index)
+        todo = [d for d in places if d not in done]
+        stats = DownloadStats(resumed_chunks=len(done))
+        key = (manifest["catalog_id"], manifest["version"], manifest["architecture"])
+        wanted = set(todo)
+        urls = UrlBook(
+            {d: u for d, u in first_urls.items() if d in wanted},
+            todo,
+            lambda ds: api.pull_urls(*key, ds),
+            max(1, len(first_urls)),
+        )
+        lock = threading.Lock()
+        journal_file: Any = None
+
+        def fetch(chunk_digest: str) -> None:
+            if config.chunk_delay:
+                time.sleep(config.chunk_delay)
+            size = places[chunk_digest][0][1].size
+            raw = local(chunk_digest) if local is not None else None
+            fetched = 0
+            if raw is None:
+                raw, fetched = _fetch_verified(blobs, urls, chunk_digest, size)
+            for entry, chunk in places[chunk_digest]:
+                write_chunk(partial, entry, chunk, raw)
+            with lock:
+                journal_file.write(chunk_digest + "\n")
+                journal_file.flush()
+                if fetched:
+                    stats.downloaded_chunks += 1
+                    stats.downloaded_bytes += fetched
+                else:
+                    stats.reused_chunks += 1
+                    stats.reused_bytes += size
+            progress.advance(size)
+
+        progress.start("downloading", sum(places[d][0][1].size for d in todo))
+        try:
+            if not done:
+                shutil.rmtree(partial, ignore_errors=True)
+                prepare_tree(partial, index)
+                journal.write_text(index.digest + "\n")
+            journal_file = journal.open("a")
+            run_bounded(todo, fetch, config.workers)
+            finalize_tree(partial, index)
+        except OSError as exc:
+            _discard(partial, journal)
+            if exc.errno == errno.ENOSPC:
+                raise DiskFull(f"{final.parent} ran out of space; the partial VM was removed") from exc
+            raise
+        except (ChunkCorrupt, InvalidInput):
+            _discard(partial, journal)  # resuming cannot fix bad data in storage or a bad index
+            raise
+        finally:
+            if journal_file is not None:
+                with contextlib.suppress(OSError):  # a full disk must not replace the real error
+                    journal_file.close()
+            progress.finish()
+        os.rename(partial, final)
+        journal.unlink(missing_ok=True)
+        return stats
+
+
+@contextlib.contextmanager
+def _pull_lock(final: Path) -> Iterator[None]:
+    """Two pulls into the same place would share one partial folder: the second waits for the first.
+    The lock lives in the cache's lock folder (lock files must outlive their holders), not in dest."""
     locks = cache_dir() / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha256(str(final.resolve()).encode()).hexdigest()[:24]
     with FileLock(str(locks / f"pull-{name}.lock")):
-        return _download_locked(
-            api, manifest, index, first_urls, final, partial, journal, config, progress, blobs, local
-        )
-
-
-def _download_locked(
-    api: CatalogClient,
-    manifest: dict[str, Any],
-    index: PackIndex,
-    first_urls: dict[str, str],
-    final: Path,
-    partial: Path,
-    journal: Path,
-    config: TransferConfig,
-    progress: Progress,
-    blobs: BlobClient,
-    local: LocalChunks | None,
-) -> DownloadStats:
-    if final.exists():
-        raise Conflict(f"{final} already exists; pick another --name or remove it first")
-    done = _read_journal(journal, index.digest) if partial.is_dir() else set()
-    places = _places(index)
-    todo = [d for d in places if d not in done]
-    stats = DownloadStats(resumed_chunks=len(done))
-    key = (manifest["catalog_id"], manifest["version"], manifest["architecture"])
-    wanted = set(todo)
-    urls = UrlBook(
-        {d: u for d, u in first_urls.items() if d in wanted},
-        todo,
-        lambda ds: api.pull_urls(*key, ds),
-        max(1, len(first_urls)),
-    )
-    lock = threading.Lock()
-    journal_file: Any = None
-
-    def fetch(chunk_digest: str) -> None:
-        if config.chunk_delay:
-            time.sleep(config.chunk_delay)
-        size = places[chunk_digest][0][1].size
-        raw = local(chunk_digest) if local is not None else None
-        fetched = 0
-        if raw is None:
-            raw, fetched = _fetch_verified(blobs, urls, chunk_digest, size)
-        for entry, chunk in places[chunk_digest]:
-            write_chunk(partial, entry, chunk, raw)
-        with lock:
-            journal_file.write(chunk_digest + "\n")
-            journal_file.flush()
-            if fetched:
-                stats.downloaded_chunks += 1
-                stats.downloaded_bytes += fetched
-            else:
-                stats.reused_chunks += 1
-                stats.reused_bytes += size
-        progress.advance(size)
-
-    progress.start("downloading", sum(places[d][0][1].size for d in todo))
-    try:
-        if not done:
-            shutil.rmtree(partial, ignore_errors=True)
-            prepare_tree(partial, index)
-            journal.write_text(index.digest + "\n")
-        journal_file = journal.open("a")
-        run_bounded(todo, fetch, config.workers)
-        finalize_tree(partial, index)
-    except OSError as exc:
-        _discard(partial, journal)
-        if exc.errno == errno.ENOSPC:
-            raise DiskFull(f"{final.parent} ran out of space; the partial VM was removed") from exc
-        raise
-    except (ChunkCorrupt, InvalidInput):
-        _discard(partial, journal)  # resuming cannot fix bad data in storage or a bad index
-        raise
-    finally:
-        if journal_file is not None:
-            with contextlib.suppress(OSError):  # a full disk must not replace the real error
-                journal_file.close()
-        progress.finish()
-    os.rename(partial, final)
-    journal.unlink(missing_ok=True)
-    return stats
+        yield
 
 
 def _fetch_verified(blobs: BlobClient, urls: UrlBook, chunk_digest: str, size: int) -> tuple[bytes, int]:

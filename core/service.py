@@ -374,17 +374,7 @@ class CatalogService:
 
         stored = self.store.get(key)
         if stored is None:
-            manifest = Manifest(
-                catalog_id=key.catalog_id,
-                version=key.version,
-                architecture=key.architecture,
-                created_by=who.subject,
-                storage_name=self.blobs.name,
-                storage_prefix=key.prefix,
-                size=index.size,
-                upload=session,
-                **meta,
-            )
+            manifest = self._new_manifest(key, who, size=index.size, upload=session, **meta)
             self._write_pending(index_key, index, meta)
             try:
                 self.store.create(manifest)
@@ -434,6 +424,17 @@ class CatalogService:
             "urls": self._put_urls(key.catalog_id, page),
             "expires_at": _expires_at(self.settings.url_expiry_seconds),
         }
+
+    def _new_manifest(self, key: ManifestKey, who: Principal, **fields: Any) -> Manifest:
+        return Manifest(
+            catalog_id=key.catalog_id,
+            version=key.version,
+            architecture=key.architecture,
+            created_by=who.subject,
+            storage_name=self.blobs.name,
+            storage_prefix=key.prefix,
+            **fields,
+        )
 
     def _write_pending(self, index_key: str, index: PackIndex, meta: dict[str, Any]) -> None:
         doc = {"index": index.to_json(), "metadata": _metadata_to_json(meta)}
@@ -580,18 +581,7 @@ class CatalogService:
         except NotFound:
             raise NotFound(f"no pack index in storage at {key.prefix}/index.json") from None
         final = self._stored_index(key.catalog_id, index)
-        manifest = Manifest(
-            catalog_id=key.catalog_id,
-            version=key.version,
-            architecture=key.architecture,
-            created_by=who.subject,
-            storage_name=self.blobs.name,
-            storage_prefix=key.prefix,
-            status=STATUS_READY,
-            pushed_at=now_iso(),
-            **_pack_fields(final),
-            **meta,
-        )
+        manifest = self._new_manifest(key, who, status=STATUS_READY, pushed_at=now_iso(), **_pack_fields(final), **meta)
         self.store.create(manifest)
         return manifest
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from client.clone import data_ranges
 from infra.local.servers import start_embedded
 
 GIB = 1024**3
@@ -51,18 +52,9 @@ def make_sample_vm(root: Path) -> Path:
 
 
 def _data_ranges(path: Path) -> list[tuple[int, int]]:
-    """Where a file holds data (SEEK_DATA/SEEK_HOLE), so comparing skips gigabytes of holes."""
-    ranges = []
+    """Where a file holds data, as (start, end), so comparing skips gigabytes of holes."""
     with path.open("rb") as f:
-        fd, end, offset = f.fileno(), os.fstat(f.fileno()).st_size, 0
-        while offset < end:
-            try:
-                start = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError:  # ENXIO: no data after offset
-                break
-            offset = os.lseek(fd, start, os.SEEK_HOLE)
-            ranges.append((start, offset))
-    return ranges
+        return [(offset, offset + length) for offset, length in data_ranges(f.fileno(), path.stat().st_size)]
 
 
 def same_file(a: Path, b: Path) -> bool:
