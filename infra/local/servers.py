@@ -91,3 +91,61 @@ def start_embedded(
         time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"pdcat serve at {url} never answered /health; its log:\n{log_path.read_text()[-4000:]}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningProcess:
+    """A stand-in server (moto, Azurite, ...) started as a child process, stopped by PID."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def __enter__(self) -> RunningProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_moto(log_dir: Path, *, port: int | None = None, timeout: float = 30.0) -> RunningProcess:
+    """``moto_server`` (DynamoDB + S3 on one port) from this virtualenv, on a free loopback port."""
+    port = port or free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"moto-{port}.log"
+    process = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "AWS_DEFAULT_REGION": "us-east-1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            httpx.get(f"{url}/moto-api/", timeout=2)
+            return RunningProcess(url, process, log_path)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"moto_server did not start on {url}; its log:\n{log_path.read_text()[-4000:]}")
