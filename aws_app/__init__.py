@@ -1,0 +1,1 @@
+"""The AWS frontend (Chalice app for Lambda + API Gateway)."""

@@ -1,0 +1,1 @@
+"""Adapters and composition root of the AWS frontend (bundled with the Chalice app)."""
