@@ -7,16 +7,16 @@ generated from it (``core.openapi``), so what is documented is what is served.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from core.errors import InvalidInput
-from core.http import Call, Response, Route, Router
+from core.http import API_PREFIX, Call, Response, Route, Router
 from core.identity import ManifestKey, normalize_architecture, normalize_catalog_id, normalize_tag, normalize_version
 from core.openapi import openapi_document
 from core.rbac import Claim, Principal
 from core.service import CatalogService
 
-__all__ = ["TokenIssuer", "build_router", "build_routes"]
+__all__ = ["TokenIssuer", "build_router", "build_routes", "route_shapes"]
 
 TokenIssuer = Callable[[str, str], dict[str, Any]]
 """(username, password) -> {"token", "expires_at"}; only the embedded server has one."""
@@ -393,6 +393,18 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             ),
         )
     return routes
+
+
+def route_shapes() -> dict[str, list[str]]:
+    """``{"/api/v1/...pattern": [methods]}`` of the whole contract, without building a service.
+
+    Frameworks that need routes declared up front (Chalice, Azure Functions) register exactly these.
+    The table's shape does not depend on the service, so none is needed to read it.
+    """
+    shapes: dict[str, list[str]] = {}
+    for route in build_routes(cast(CatalogService, None), token_issuer=lambda username, password: {}):
+        shapes.setdefault(API_PREFIX + route.pattern, []).append(route.method)
+    return shapes
 
 
 def build_router(

@@ -149,3 +149,30 @@ def start_moto(log_dir: Path, *, port: int | None = None, timeout: float = 30.0)
             time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"moto_server did not start on {url}; its log:\n{log_path.read_text()[-4000:]}")
+
+
+def start_chalice_local(env: dict[str, str], log_dir: Path, *, timeout: float = 60.0) -> RunningProcess:
+    """The AWS frontend as ``chalice local`` (the unchanged app, converted requests), on loopback."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("chalice")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"chalice-{port}.log"
+    process = subprocess.Popen(
+        [str(exe), "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO / "aws_app",
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "AWS_DEFAULT_REGION": "us-east-1", **env},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
+                return RunningProcess(url, process, log_path)
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"chalice local did not start on {url}; its log:\n{log_path.read_text()[-4000:]}")

@@ -1,0 +1,51 @@
+"""The AWS frontend: API Gateway + Lambda through Chalice. Wiring only.
+
+Every path of the contract (``core.api.route_shapes``) is registered and handed, unchanged, to the
+one router in ``core``: this module converts Chalice's request into ``core.http.Request`` and the
+answer back, nothing else. The service and its adapters are built on the first request, so importing
+this module (the Lambda cold start) stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from chalice import Chalice, Response
+from chalicelib.bootstrap import router
+
+from core.api import route_shapes
+from core.http import Request
+
+app = Chalice(app_name="pdcat")
+
+
+def _raw_path(pattern: str, params: dict[str, str] | None) -> str:
+    """Rebuild the percent-encoded path, so an encoded '/' inside an id cannot change the route."""
+    path = pattern
+    for name, value in (params or {}).items():
+        path = path.replace("{" + name + "}", quote(value, safe=""))
+    return path
+
+
+def _handler(pattern: str) -> Any:
+    def view(**params: str) -> Response:
+        current = app.current_request
+        request = Request(
+            method=current.method,
+            path=_raw_path(pattern, params),
+            query={k: v for k, v in (current.query_params or {}).items()},
+            headers=dict(current.headers),
+            body=current.raw_body or b"",
+        )
+        answer = router().dispatch(request)
+        return Response(body=answer.body.decode(), status_code=answer.status, headers=answer.headers)
+
+    return view
+
+
+for _pattern, _methods in route_shapes().items():
+    _name = "api_" + "".join(c if c.isalnum() else "_" for c in _pattern).strip("_")
+    app.route(_pattern, methods=_methods, name=_name, content_types=["application/json", "text/plain"])(
+        _handler(_pattern)
+    )
