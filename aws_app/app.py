@@ -44,8 +44,15 @@ def _handler(pattern: str) -> Any:
     return view
 
 
-for _pattern, _methods in route_shapes().items():
+# Every method on every path of the contract, so a wrong method reaches the router (405 with Allow)
+# instead of API Gateway's own 403; and parameter-only paths of every depth as a fallback, so an
+# unknown path gets the contract's 404 (API Gateway prefers static path parts to parameters).
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+_DEPTH = max(pattern.count("/") for pattern in route_shapes()) + 1
+_FALLBACKS = ["/" + "/".join(f"{{p{i}}}" for i in range(n)) for n in range(1, _DEPTH + 1)]
+
+for _pattern in [*route_shapes(), *_FALLBACKS]:
     _name = "api_" + "".join(c if c.isalnum() else "_" for c in _pattern).strip("_")
-    app.route(_pattern, methods=_methods, name=_name, content_types=["application/json", "text/plain"])(
+    app.route(_pattern, methods=_METHODS, name=_name, content_types=["application/json", "text/plain"])(
         _handler(_pattern)
     )

@@ -125,14 +125,25 @@ class RunningProcess:
         self.stop()
 
 
-def start_moto(log_dir: Path, *, port: int | None = None, timeout: float = 30.0) -> RunningProcess:
-    """``moto_server`` (DynamoDB + S3 on one port) from this virtualenv, on a free loopback port."""
+def start_moto(
+    log_dir: Path, *, port: int | None = None, serial: bool = False, timeout: float = 30.0
+) -> RunningProcess:
+    """``moto_server`` (DynamoDB + S3 on one port) from this virtualenv, on a free loopback port.
+
+    ``serial`` applies requests one at a time (``serial_moto.py``), as DynamoDB does per item: needed
+    wherever a test races conditional writes.
+    """
     port = port or free_port()
     exe = Path(sys.executable).with_name("moto_server")
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"moto-{port}.log"
+    argv = (
+        [sys.executable, str(Path(__file__).with_name("serial_moto.py")), str(port)]
+        if serial
+        else [str(exe), "-H", "127.0.0.1", "-p", str(port)]
+    )
     process = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        argv,
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
         env={**os.environ, "AWS_DEFAULT_REGION": "us-east-1"},

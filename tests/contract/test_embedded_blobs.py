@@ -55,7 +55,7 @@ def urls(publisher, cid) -> dict[str, str]:
     gets = pull(publisher, cid, "1.0", "x86_64").json()["urls"]
     pending = build_pack({"disk": _blocks(3)})
     session = begin_push(publisher, cid, "2.0", "x86_64", pending).json()
-    (put_digest, put_url), = session["urls"].items()
+    ((put_digest, put_url),) = session["urls"].items()
     return {
         "get_a": gets[hashlib.sha256(a).hexdigest()],
         "get_b": gets[hashlib.sha256(b).hexdigest()],

@@ -320,9 +320,10 @@ def test_concurrent_pulls_each_count(backend, cid):
 
 def test_someone_elses_push_in_progress_needs_force(backend, cid):
     pack = build_pack({"d": _blocks(61)})
-    with backend.http(roles=["PUBLISHER"], subject="first") as first, backend.http(
-        roles=["PUBLISHER"], subject="second"
-    ) as second:
+    with (
+        backend.http(roles=["PUBLISHER"], subject="first") as first,
+        backend.http(roles=["PUBLISHER"], subject="second") as second,
+    ):
         session = begin_push(first, cid, "1.0", "x86_64", pack).json()
         assert_error(begin_push(second, cid, "1.0", "x86_64", pack), 409, "conflict")
         taken = begin_push(second, cid, "1.0", "x86_64", pack, force=True)

@@ -265,9 +265,7 @@ class ManifestStoreContract:
         ]
         assert _all_keys(store, tag=tag + "-none") == []
 
-    def test_query_tag_follows_replace_and_delete(
-        self, store: ManifestStore, populated: dict[str, Any]
-    ) -> None:
+    def test_query_tag_follows_replace_and_delete(self, store: ManifestStore, populated: dict[str, Any]) -> None:
         cid, tag = populated["cid"], populated["tag"]
         key = ManifestKey(cid, "1.0", "arm64")
         stored = store.get(key)
@@ -290,15 +288,13 @@ class ManifestStoreContract:
 
     def test_query_combined_filters(self, store: ManifestStore, populated: dict[str, Any]) -> None:
         cid, other, tag = populated["cid"], populated["other"], populated["tag"]
-        assert [
-            m.key for m in store.query(ManifestQuery(catalog_id=cid, tag="base", architecture="arm64"))
-        ] == [
+        assert [m.key for m in store.query(ManifestQuery(catalog_id=cid, tag="base", architecture="arm64"))] == [
             ManifestKey(cid, "1.0", "arm64"),
             ManifestKey(cid, "2.0", "arm64"),
         ]
-        assert [
-            m.key for m in store.query(ManifestQuery(catalog_id=other, tag=tag, architecture="x86_64"))
-        ] == [ManifestKey(other, "3.0", "x86_64")]
+        assert [m.key for m in store.query(ManifestQuery(catalog_id=other, tag=tag, architecture="x86_64"))] == [
+            ManifestKey(other, "3.0", "x86_64")
+        ]
         after = ManifestKey(cid, "1.0", "arm64")
         assert [m.key for m in store.query(ManifestQuery(catalog_id=cid, tag="base", after=after))] == [
             ManifestKey(cid, "2.0", "arm64")
@@ -320,9 +316,7 @@ class ManifestStoreContract:
         per_catalog = self.pagination_total // (len(catalogs) * 2)
         specials = ["A1", "a1", "1.10", "1.9", "1+x", "Z-2", "1.0_rc"]
         versions = (specials + [f"{i}.{i % 7}" for i in range(per_catalog)])[:per_catalog]
-        expected = sorted(
-            ManifestKey(c, v, a) for c in catalogs for v in versions for a in ("arm64", "x86_64")
-        )
+        expected = sorted(ManifestKey(c, v, a) for c in catalogs for v in versions for a in ("arm64", "x86_64"))
         assert len(expected) == self.pagination_total
         for key in expected:
             store.create(_manifest(key.catalog_id, key.version, key.architecture))
@@ -382,10 +376,7 @@ class ManifestStoreContract:
         assert stored.manifest.last_downloaded_by in {f"user{i}" for i in range(self.threads)}
         assert stored.manifest.last_downloaded_at is not None
         assert stored.etag != etag
-        assert (
-            replace(stored.manifest, download_count=0, last_downloaded_at=None, last_downloaded_by=None)
-            == manifest
-        )
+        assert replace(stored.manifest, download_count=0, last_downloaded_at=None, last_downloaded_by=None) == manifest
 
     def test_record_download_invalidates_the_etag(self, store: ManifestStore, cid: str) -> None:
         manifest = _manifest(cid)
@@ -509,9 +500,7 @@ class BlobStoreContract:
         """A prefix of this test only."""
         return f"catalogs/c{_uid()}"
 
-    def test_presign_is_scoped_and_leaks_no_secret(
-        self, blobs: BlobStore, secrets: list[str], base: str
-    ) -> None:
+    def test_presign_is_scoped_and_leaks_no_secret(self, blobs: BlobStore, secrets: list[str], base: str) -> None:
         key = f"{base}/chunks/{'ab' * 32}"
         get_url = blobs.presign(key, "GET", 300)
         put_url = blobs.presign(key, "PUT", 300)

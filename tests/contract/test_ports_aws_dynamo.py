@@ -9,10 +9,6 @@ nothing is written to ``os.environ``.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import botocore.client
-import httpx
 import pytest
 
 from aws_app.chalicelib.dynamo_store import (
@@ -46,49 +41,9 @@ from tests.contract.test_ports import (
 REGION = "us-east-1"
 
 
-# moto_server is multi-threaded and its DynamoDB backend takes no lock: a conditional write or an
-# ``ADD`` is a Python read-modify-write, so two racing requests can both "win" (real DynamoDB
-# serialises writes per item). The contract's race tests need DynamoDB's guarantee, so this launcher
-# runs the same moto app with one lock around each request: clients still race, the server applies
-# their requests one at a time, as DynamoDB does per item.
-_SERIAL_MOTO = """
-import os, sys, threading
-from werkzeug.serving import run_simple
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-app = DomainDispatcherApplication(create_backend_app)
-lock = threading.Lock()
-def serial(environ, start_response):
-    with lock:
-        return list(app(environ, start_response))
-run_simple("127.0.0.1", int(sys.argv[1]), serial, threaded=True, request_handler=MotoRequestHandler)
-"""
-
-
-def _start_serial_moto(log_dir: Path, timeout: float = 30.0) -> RunningProcess:
-    port = free_port()
-    log_path = log_dir / f"moto-serial-{port}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-c", _SERIAL_MOTO, str(port)],
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "AWS_DEFAULT_REGION": REGION, "MOTO_PORT": str(port)},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            httpx.get(f"{url}/moto-api/", timeout=2)
-            return RunningProcess(url, process, log_path)
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    process.wait(timeout=10)
-    raise RuntimeError(f"serial moto_server did not start on {url}; its log:\n{log_path.read_text()[-4000:]}")
-
-
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProcess]:
-    server = _start_serial_moto(tmp_path_factory.mktemp("moto"))  # raises (never skips) if it cannot start
+    server = start_moto(tmp_path_factory.mktemp("moto"), serial=True)  # raises (never skips) if it cannot start
     try:
         yield server
     finally:
