@@ -13,35 +13,56 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Self
 
 import httpx
 
-__all__ = ["RunningServer", "start_embedded"]
+__all__ = [
+    "REPO",
+    "RunningProcess",
+    "RunningServer",
+    "free_port",
+    "start_chalice_local",
+    "start_embedded",
+    "start_moto",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
-class RunningServer:
+class RunningProcess:
+    """A server started as a child process, stopped by PID (gracefully first, then killed)."""
+
     url: str
-    process: subprocess.Popen[str]
-    data_dir: Path
+    process: subprocess.Popen[Any]
     log_path: Path
+
+    stop_signal = signal.SIGTERM
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(self.stop_signal)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
 
-    def __enter__(self) -> RunningServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class RunningServer(RunningProcess):
+    """``pdcat serve``: SIGINT lets it close its database cleanly."""
+
+    data_dir: Path = Path()
+
+    stop_signal = signal.SIGINT
 
 
 def start_embedded(
@@ -85,7 +106,7 @@ def start_embedded(
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
-                return RunningServer(url, process, data_dir, log_path)
+                return RunningServer(url, process, log_path, data_dir)
         except httpx.TransportError:
             pass
         time.sleep(0.05)
@@ -99,30 +120,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@dataclass
-class RunningProcess:
-    """A stand-in server (moto, Azurite, ...) started as a child process, stopped by PID."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-    def __enter__(self) -> RunningProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def start_moto(
