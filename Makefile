@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+EMULATORS := infra/local/emulators
+NODE_STAMP := $(EMULATORS)/node_modules/.installed
 
 .PHONY: demo test unit contract lint typecheck check bench clean
 
@@ -11,16 +13,21 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
+# Azurite and the Cosmos DB emulator, exactly as locked (the Azure backend's tests need them).
+$(NODE_STAMP): $(EMULATORS)/package.json $(EMULATORS)/package-lock.json $(EMULATORS)/patch-cosmosdb-server.js
+	@cd $(EMULATORS) && npm ci --silent --no-audit --no-fund
+	@touch $(NODE_STAMP)
+
 demo: $(STAMP)
 	@$(BIN)/python infra/local/demo.py
 
-test: $(STAMP) check
+test: $(STAMP) $(NODE_STAMP) check
 	@$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 unit: $(STAMP)
 	@$(BIN)/python -m pytest -q tests/unit
 
-contract: $(STAMP)
+contract: $(STAMP) $(NODE_STAMP)
 	@$(BIN)/python -m pytest -q tests/contract
 
 lint: $(STAMP)
@@ -35,4 +42,4 @@ bench: $(STAMP)
 	@$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo .bench
+	rm -rf $(VENV) $(EMULATORS)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo .bench
