@@ -1,0 +1,1 @@
+"""The Azure frontend (Azure Functions, Python v2 model)."""
