@@ -8,6 +8,7 @@ this module (the Lambda cold start) stays cheap.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +19,12 @@ from core.api import route_shapes
 from core.http import Request
 
 app = Chalice(app_name="pdcat")
+# Chalice gives its logger (named after the app: "pdcat") a plain-text stdout handler at ERROR and stops
+# propagation there. core logs under "pdcat.*", so hand that logger back to the root logger, whose JSON
+# handler the bootstrap configures: otherwise every request line would be dropped in Lambda.
+app.log.handlers.clear()
+app.log.propagate = True
+app.log.setLevel(logging.NOTSET)
 
 
 def _raw_path(pattern: str, params: dict[str, str] | None) -> str:
@@ -31,11 +38,17 @@ def _raw_path(pattern: str, params: dict[str, str] | None) -> str:
 def _handler(pattern: str) -> Any:
     def view(**params: str) -> Response:
         current = app.current_request
+        headers = dict(current.headers)
+        if not any(name.lower() == "x-request-id" for name in headers):
+            # API Gateway's own id, so a log line can be found from the gateway's access log
+            gateway_id = (current.context or {}).get("requestId")
+            if gateway_id:
+                headers["X-Request-Id"] = str(gateway_id)
         request = Request(
             method=current.method,
             path=_raw_path(pattern, params),
             query={k: v for k, v in (current.query_params or {}).items()},
-            headers=dict(current.headers),
+            headers=headers,
             body=current.raw_body or b"",
         )
         answer = router().dispatch(request)

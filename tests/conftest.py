@@ -1,8 +1,11 @@
-"""Shared fixtures. A *backend* is a running catalog reachable over real HTTP on loopback.
+"""Shared fixtures. A *backend* is a catalog the contract suite can reach through httpx.
 
-``backend`` is parametrised by name; today the embedded server (``pdcat serve`` as a child process).
-The AWS and Azure frontends add their names here and the whole contract suite runs against them
-unchanged. If a server cannot start, the fixture raises: a test never silently skips.
+``backend`` is parametrised by name: the embedded server (``pdcat serve`` as a child process); the AWS
+frontend served by ``chalice local`` (``aws-http``) and in-process through ``chalice.test.Client``
+(``aws-inproc``), both over DynamoDB and S3 on a real moto server. The Azure frontend adds its names
+the same way. Backends reached over a socket (``Backend.wire``) also serve the end-to-end suite, which
+runs the real ``pdcat`` command. If a server cannot start, the fixture raises: a test never skips
+silently.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import os
 import secrets
 import sys
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +24,10 @@ import pytest
 
 from client.api import CatalogClient
 from core.auth import issue_token
-from infra.local.servers import REPO, RunningServer, start_chalice_local, start_embedded, start_moto
+from infra.local.servers import REPO, RunningProcess, RunningServer, start_chalice_local, start_embedded, start_moto
+from tests.backend_names import BACKENDS
+from tests.contract.helpers import RawResponse, raw_request
 
-# Backends the whole contract and e2e suites run against: the embedded server, and the AWS frontend
-# (the Chalice app under `chalice local`, DynamoDB and S3 on a real moto server).
-# PDCAT_TEST_BACKENDS=embedded narrows a run to one.
-BACKENDS = os.environ.get("PDCAT_TEST_BACKENDS", "embedded,aws-http").split(",")
 TEST_JWT_SECRET = "contract-tests-" + secrets.token_hex(24)
 ADMIN_PASSWORD = "admin-" + secrets.token_hex(8)
 
@@ -42,10 +43,17 @@ class Backend:
     server: RunningServer | None = None
     admin_password: str | None = None
     processes: list[Any] = field(default_factory=list)
+    # in-process backends: every request goes through this transport instead of a socket
+    transport: Any = None
 
     @property
     def api_url(self) -> str:
         return self.url + "/api/v1"
+
+    @property
+    def wire(self) -> bool:
+        """Reachable over a socket, so a separate process (the ``pdcat`` command) can use it."""
+        return self.transport is None
 
     def token(
         self, subject: str = "tester", roles: Iterable[str] = (), claims: Iterable[str] = (), ttl: int = 3600
@@ -53,19 +61,43 @@ class Backend:
         return issue_token(self.jwt_secret, subject, list(roles), list(claims), ttl)[0]
 
     def http(
-        self, *, roles: Iterable[str] = (), claims: Iterable[str] = (), subject: str = "tester", anonymous: bool = False
+        self,
+        *,
+        roles: Iterable[str] = (),
+        claims: Iterable[str] = (),
+        subject: str = "tester",
+        anonymous: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Client:
         """A raw HTTP client for the API, authenticated as a principal with these roles/claims."""
-        headers = {} if anonymous else {"Authorization": f"Bearer {self.token(subject, roles, claims)}"}
-        return httpx.Client(base_url=self.api_url, headers=headers, timeout=60)
+        auth = {} if anonymous else {"Authorization": f"Bearer {self.token(subject, roles, claims)}"}
+        return httpx.Client(
+            base_url=self.api_url, headers={**auth, **(headers or {})}, timeout=60, transport=self.transport
+        )
 
     def client(
         self, *, roles: Iterable[str] = (), claims: Iterable[str] = (), subject: str = "tester"
     ) -> CatalogClient:
-        return CatalogClient(self.url, token=self.token(subject, roles, claims))
+        return CatalogClient(self.url, token=self.token(subject, roles, claims), transport=self.transport)
+
+    def raw(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, body: bytes | None = None
+    ) -> RawResponse:
+        """Send ``path`` exactly as given (no dot-segment removal, no re-encoding), as an attacker would."""
+        if self.transport is not None:
+            return self.transport.raw(method, path, dict(headers or {}), body or b"")
+        return raw_request(self.url, method, path, headers=headers, body=body)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        for process in self.processes:
+            process.stop()
+        if self.transport is not None:
+            self.transport.close()
 
 
-def _embedded(tmp: Path) -> Backend:
+def _embedded(tmp: Path, infra: LocalInfra) -> Backend:
     server = start_embedded(
         tmp / "catalog",
         env={"PDCAT_JWT_SECRET": TEST_JWT_SECRET, "PDCAT_ADMIN_PASSWORD": ADMIN_PASSWORD, "PDCAT_LOG_LEVEL": "WARNING"},
@@ -87,21 +119,38 @@ AWS_TEST_CREDENTIALS = {
 }
 
 
-def _aws_http(tmp: Path) -> Backend:
-    """The Chalice app under ``chalice local``, with DynamoDB and S3 on a real moto server."""
+class LocalInfra:
+    """The emulators backends share within one test process, started on first use, stopped at the end."""
+
+    def __init__(self, tmp: pytest.TempPathFactory) -> None:
+        self._tmp = tmp
+        self._moto: RunningProcess | None = None
+
+    @property
+    def moto(self) -> RunningProcess:
+        if self._moto is None:
+            self._moto = start_moto(self._tmp.mktemp("moto"), serial=True)
+        return self._moto
+
+    def stop(self) -> None:
+        if self._moto is not None:
+            self._moto.stop()
+
+
+def _aws_env(moto: RunningProcess) -> dict[str, str]:
+    """A fresh table and bucket on moto, and the environment the AWS frontend reads them from."""
     sys.path.insert(0, str(REPO / "aws_app"))
     import boto3
     from chalicelib.dynamo_store import create_table
     from chalicelib.s3_blobs import S3BlobStore
 
-    moto = start_moto(tmp / "moto", serial=True)
     name = f"pdcat-{uuid.uuid4().hex[:12]}"
     session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
     for key, value in AWS_TEST_CREDENTIALS.items():
         os.environ.setdefault(key, value)
     create_table(name, region="us-east-1", host=moto.url)
     S3BlobStore(name, region="us-east-1", endpoint_url=moto.url, session=session).create_bucket()
-    env = {
+    return {
         **AWS_TEST_CREDENTIALS,
         "PDCAT_TABLE": name,
         "PDCAT_BUCKET": name,
@@ -110,21 +159,54 @@ def _aws_http(tmp: Path) -> Backend:
         "PDCAT_JWT_SECRET": TEST_JWT_SECRET,
         "PDCAT_LOG_LEVEL": "WARNING",
     }
-    server = start_chalice_local(env, tmp / "chalice")
-    return Backend("aws-http", server.url, TEST_JWT_SECRET, supports_password_login=False, processes=[server, moto])
+
+
+def _aws_http(tmp: Path, infra: LocalInfra) -> Backend:
+    """The Chalice app under ``chalice local``, with DynamoDB and S3 on a real moto server."""
+    server = start_chalice_local(_aws_env(infra.moto), tmp / "chalice")
+    return Backend("aws-http", server.url, TEST_JWT_SECRET, supports_password_login=False, processes=[server])
+
+
+def _aws_inproc(tmp: Path, infra: LocalInfra) -> Backend:
+    """The same app in this process through ``chalice.test.Client``; its bootstrap reads os.environ."""
+    from tests.aws_inprocess import ChaliceTransport
+
+    os.environ.update(_aws_env(infra.moto))
+    return Backend(
+        "aws-inproc", "http://aws.inprocess", TEST_JWT_SECRET, supports_password_login=False,
+        transport=ChaliceTransport(),
+    )  # fmt: skip
+
+
+FACTORIES: dict[str, Callable[[Path, LocalInfra], Backend]] = {
+    "embedded": _embedded,
+    "aws-http": _aws_http,
+    "aws-inproc": _aws_inproc,
+}
+
+
+@pytest.fixture(scope="session")
+def started_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Backend]]:
+    """Start each backend once per test process, on first use, whichever suite asks for it first."""
+    infra = LocalInfra(tmp_path_factory)
+    running: dict[str, Backend] = {}
+
+    def get(name: str) -> Backend:
+        if name not in running:
+            running[name] = FACTORIES[name](tmp_path_factory.mktemp(name), infra)
+        return running[name]
+
+    try:
+        yield get
+    finally:
+        for b in running.values():
+            b.stop()
+        infra.stop()
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    factories = {"embedded": _embedded, "aws-http": _aws_http}
-    b = factories[request.param](tmp_path_factory.mktemp(request.param))
-    try:
-        yield b
-    finally:
-        if b.server is not None:
-            b.server.stop()
-        for process in b.processes:
-            process.stop()
+def backend(request: pytest.FixtureRequest, started_backends: Callable[[str], Backend]) -> Backend:
+    return started_backends(request.param)
 
 
 @pytest.fixture

@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import TYPE_CHECKING
 
-from core.api import build_router
-from core.auth import Authenticator, TokenVerifier
-from core.config import load_settings
-from core.http import Request, Router
-from core.logs import configure_logging
-from core.rbac import Principal
-from core.service import CatalogService
+if TYPE_CHECKING:
+    from core.http import Router
 
 __all__ = ["router"]
 
 
 @functools.cache
 def router() -> Router:
-    """Built once per Lambda container, on the first request."""
+    """Built once per Lambda container, on the first request (the SDKs and JWT stack load here, not at import)."""
     from chalicelib.dynamo_store import DynamoApiKeyStore, DynamoManifestStore
     from chalicelib.s3_blobs import S3BlobStore
+
+    from core.api import build_router
+    from core.auth import Authenticator, TokenVerifier
+    from core.config import load_settings
+    from core.http import Request
+    from core.logs import configure_logging
+    from core.rbac import Principal
+    from core.service import CatalogService
 
     settings = load_settings()
     configure_logging(settings.log_level)

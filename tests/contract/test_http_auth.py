@@ -25,7 +25,8 @@ def _payload(**extra: object) -> dict:
 
 
 def _get(backend, path: str, headers: dict) -> httpx.Response:
-    return plain.get(backend.api_url + path, headers=headers)
+    with backend.http(anonymous=True) as anonymous:
+        return anonymous.get(path, headers=headers)
 
 
 def _hs512(payload: dict, secret: str) -> str:
@@ -86,7 +87,8 @@ def test_token_attacks_are_401(backend, cid):
             assert valid not in r.text, name
             assert "Traceback" not in error["message"], name
     # a write, too: nothing happened
-    r = plain.post(f"{backend.api_url}/catalog/{cid}/1.0/x86_64/push", json={}, headers=attacks["alg none"])
+    with backend.http(anonymous=True) as anonymous:
+        r = anonymous.post(f"/catalog/{cid}/1.0/x86_64/push", json={}, headers=attacks["alg none"])
     assert_error(r, 401, "unauthenticated")
 
 
@@ -117,7 +119,7 @@ def test_api_keys_lifecycle(backend, admin, cid):
     assert "secret_hash" not in created
     key_id = created["id"]
 
-    with httpx.Client(base_url=backend.api_url, headers={"X-Api-Key": key}, timeout=60) as k:
+    with backend.http(anonymous=True, headers={"X-Api-Key": key}) as k:
         who = k.get("/auth/whoami").json()
         assert (who["subject"], who["roles"], who["via"]) == ("alice-admin", ["USER"], "api_key")
         # the same RBAC as a token with these roles
@@ -161,7 +163,7 @@ def test_api_keys_lifecycle(backend, admin, cid):
 
 def test_an_api_key_with_publisher_rights_can_push(backend, admin, cid):
     key = admin.post("/auth/api-keys", json={"roles": ["PUBLISHER"], "subject": "ci-bot"}).json()["key"]
-    with httpx.Client(base_url=backend.api_url, headers={"X-Api-Key": key}, timeout=60) as k:
+    with backend.http(anonymous=True, headers={"X-Api-Key": key}) as k:
         pushed = push_empty(k, cid, "1.0")
         assert pushed["created_by"] == "ci-bot"
         assert_error(k.delete(f"/catalog/{cid}/1.0/x86_64"), 403, "forbidden")

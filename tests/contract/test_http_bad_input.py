@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from tests.contract.helpers import assert_error, build_pack, push_empty, raw_request
+from tests.contract.helpers import assert_error, build_pack, push_empty
 
 EMPTY_INDEX = {"chunk_size": 4096, "files": []}
 DIGEST = "ab" * 32
@@ -151,7 +151,7 @@ def test_invalid_identities_in_paths_are_4xx(backend, path):
     for method, suffix in (("GET", ""), ("DELETE", ""), ("PATCH", "/taint"), ("POST", "/pull"), ("POST", "/push")):
         full = "/api/v1" + path + suffix
         body = b'{"index": {"chunk_size": 4096, "files": []}}'
-        r = raw_request(backend.url, method, full, headers=headers, body=body)
+        r = backend.raw(method, full, headers=headers, body=body)
         assert r.status_code in (400, 404, 405), (method, full, r.status_code, r.text)
         if r.status_code != 405:
             assert_error(r, (400, 404))
@@ -173,7 +173,7 @@ def test_unknown_routes_are_404(backend, su):
     for path in ("/nope", "/catalog/a/b/c/d/e", "/catalog/a/1.0/x86_64/explode", "/uploads", "/auth", "/"):
         assert_error(su.get(path), 404, "not_found")
     for path in ("/", "/api", "/api/v2/health", "/index.html"):
-        r = raw_request(backend.url, "GET", path)
+        r = backend.raw("GET", path)
         assert_error(r, 404)
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
-
 from tests.contract.helpers import assert_error, push_empty, push_pack
 
 # DESIGN §8 plus the routes core adds (whoami, API keys, URL refreshes): the public contract.
@@ -53,14 +51,16 @@ MANIFEST_FIELDS = {
 
 
 def test_health_is_public(backend):
-    r = httpx.get(backend.api_url + "/health", timeout=30)
+    with backend.http(anonymous=True) as anonymous:
+        r = anonymous.get("/health")
     assert r.status_code == 200
     assert r.json() == {"status": "ok"}
     assert r.headers["content-type"].startswith("application/json")
 
 
 def test_openapi_document_is_public_and_describes_the_contract(backend):
-    r = httpx.get(backend.api_url + "/openapi.json", timeout=30)
+    with backend.http(anonymous=True) as anonymous:
+        r = anonymous.get("/openapi.json")
     assert r.status_code == 200
     doc = r.json()
     assert doc["openapi"].startswith("3.")
@@ -82,7 +82,8 @@ def test_openapi_document_is_public_and_describes_the_contract(backend):
 
 
 def test_every_documented_route_is_served(backend, su, cid):
-    doc = httpx.get(backend.api_url + "/openapi.json", timeout=30).json()
+    with backend.http(anonymous=True) as anonymous:
+        doc = anonymous.get("/openapi.json").json()
     values = {"id": cid, "version": "1.0", "arch": "x86_64", "upload_id": "bm90LWFuLXVwbG9hZA", "key_id": "0" * 16}
     unknown = su.get("/definitely/not/a/route")
     no_route = assert_error(unknown, 404, "not_found")["message"]

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.backend_names import WIRE_BACKENDS
+
 REPO = Path(__file__).resolve().parents[2]
 FAKE_PRLCTL = REPO / "tests" / "fakes" / "prlctl"
 CHUNK_SIZE = 65536  # small chunks: many of them, and every transfer stays fast
@@ -31,6 +33,12 @@ DISK_SIZE = 64 * MIB
 # (offset, length) of the random data in the sample disk; the rest is a hole
 DISK_DATA = [(0, 128 * 1024), (3 * MIB + 4096, 96 * 1024 + 123), (40 * MIB, 64 * 1024), (DISK_SIZE - 40_000, 40_000)]
 DISK_REL = "harddisk.hdd/harddisk.hdd.0.{5fbaabe3-6958-40ff-92a7-860e329aab41}.hds"
+
+
+@pytest.fixture(scope="session", params=WIRE_BACKENDS)
+def backend(request: pytest.FixtureRequest, started_backends: Any) -> Any:
+    """The backends reachable over a socket: the ``pdcat`` command runs as a separate process."""
+    return started_backends(request.param)
 
 
 def needs_embedded(backend: Any, what: str) -> None:

@@ -1,0 +1,13 @@
+"""Which backends a test run uses: every one for the contract suite, those with a socket for e2e.
+
+``PDCAT_TEST_BACKENDS=embedded`` (comma-separated) narrows a run. ``*-inproc`` backends answer
+in-process through an httpx transport, so the ``pdcat`` command (another process) cannot reach them.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT = "embedded,aws-http,aws-inproc"
+BACKENDS = [name.strip() for name in os.environ.get("PDCAT_TEST_BACKENDS", DEFAULT).split(",") if name.strip()]
+WIRE_BACKENDS = [name for name in BACKENDS if not name.endswith("-inproc")]
