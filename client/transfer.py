@@ -20,7 +20,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -422,13 +422,12 @@ def pull(
 
     own_blobs = blobs is None
     blob_client = blobs or BlobClient(connections=config.workers * 2, retries=config.retries, backoff=config.backoff)
+    job = _PullJob(api, answer, manifest, index, final, config, progress, blob_client, on_plan, started)
     try:
         if cache is None:
-            return _pull_direct(api, answer, manifest, index, final, config, progress, blob_client, on_plan, started)
+            return _pull_direct(job)
         with cache.lock(index.digest):
-            return _pull_cached(
-                api, answer, manifest, index, final, config, progress, blob_client, cache, on_plan, on_evict, started
-            )
+            return _pull_cached(job, cache, on_evict)
     finally:
         if own_blobs:
             blob_client.close()
@@ -438,100 +437,123 @@ def _stored_sizes(index: PackIndex) -> dict[str, int]:
     return {c.digest: c.stored_size or c.size for c in index.chunks()}
 
 
-def _plan(
-    manifest: dict[str, Any],
-    index: PackIndex,
-    final: Path,
-    cache_state: str,
-    todo: list[str],
-    reused: int,
-    write_bytes: int,
-) -> PullPlan:
-    stored = _stored_sizes(index)
-    need = sum(stored[d] for d in todo)
-    free = _free_bytes(final.parent)
-    return PullPlan(manifest, index, final, cache_state, need, len(todo), reused, write_bytes, free - write_bytes)
+@dataclass(frozen=True)
+class _PullJob:
+    """One resolved pull: what both ways of pulling (through the cache or straight) share."""
 
+    api: CatalogClient
+    answer: dict[str, Any]
+    manifest: dict[str, Any]
+    index: PackIndex
+    final: Path
+    config: TransferConfig
+    progress: Progress
+    blobs: BlobClient
+    on_plan: Callable[[PullPlan], None] | None
+    started: float
 
-def _check_space(plan: PullPlan) -> None:
-    if plan.free_after < 0:
-        raise DiskFull(
-            f"not enough space in {plan.final.parent}: the pull writes {plan.write_bytes} bytes, "
-            f"{plan.write_bytes + plan.free_after} are free"
+    @property
+    def places(self) -> dict[str, list[tuple[FileEntry, Chunk]]]:
+        return _places(self.index)
+
+    def resume_state(self, target: Path) -> set[str]:
+        """Chunks a killed pull into ``target`` already wrote (its journal), so they are not fetched again."""
+        partial, journal = partial_paths(target)
+        return _read_journal(journal, self.index.digest) if partial.is_dir() else set()
+
+    def plan(self, cache_state: str, todo: list[str], reused: int, write_bytes: int) -> PullPlan:
+        """Say what the pull will cost, then refuse up front if the disk cannot hold it."""
+        stored = _stored_sizes(self.index)
+        free = _free_bytes(self.final.parent)
+        plan = PullPlan(
+            self.manifest,
+            self.index,
+            self.final,
+            cache_state,
+            sum(stored[d] for d in todo),
+            len(todo),
+            reused,
+            write_bytes,
+            free - write_bytes,
+        )
+        if self.on_plan:
+            self.on_plan(plan)
+        if plan.free_after < 0:
+            raise DiskFull(
+                f"not enough space in {plan.final.parent}: the pull writes {plan.write_bytes} bytes, "
+                f"{plan.write_bytes + plan.free_after} are free"
+            )
+        return plan
+
+    def download(self, target: Path, local: Callable[[str], bytes | None] | None = None) -> DownloadStats:
+        return download(
+            self.api,
+            self.manifest,
+            self.index,
+            self.answer["urls"],
+            target,
+            config=self.config,
+            progress=self.progress,
+            blobs=self.blobs,
+            local=local,
+        )
+
+    def result(self, stats: DownloadStats, cache_state: str, clone_method: str | None = None) -> PullResult:
+        return PullResult(
+            path=self.final,
+            manifest=self.manifest,
+            chunks=len(self.index.unique_digests()),
+            downloaded_chunks=stats.downloaded_chunks,
+            downloaded_bytes=stats.downloaded_bytes,
+            resumed_chunks=stats.resumed_chunks,
+            reused_chunks=stats.reused_chunks,
+            reused_bytes=stats.reused_bytes,
+            seconds=time.monotonic() - self.started,
+            cache=cache_state,
+            clone_method=clone_method,
         )
 
 
-def _pull_direct(
-    api: CatalogClient,
-    answer: dict[str, Any],
-    manifest: dict[str, Any],
-    index: PackIndex,
-    final: Path,
-    config: TransferConfig,
-    progress: Progress,
-    blobs: BlobClient,
-    on_plan: Callable[[PullPlan], None] | None,
-    started: float,
-) -> PullResult:
-    places = _places(index)
-    partial, journal = partial_paths(final)
-    done = _read_journal(journal, index.digest) if partial.is_dir() else set()
+def _written(places: dict[str, list[tuple[FileEntry, Chunk]]], digests: Iterable[str]) -> int:
+    """Bytes written for these chunks: each once per place it appears in the VM."""
+    return sum(places[d][0][1].size * len(places[d]) for d in digests)
+
+
+def _pull_direct(job: _PullJob) -> PullResult:
+    places = job.places
+    done = job.resume_state(job.final)
     todo = [d for d in places if d not in done]
-    plan = _plan(manifest, index, final, "off", todo, 0, sum(places[d][0][1].size * len(places[d]) for d in todo))
-    if on_plan:
-        on_plan(plan)
-    _check_space(plan)
-    stats = download(api, manifest, index, answer["urls"], final, config=config, progress=progress, blobs=blobs)
-    return _result(final, manifest, index, stats, started, "off")
+    job.plan("off", todo, 0, _written(places, todo))
+    return job.result(job.download(job.final), "off")
 
 
-def _pull_cached(
-    api: CatalogClient,
-    answer: dict[str, Any],
-    manifest: dict[str, Any],
-    index: PackIndex,
-    final: Path,
-    config: TransferConfig,
-    progress: Progress,
-    blobs: BlobClient,
-    cache: VmCache,
-    on_plan: Callable[[PullPlan], None] | None,
-    on_evict: Callable[[CacheEntry], None] | None,
-    started: float,
-) -> PullResult:
-    places = _places(index)
+def _pull_cached(job: _PullJob, cache: VmCache, on_evict: Callable[[CacheEntry], None] | None) -> PullResult:
+    index = job.index
+    places = job.places
     data_bytes = sum(c.size for c in index.chunks())
     if cache.lookup(index.digest, index) is not None:
-        plan = _plan(manifest, index, final, "hit", [], data_bytes, 0 if _cow(cache, final) else data_bytes)
-        if on_plan:
-            on_plan(plan)
-        _check_space(plan)
-        method = _materialize(cache, index.digest, final)
-        return _result(final, manifest, index, DownloadStats(reused_bytes=data_bytes), started, "hit", method)
+        job.plan("hit", [], data_bytes, 0 if _cow(cache, job.final) else data_bytes)
+        method = _materialize(cache, index.digest, job.final)
+        return job.result(DownloadStats(reused_bytes=data_bytes), "hit", method)
 
     # Make room first, so chunks chosen for reuse below cannot be evicted under us.
     for victim in cache.prune(incoming=data_bytes):
         if on_evict:
             on_evict(victim)
     staging = cache.staging_dir(index.digest)
-    partial, journal = partial_paths(staging)
-    done = _read_journal(journal, index.digest) if partial.is_dir() else set()
+    done = job.resume_state(staging)
     sources = cache.chunk_source(index, exclude=index.digest)
     todo = [d for d in places if d not in done and d not in sources]
     reused = sum(places[d][0][1].size for d in sources if d not in done)
-    write = sum(places[d][0][1].size * len(places[d]) for d in places if d not in done)
-    plan = _plan(manifest, index, final, "miss", todo, reused, write + (0 if _cow(cache, final) else data_bytes))
-    if on_plan:
-        on_plan(plan)
-    _check_space(plan)
+    write = _written(places, (d for d in places if d not in done))
+    job.plan("miss", todo, reused, write + (0 if _cow(cache, job.final) else data_bytes))
 
     def local(chunk_digest: str) -> bytes | None:
         where = sources.get(chunk_digest)
         return cache.read_chunk(where, chunk_digest) if where else None
 
-    stats = download(
-        api, manifest, index, answer["urls"], staging, config=config, progress=progress, blobs=blobs, local=local
-    )
+    stats = job.download(staging, local)
+    manifest = job.manifest
     cache.commit(
         index.digest,
         index,
@@ -540,8 +562,7 @@ def _pull_cached(
         version=manifest["version"],
         architecture=manifest["architecture"],
     )
-    method = _materialize(cache, index.digest, final)
-    return _result(final, manifest, index, stats, started, "miss", method)
+    return job.result(stats, "miss", _materialize(cache, index.digest, job.final))
 
 
 def _materialize(cache: VmCache, digest: str, final: Path) -> str:
@@ -559,30 +580,6 @@ def _cow(cache: VmCache, final: Path) -> bool:
     target.mkdir(parents=True, exist_ok=True)
     same_fs = os.stat(target).st_dev == os.stat(cache.root).st_dev
     return same_fs and (sys.platform == "darwin" or supports_reflink(target))
-
-
-def _result(
-    final: Path,
-    manifest: dict[str, Any],
-    index: PackIndex,
-    stats: DownloadStats,
-    started: float,
-    cache_state: str,
-    clone_method: str | None = None,
-) -> PullResult:
-    return PullResult(
-        path=final,
-        manifest=manifest,
-        chunks=len(index.unique_digests()),
-        downloaded_chunks=stats.downloaded_chunks,
-        downloaded_bytes=stats.downloaded_bytes,
-        resumed_chunks=stats.resumed_chunks,
-        reused_chunks=stats.reused_chunks,
-        reused_bytes=stats.reused_bytes,
-        seconds=time.monotonic() - started,
-        cache=cache_state,
-        clone_method=clone_method,
-    )
 
 
 def _discard(partial: Path, journal: Path) -> None:
