@@ -309,7 +309,8 @@ class PackMeta:
             minimum_requirements=None if minimum is None else _minimum(minimum),
             contents=_items(doc, "virtual_machine_contents"),
             pack_contents=_items(doc, "pack_contents"),
-            extra={k: v for k, v in doc.items() if k not in known},
+            # the Go fields pdcat does not model are kept when they say something (tainted: true...)
+            extra={k: v for k, v in doc.items() if k not in known and (k not in _GO_DEFAULTS or v != _GO_DEFAULTS[k])},
         )
 
     def to_json(self) -> bytes:
