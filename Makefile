@@ -3,22 +3,29 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BASE_STAMP := $(VENV)/.installed-base
 EMULATORS := infra/local/emulators
 NODE_STAMP := $(EMULATORS)/node_modules/.installed
 
 .PHONY: demo test unit contract lint typecheck check bench clean
 
+# The demo needs only the client and the embedded server; tests need the clouds' SDKs and the tools too.
+$(BASE_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	@touch $(BASE_STAMP)
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	@touch $(STAMP)
+	@touch $(STAMP) $(BASE_STAMP)
 
 # Azurite and the Cosmos DB emulator, exactly as locked (the Azure backend's tests need them).
 $(NODE_STAMP): $(EMULATORS)/package.json $(EMULATORS)/package-lock.json $(EMULATORS)/patch-cosmosdb-server.js
 	@cd $(EMULATORS) && npm ci --silent --no-audit --no-fund
 	@touch $(NODE_STAMP)
 
-demo: $(STAMP)
+demo: $(BASE_STAMP)
 	@$(BIN)/python infra/local/demo.py
 
 test: $(STAMP) $(NODE_STAMP) check
