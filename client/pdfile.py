@@ -165,6 +165,59 @@ def is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(key.lower()))
 
 
+# The connection-string grammar of client.byo.connection, as far as assembling and masking one needs.
+_CONN_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+_CONN_SPECIAL = re.compile(r'([;"\\])')
+
+
+def _conn_escape(value: str) -> str:
+    """Text put inside a written connection string: ``;``, ``"`` and ``\\`` escaped with a backslash."""
+    return _CONN_SPECIAL.sub(r"\\\1", value)
+
+
+def _conn_quote(value: str) -> str:
+    """A whole value, quoted when it holds ``;``, ``"``, ``\\`` or surrounding blanks."""
+    if value == value.strip() and not _CONN_SPECIAL.search(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _conn_unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    return re.sub(r"\\(.)", r"\1", value)
+
+
+def _conn_entries(text: str) -> list[tuple[str, str]]:
+    """``key=value`` entries split on ``;`` outside quotes and escapes; values kept as written."""
+    pieces: list[str] = []
+    start, i, quoted = 0, 0, False
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == ";" and not quoted:
+            pieces.append(text[start:i])
+            start = i + 1
+        i += 1
+    if quoted:
+        raise _LineError("a quoted value in the PROVIDER connection string has no closing quote")
+    pieces.append(text[start:])
+    entries = []
+    for index, piece in enumerate(pieces, start=1):
+        if not piece.strip():
+            continue
+        key, eq, value = piece.partition("=")
+        if not eq:  # not echoed: a stray piece may be (part of) a secret
+            raise _LineError(f"entry {index} of the PROVIDER connection string is not key=value")
+        entries.append((key.strip(), value.strip()))
+    return entries
+
+
 @dataclass(frozen=True)
 class Provider:
     """Storage given by the PDFile, as the raw ``provider=NAME;key=value;…`` connection string.
@@ -177,11 +230,11 @@ class Provider:
     connection_string: str
 
     def redacted(self) -> str:
-        parts = []
-        for piece in self.connection_string.split(";"):
-            key, _, value = piece.partition("=")
-            parts.append(f"{key}={REDACTED if is_secret_key(key) else value}")
-        return ";".join(parts)
+        try:
+            entries = _conn_entries(self.connection_string)
+        except _LineError:
+            return f"provider={self.name};{REDACTED}"
+        return ";".join(f"{k}={REDACTED if is_secret_key(k) else v}" for k, v in entries)
 
     def __repr__(self) -> str:
         return f"Provider({self.redacted()!r})"
@@ -268,7 +321,7 @@ class _LineError(Exception):
     """A problem with the current line; the caller attaches the line number."""
 
 
-def _render(fragment: str, env: Mapping[str, str]) -> tuple[str, bool]:
+def _render(fragment: str, env: Mapping[str, str], escape: Callable[[str], str] | None = None) -> tuple[str, bool]:
     """Replace templates in one value. Returns the text and whether any template was used.
 
     Substituted text is not scanned again, so a value that itself looks like a template stays as is.
@@ -292,7 +345,7 @@ def _render(fragment: str, env: Mapping[str, str]) -> tuple[str, bool]:
             )
         if _CONTROL.search(value):
             raise _LineError(f"environment variable {name} holds a control character; use plain one-line text")
-        return value
+        return escape(value) if escape else value
 
     if "{{" in _TEMPLATE.sub("", fragment):
         raise _LineError("'{{' without a closing '}}': templates are {{ .Env.NAME }} or {{ NAME }}")
@@ -335,7 +388,6 @@ _SIZE_UNITS = {"": 1, "B": 1}
 for _i, _p in enumerate("KMGT", start=1):
     _SIZE_UNITS[f"{_p}B"] = 1000**_i
     _SIZE_UNITS[f"{_p}IB"] = 1024**_i
-_KEY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -647,36 +699,27 @@ def _minimum_requirement(state: _State, line: _Line) -> None:
 
 
 def _provider(state: _State, line: _Line) -> None:
-    """``PROVIDER KEY value`` or ``PROVIDER provider=NAME;key=value;…`` (or a whole template)."""
+    """``PROVIDER KEY value``, ``PROVIDER provider=NAME;key=value;…``, or ``PROVIDER {{ .Env.CONN }}``.
+
+    Entries are kept in the connection-string grammar of ``client.byo.connection``: a value from a
+    ``PROVIDER KEY value`` line is quoted when it needs to be, and text a template puts inside a
+    written-out string is escaped, so neither can add keys (``;``) or break the quoting.
+    """
     state.seen("PROVIDER", line)
     raw = line.raw_arg
     syntax = "PROVIDER NAME <name>, PROVIDER <KEY> <value>, or PROVIDER provider=<name>;<key>=<value>;..."
     if not raw:
         raise _LineError(f"PROVIDER needs a value: {syntax}")
-    whole_template = _TEMPLATE.fullmatch(raw) is not None
-    first_word = raw.split(None, 1)[0]
-    pairs: list[tuple[str, str, bool]] = []  # key, value, from a template
-    if whole_template or "=" in first_word:
-        if whole_template:
-            text, _ = _render(raw, line.env)
-            pieces = [(piece, True) for piece in text.split(";")]
-        else:
-            pieces = []
-            for piece in raw.split(";"):
-                rendered, templated = _render(piece, line.env)
-                if templated and ";" in rendered:
-                    raise _LineError(
-                        "a template inside a PROVIDER connection string expands to text with ';', "
-                        "which would add keys to it; template the whole string or one value without ';'"
-                    )
-                pieces.append((rendered, templated))
-        for index, (piece, templated) in enumerate(pieces, start=1):
-            if not piece.strip():
-                continue
-            key, eq, value = piece.partition("=")
-            if not eq:
-                raise _LineError(f"part {index} of the PROVIDER connection string is not key=value; {syntax}")
-            pairs.append((key.strip(), value.strip(), templated))
+    entries: list[tuple[str, str, bool]] = []  # key, value as written in the grammar, from a template
+    if _TEMPLATE.fullmatch(raw):  # a whole connection string from the environment, used as it is
+        text, _ = _render(raw, line.env)
+        entries = [(key, value, True) for key, value in _conn_entries(text)]
+    elif "=" in raw.split(None, 1)[0]:
+        for key, value in _conn_entries(raw):
+            if "{{" in key:
+                raise _LineError(f"PROVIDER keys must be written out, not templates; {syntax}")
+            rendered, templated = _render(value, line.env, escape=_conn_escape)
+            entries.append((key, rendered.strip(), templated))
     else:
         key, rest = _split_word(raw)
         if "{{" in key:
@@ -684,23 +727,23 @@ def _provider(state: _State, line: _Line) -> None:
         if not rest:
             raise _LineError(f"a PROVIDER <KEY> line needs a value after the key; {syntax}")
         value, templated = _render(rest, line.env)
-        if ";" in value:
-            raise _LineError(f"PROVIDER {key.upper()[:32]} value cannot contain ';' (it separates keys)")
-        pairs.append((key, value.strip(), templated))
+        entries.append((key, _conn_quote(value.strip()), templated))
     literal_secrets: list[str] = []
-    for key, value, templated in pairs:
-        if not _KEY_NAME.fullmatch(key):
-            raise _LineError(f"PROVIDER keys are words like bucket or secret_key; {syntax}")
+    for key, value, templated in entries:
+        if not _CONN_KEY.fullmatch(key):
+            raise _LineError(f"PROVIDER keys are words like bucket or secret_key (letters, digits, _); {syntax}")
         name = key.lower()
         name = "provider" if name == "name" else name
-        slot = f"PROVIDER {name}"
-        state.claim(slot, line)
-        if not value:
+        state.claim(f"PROVIDER {name}", line)
+        if not _conn_unquote(value):
             raise _LineError(f"PROVIDER {name.upper()} needs a value")
         if name == "provider":
-            if not _PROVIDER_NAME.fullmatch(value):
-                raise _LineError(f"PROVIDER NAME takes a provider name such as aws-s3, not {value[:32]!r}")
-        elif not templated and is_secret_key(name):
+            provider_name = _conn_unquote(value)
+            if not _PROVIDER_NAME.fullmatch(provider_name):
+                raise _LineError(f"PROVIDER NAME takes a provider name such as aws-s3, not {provider_name[:32]!r}")
+            state.values["provider_name"] = provider_name
+            continue
+        if not templated and is_secret_key(name):
             literal_secrets.append(name)
         state.provider_pairs.append((name, value))
     for name in literal_secrets:
@@ -1020,15 +1063,14 @@ def _credentials(state: _State, problem: Callable[[int | None, str], None]) -> A
 def _compose_provider(state: _State, problem: Callable[[int | None, str], None]) -> Provider | None:
     if "PROVIDER" not in state.lines:
         return None
-    pairs = dict(state.provider_pairs)
-    name = pairs.pop("provider", None)
+    name = cast("str | None", state.values.get("provider_name"))
     if name is None:
         if "PROVIDER provider" not in state.lines:  # not a bad-name line already reported
             problem(
                 state.lines["PROVIDER"], "PROVIDER lines need the provider's name: PROVIDER NAME aws-s3 (or provider=…)"
             )
         return None
-    return Provider(name, ";".join([f"provider={name}", *(f"{k}={v}" for k, v in pairs.items())]))
+    return Provider(name, ";".join([f"provider={_conn_quote(name)}", *(f"{k}={v}" for k, v in state.provider_pairs)]))
 
 
 def load(path: str | PathLike[str], env: Mapping[str, str], *, supplied: Collection[str] = ()) -> ParseResult:

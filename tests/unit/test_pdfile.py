@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from client.byo.connection import parse_connection_string
 from client.pdfile import (
     KEYWORDS,
     NO_FLAG_YET,
@@ -84,6 +85,10 @@ def test_valid_corpus(path: Path) -> None:
     for secret in expected.get("secrets", []):
         assert secret not in shown
         assert secret in _kept_secrets(result.pdfile)
+    if result.pdfile.provider is not None:  # what the lead hands on is what client.byo reads
+        connection = parse_connection_string(result.pdfile.provider.connection_string)
+        assert connection.provider == result.pdfile.provider.name
+        assert str(connection) == result.pdfile.provider.redacted()
 
 
 @pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
@@ -229,6 +234,36 @@ def test_literal_password_earns_a_warning(line: str, warned: bool) -> None:
 def test_literal_api_key_earns_a_warning() -> None:
     (warning,) = parse("FROM h.example.com\nCATALOG_ID x\nAUTHENTICATE API_KEY abc\n", {}).warnings
     assert warning.line == 3 and "{{ .Env.PDCAT_API_KEY }}" in warning.message
+
+
+@pytest.mark.parametrize(
+    "password",
+    ['pa;ss "1"', "back\\slash;", " padded ", 'x";secret_key=y', "a=b==", "{{ not a template }}"],
+)
+def test_provider_values_reach_the_connection_parser_exactly(password: str) -> None:
+    """A value with ';', quotes or backslashes cannot add keys: it arrives as one value, whichever form."""
+    head = "TO h.example.com\nCATALOG_ID x\nVERSION 1\nLOCAL_PATH /p\n"
+    forms = [  # (PROVIDER lines, whether the value is quoted: unquoted values are trimmed, as the grammar says)
+        (
+            "PROVIDER NAME artifactory\nPROVIDER URL https://a.example.com\nPROVIDER REPO r\n"
+            "PROVIDER USERNAME ci\nPROVIDER PASSWORD {{ PW }}\n",
+            False,
+        ),
+        ("PROVIDER provider=artifactory;url=https://a.example.com;repo=r;username=ci;password={{ PW }}\n", False),
+        ('PROVIDER provider=artifactory;url=https://a.example.com;repo=r;username=ci;password="{{ PW }}"\n', True),
+        ("PROVIDER {{ CONN }}\n", True),
+    ]
+    quoted = '"' + password.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    env = {
+        "PW": password,
+        "CONN": f"provider=artifactory;url=https://a.example.com;repo=r;username=ci;password={quoted}",
+    }
+    for form, exact in forms:
+        provider = parse(head + form, env).pdfile.provider
+        assert provider is not None
+        connection = parse_connection_string(provider.connection_string)
+        assert connection.secrets() == ((password if exact else password.strip()),)
+        assert password.strip() not in repr(provider)
 
 
 def test_authentication_and_provider_reprs_are_redacted() -> None:

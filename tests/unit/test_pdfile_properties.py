@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from client.byo.connection import parse_connection_string
 from client.pdfile import KEYWORDS, ParseResult, PDFileError, parse, render_template
 
-SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 ENV = {"HOST": "catalog.example.com", "VERSION": "2.0", "ARCH": "arm64", "PW": "env-pw-secret", "EMPTY": ""}
 # Words that appear in values of the grammar, including a few that are wrong on purpose.
@@ -250,3 +251,23 @@ def test_rendering_is_idempotent_and_keeps_the_line_count(lines: list[str], x: s
     assert len(once.split("\n")) == len(text.split("\n"))
     if "{{" not in x + y:
         assert render_template(once, {"X": x, "Y": y}) == once
+
+
+@SETTINGS
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=30))
+def test_any_provider_value_reaches_the_connection_parser_as_one_value(password: str) -> None:
+    """Whatever a templated value holds (';', quotes, backslashes, '='), it stays one value: no key is added."""
+    head = "TO h.example.com\nCATALOG_ID x\nVERSION 1\nLOCAL_PATH /p\n"
+    forms = [
+        "PROVIDER NAME artifactory\nPROVIDER URL https://a.example.com\nPROVIDER REPO r\nPROVIDER USERNAME ci\n"
+        "PROVIDER PASSWORD {{ PW }}\n",
+        'PROVIDER provider=artifactory;url=https://a.example.com;repo=r;username=ci;password="{{ PW }}"\n',
+    ]
+    for form in forms:
+        outcome = _outcome(head + form, {"PW": password})
+        if isinstance(outcome, PDFileError):  # only an all-blank value is refused
+            assert not password.strip() and "PROVIDER PASSWORD needs a value" in outcome.message
+            continue
+        assert outcome.pdfile.provider is not None
+        connection = parse_connection_string(outcome.pdfile.provider.connection_string)
+        assert connection.secrets() == (password.strip() if form.startswith("PROVIDER NAME") else password,)
