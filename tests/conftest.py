@@ -2,8 +2,9 @@
 
 ``backend`` is parametrised by name: the embedded server (``pdcat serve`` as a child process); the AWS
 frontend served by ``chalice local`` (``aws-http``) and in-process through ``chalice.test.Client``
-(``aws-inproc``), both over DynamoDB and S3 on a real moto server. The Azure frontend adds its names
-the same way. Backends reached over a socket (``Backend.wire``) also serve the end-to-end suite, which
+(``aws-inproc``), both over DynamoDB and S3 on a real moto server; the Azure frontend under the small
+local Functions host (``azure-http``) and in-process (``azure-inproc``), both over the Cosmos DB emulator
+and Azurite. Backends reached over a socket (``Backend.wire``) also serve the end-to-end suite, which
 runs the real ``pdcat`` command. If a server cannot start, the fixture raises: a test never skips
 silently.
 """
@@ -125,6 +126,8 @@ class LocalInfra:
     def __init__(self, tmp: pytest.TempPathFactory) -> None:
         self._tmp = tmp
         self._moto: RunningProcess | None = None
+        self._cosmos: RunningProcess | None = None
+        self._azurite: RunningProcess | None = None
 
     @property
     def moto(self) -> RunningProcess:
@@ -132,9 +135,26 @@ class LocalInfra:
             self._moto = start_moto(self._tmp.mktemp("moto"), serial=True)
         return self._moto
 
+    @property
+    def cosmos(self) -> RunningProcess:
+        if self._cosmos is None:
+            from infra.local.cosmos_emulator import start_cosmos
+
+            self._cosmos = start_cosmos(self._tmp.mktemp("cosmos"))
+        return self._cosmos
+
+    @property
+    def azurite(self) -> RunningProcess:
+        if self._azurite is None:
+            from infra.local.azurite import start_azurite
+
+            self._azurite = start_azurite(self._tmp.mktemp("azurite"))
+        return self._azurite
+
     def stop(self) -> None:
-        if self._moto is not None:
-            self._moto.stop()
+        for process in (self._moto, self._cosmos, self._azurite):
+            if process is not None:
+                process.stop()
 
 
 def _aws_env(moto: RunningProcess) -> dict[str, str]:
@@ -178,10 +198,33 @@ def _aws_inproc(tmp: Path, infra: LocalInfra) -> Backend:
     )  # fmt: skip
 
 
+def _azure_http(tmp: Path, infra: LocalInfra) -> Backend:
+    """The function app under the small local Functions host, on the Cosmos DB emulator and Azurite."""
+    from infra.local.azure_host import azure_backend_env, start_azure_host
+
+    env = azure_backend_env(infra.cosmos, infra.azurite, TEST_JWT_SECRET)
+    server = start_azure_host(env, tmp / "functions")
+    return Backend("azure-http", server.url, TEST_JWT_SECRET, supports_password_login=False, processes=[server])
+
+
+def _azure_inproc(tmp: Path, infra: LocalInfra) -> Backend:
+    """The same function app in this process; its bootstrap reads os.environ, as app settings."""
+    from infra.local.azure_host import azure_backend_env
+    from tests.azure_inprocess import AzureFunctionsTransport
+
+    os.environ.update(azure_backend_env(infra.cosmos, infra.azurite, TEST_JWT_SECRET))
+    return Backend(
+        "azure-inproc", "http://azure.inprocess", TEST_JWT_SECRET, supports_password_login=False,
+        transport=AzureFunctionsTransport(),
+    )  # fmt: skip
+
+
 FACTORIES: dict[str, Callable[[Path, LocalInfra], Backend]] = {
     "embedded": _embedded,
     "aws-http": _aws_http,
     "aws-inproc": _aws_inproc,
+    "azure-http": _azure_http,
+    "azure-inproc": _azure_inproc,
 }
 
 
