@@ -52,6 +52,7 @@ from azure_app.azurelib.blob_store import (
     MAX_UDK_EXPIRES_IN,
     UDK_SAS_VERSION,
     AzureBlobStore,
+    _DelegationKey,
     _translate_errors,
     udk_string_to_sign,
 )
@@ -453,7 +454,7 @@ class TestUserDelegationKeyCache:
         assert http.get(url).content == b"long"
 
     def test_string_to_sign_is_the_sdks_without_the_2026_fields(self) -> None:
-        """Cross-check with azure-storage-blob: same fields, same order, minus the two lines of 2026."""
+        """Cross-check with azure-storage-blob: same fields, same order, minus its two newer lines."""
         udk = UserDelegationKey()  # type: ignore[no-untyped-call]
         udk.signed_oid, udk.signed_tid = "oid-1", "tid-1"
         udk.signed_start, udk.signed_expiry = "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"
@@ -464,12 +465,11 @@ class TestUserDelegationKeyCache:
             protocol="https", sts_hook=seen.append,
         )  # fmt: skip
         sdk_lines = seen[0].split("\n")
-        # the SDK's lines 21 and 22 (0-based) are the signed request headers / query params of 2026-04-06+
+        # The SDK's lines 21 and 22 (0-based) are the signed request headers and query parameters
+        # that its newer SAS version added; everything else must match line for line.
         assert sdk_lines[21:23] == ["", ""]
         del sdk_lines[21:23]
         sdk_lines[17] = UDK_SAS_VERSION  # sv
-        from azure_app.azurelib.blob_store import _DelegationKey
-
         ours = udk_string_to_sign(
             account="acct", container="box", blob="a/b", permission="cw", expiry="2026-01-01T01:00:00Z",
             key=_DelegationKey("oid-1", "tid-1", udk.signed_start, udk.signed_expiry, "b", "2025-11-05", "a2V5", "", 0),
