@@ -132,6 +132,7 @@ _ZERO_RUN = 64 * 1024  # zero runs this long (aligned) inside written data are l
 _ZERO_SMALL = _ZERO[:_ZERO_RUN]
 _MAX_META = 16 * 1024 * 1024
 _MAX_TRAILER = 16 * 1024 * 1024  # bytes tolerated after the tar's end-of-archive marker (record padding)
+_MAX_APPARENT = 64 * 1024**4  # 64 TiB of declared file sizes: far past any VM, well short of a "bomb" header
 _GO_SETUID, _GO_SETGID = 1 << 23, 1 << 22  # Go's os.ModeSetuid / os.ModeSetgid, as int64(info.Mode()) writes them
 _PRIVILEGED = stat.S_ISUID | stat.S_ISGID | _GO_SETUID | _GO_SETGID
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -708,15 +709,17 @@ class UnpackStats:
     checksum: str  # of the pack bytes, with checksum_algorithm
     checksum_algorithm: str
     checksum_verified: bool  # False when no checksum was given, or its shape names no algorithm we know
+    # (True also when only ``sha256`` was given and matched)
 
 
 class _Source:
     """The raw pack: hashed and counted as it is read, with a look at the first bytes."""
 
-    def __init__(self, stream: BinaryIO, algorithm: str) -> None:
+    def __init__(self, stream: BinaryIO, algorithm: str, *, sha256: bool = False) -> None:
         self._stream = stream
         self._head = b""
         self.hash = hashlib.new(algorithm, usedforsecurity=False)
+        self.sha256 = hashlib.sha256() if sha256 and algorithm != "sha256" else None
         self.count = 0
 
     def peek(self, size: int) -> bytes:
@@ -738,6 +741,8 @@ class _Source:
 
     def _account(self, data: bytes) -> None:
         self.hash.update(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
         self.count += len(data)
 
 
@@ -755,14 +760,18 @@ def unpack_pack(
     *,
     compressed: bool | None,
     checksum: str | None = None,
+    sha256: str | None = None,
     max_bytes: int | None = None,
 ) -> UnpackStats:
     """Unpack a pack read from ``stream`` into ``dest`` (the bundle folder, which must not exist yet).
 
     ``compressed``: True requires gzip, False a plain tar, None sniffs (as the original does; its
     ``is_compressed`` flag is not reliable for that). ``checksum`` is the ``.meta``'s
-    ``compressed_checksum``; ``max_bytes`` caps the data written (default: the free space where
-    ``dest`` goes). On any failure nothing is left behind.
+    ``compressed_checksum`` (MD5 in the original: it catches corruption, not tampering); ``sha256``,
+    when the caller knows it (``PackStats.sha256`` of a pdcat export, recorded by a catalog), is verified
+    too. ``max_bytes`` caps the bytes written (default: the free space where ``dest`` goes; zeros are
+    not written, so the holes the original stores as zeros do not count). On any failure nothing is
+    left behind.
     """
     dest = Path(dest)
     if os.path.lexists(dest):
@@ -772,6 +781,9 @@ def unpack_pack(
         raise InvalidInput(f"{parent} is not a folder")
     expected = (checksum or "").strip().lower()
     algorithm = _checksum_algorithm(expected)
+    strong = (sha256 or "").strip().lower()
+    if strong and _checksum_algorithm(strong) != "sha256":
+        raise InvalidInput("sha256 must be 64 hexadecimal digits")
     if expected and algorithm is None:
         log.warning("the pack's checksum %r has no known shape (a multipart ETag?); not verified", expected[:80])
     token = secrets.token_hex(4)
@@ -779,7 +791,7 @@ def unpack_pack(
     hoisted = parent / f".{dest.name}.pdcat-partial-{token}-b"
     os.mkdir(partial, 0o700)
     try:
-        source = _Source(stream, algorithm or "md5")
+        source = _Source(stream, algorithm or "md5", sha256=bool(strong))
         budget = max_bytes if max_bytes is not None else _free_bytes(partial)
         counts = _Extraction(partial, budget).run(source, compressed)
         actual = source.hash.hexdigest()
@@ -787,6 +799,11 @@ def unpack_pack(
             raise ChecksumMismatch(
                 f"the pack does not match its .meta: {algorithm} {actual} instead of {expected}; "
                 "it is corrupt or was replaced"
+            )
+        actual_strong = (source.sha256 or source.hash).hexdigest() if strong else ""
+        if actual_strong != strong:
+            raise ChecksumMismatch(
+                f"the pack's sha256 is {actual_strong}, not the recorded {strong}; it is corrupt or was replaced"
             )
         final = partial
         inner = _single_bundle_folder(partial)
@@ -813,7 +830,7 @@ def unpack_pack(
         compressed=counts.compressed,
         checksum=source.hash.hexdigest(),
         checksum_algorithm=source.hash.name,
-        checksum_verified=algorithm is not None,
+        checksum_verified=algorithm is not None or bool(strong),
     )
 
 
@@ -841,7 +858,7 @@ class _Extraction:
         self.root = root
         self.budget = budget
         self.files = self.folders = self.symlinks = self.hardlinks = 0
-        self.size = self.data_bytes = self.declared = 0
+        self.size = self.data_bytes = 0
         self.compressed = False
         self._rooted: bool | None = None  # whether member names carry the original's leading "/"
         self._seen: set[str] = set()
@@ -995,15 +1012,14 @@ class _Extraction:
         return target
 
     def _file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, raw: str, target: Path, mode: int | None) -> None:
+        """Write one file. The budget counts bytes written, not declared: the original's packs store
+        holes as zeros, which are never written, so a big mostly-empty disk still fits."""
         sparse = cast("list[tuple[int, int]] | None", getattr(member, "sparse", None))
         runs = list(sparse) if sparse else ([(0, member.size)] if member.size else [])
-        need = sum(length for _, length in runs)
-        self.declared += need
-        if self.declared > self.budget:
-            raise PackRejected(
-                f"member {raw[:120]!r} would take the unpacked data past {self.budget} bytes "
-                "(the space allowed for it); refused"
-            )
+        if self.size + member.size > _MAX_APPARENT:
+            raise PackRejected(f"member {raw[:120]!r} declares {member.size} bytes, past any VM's size; refused")
+        if sparse and self.data_bytes + sum(length for _, length in runs) > self.budget:  # exact: fail early
+            raise self._over_budget(raw)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, _CREATE_FLAGS, 0o600)
         try:
@@ -1011,7 +1027,10 @@ class _Extraction:
             src: Any = tar.fileobj  # tarfile's forward-only stream: seek() reads ahead, never back
             src.seek(member.offset_data)
             for offset, length in runs:
-                self.data_bytes += _copy_run(src, fd, offset, length, raw)
+                written = _copy_run(src, fd, offset, length, raw, self.budget - self.data_bytes)
+                if written is None:
+                    raise self._over_budget(raw)
+                self.data_bytes += written
             if mode is not None:
                 os.fchmod(fd, mode & 0o777)
             if member.mtime > 0:  # the original writes mtime 0: "not recorded", so keep the time of unpacking
@@ -1020,6 +1039,12 @@ class _Extraction:
             os.close(fd)
         self.files += 1
         self.size += member.size
+
+    def _over_budget(self, raw: str) -> PackRejected:
+        return PackRejected(
+            f"member {raw[:120]!r} would take the unpacked data past {self.budget} bytes "
+            "(the space allowed for it); refused"
+        )
 
     def _drain(self, reader: Any) -> None:
         """Read past the end-of-archive marker to the end, so gzip's CRC is checked and the hash is whole."""
@@ -1065,8 +1090,11 @@ def _kind(member: tarfile.TarInfo) -> str:
     return f"member of type {member.type!r}"
 
 
-def _copy_run(src: Any, fd: int, offset: int, length: int, raw: str) -> int:
-    """Copy ``length`` bytes of member data to ``offset``; zero runs are skipped (they are holes already)."""
+def _copy_run(src: Any, fd: int, offset: int, length: int, raw: str, limit: int) -> int | None:
+    """Copy ``length`` bytes of member data to ``offset``; zero runs are skipped (they are holes already).
+
+    Returns the bytes written, or None as soon as writing would pass ``limit``.
+    """
     written = 0
     pos = offset
     remaining = length
@@ -1077,7 +1105,10 @@ def _copy_run(src: Any, fd: int, offset: int, length: int, raw: str) -> int:
             raise PackRejected(f"the pack is truncated inside member {raw[:120]!r}")
         if chunk != (_ZERO if want == _IO_BUF else bytes(want)):
             view = memoryview(chunk)
-            for start, end in _nonzero_runs(chunk):
+            runs = list(_nonzero_runs(chunk))
+            if written + sum(end - start for start, end in runs) > limit:
+                return None
+            for start, end in runs:
                 done = start
                 while done < end:
                     done += os.pwrite(fd, view[done:end], pos + done)

@@ -397,6 +397,19 @@ def test_hostile_pack_is_refused_and_leaves_nothing(tmp_path: Path, case: Case) 
     assert (jail / "keep.txt").read_text() == "untouched"
 
 
+def test_the_space_budget_counts_bytes_written_not_holes_stored_as_zeros(tmp_path: Path) -> None:
+    """A Go pack stores a disk's holes as zeros; they are never written, so they do not count. Our
+    sparse members say their data size up front, so a pack that cannot fit fails before writing."""
+    src = make_bundle(tmp_path / "src", links=False)  # 6 MiB disk, ~270 KiB of data in all
+    go_style_pack(src, tmp_path / "go.pdpack", gz=True, rooted=True)
+    unpack_from(tmp_path / "go.pdpack", tmp_path / "fits.pvm", compressed=True, max_bytes=2 * MiB)
+    assert sha256(tmp_path / "fits.pvm" / DISK) == sha256(src / DISK)
+    pack_to(tmp_path / "ours.pdpack", src, compress=False)
+    with pytest.raises(PackRejected, match="would take the unpacked data past 102400 bytes"):
+        unpack_from(tmp_path / "ours.pdpack", tmp_path / "tight.pvm", compressed=False, max_bytes=100 * KiB)
+    assert not (tmp_path / "tight.pvm").exists()
+
+
 def test_checksum_mismatch_is_refused_and_leaves_nothing(tmp_path: Path, bundle: Path) -> None:
     pack_to(tmp_path / "p", bundle, compress=True)
     out = tmp_path / "out"
@@ -415,6 +428,17 @@ def test_other_checksum_shapes_are_verified(tmp_path: Path, bundle: Path, algori
     with pytest.raises(ChecksumMismatch):
         unpack_from(tmp_path / "p", tmp_path / "bad.pvm", compressed=None, checksum="f" * len(digest))
     assert not (tmp_path / "bad.pvm").exists()
+
+
+def test_a_recorded_sha256_is_verified_as_well(tmp_path: Path, bundle: Path) -> None:
+    stats = pack_to(tmp_path / "p", bundle, compress=True)
+    ok = unpack_from(tmp_path / "p", tmp_path / "ok.pvm", compressed=True, checksum=stats.checksum, sha256=stats.sha256)
+    assert ok.checksum_verified
+    with pytest.raises(ChecksumMismatch, match="sha256"):
+        unpack_from(tmp_path / "p", tmp_path / "bad.pvm", compressed=True, checksum=stats.checksum, sha256="e" * 64)
+    with pytest.raises(InvalidInput, match="64 hexadecimal"):
+        unpack_from(tmp_path / "p", tmp_path / "bad.pvm", compressed=True, sha256="abc")
+    assert listing(tmp_path) == ["ok.pvm", "p", "src"]
 
 
 def test_a_multipart_etag_cannot_be_verified_and_says_so(tmp_path: Path, bundle: Path) -> None:

@@ -117,9 +117,9 @@ def _cases() -> list[Case]:
         Case("gzip_when_plain_expected", gz_good, "gzip-compressed", compressed=False),
         Case("garbage", b"this is not a tar archive at all\n" * 40, "not a readable tar"),
         Case("gzip_bomb_declared", _gz(bomb_header + bytes(1024)), "'harddisk.hdd/bomb.hds'"),
-        Case(
-            "gzip_bomb_zeros",
-            _gz(build_tar([_ok("config.pvs"), ("disk.hds", bytes(8 << 20), {})])),
+        Case(  # 8 MiB of one repeated byte: 8 KiB of gzip, and more than the 1 MiB allowed
+            "gzip_bomb_repeated",
+            _gz(build_tar([_ok("config.pvs"), ("disk.hds", b"\xa5" * (8 << 20), {})])),
             "'disk.hds'",
             max_bytes=1 << 20,
         ),
