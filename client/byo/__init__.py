@@ -16,6 +16,7 @@ from client.byo.connection import (
     ConnectionStringError,
     LocalConnection,
     MinioConnection,
+    connection_from_pairs,
     parse_connection_string,
 )
 from client.byo.providers import MissingExtra, Storage, open_storage
@@ -30,6 +31,7 @@ __all__ = [
     "MinioConnection",
     "MissingExtra",
     "Storage",
+    "connection_from_pairs",
     "open_storage",
     "parse_connection_string",
 ]

@@ -51,6 +51,9 @@ Keys per provider (``*`` = secret: shown as ``***`` by ``str``/``repr``, never q
 ``local``                  catalog_path (``local-storage`` is accepted as the provider name too)
 =========================  =======================================================================
 
+:func:`connection_from_pairs` applies the same rules to keys and values that arrive already split
+(the PDFile's ``PROVIDER <KEY> <value>`` lines).
+
 ``ConnectionString.format()`` is the inverse of :func:`parse_connection_string` (it *does* contain
 the secrets; ``str()`` is the redacted form meant for messages and logs).
 """
@@ -62,7 +65,7 @@ import binascii
 import dataclasses
 import difflib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import SplitResult, urlsplit
@@ -79,6 +82,7 @@ __all__ = [
     "ConnectionStringError",
     "LocalConnection",
     "MinioConnection",
+    "connection_from_pairs",
     "parse_connection_string",
 ]
 
@@ -539,6 +543,32 @@ def parse_connection_string(text: str) -> ConnectionString:
     entries = _lex(text)
     if not entries:
         raise ConnectionStringError("the connection string is empty")
+    return _build(entries)
+
+
+def connection_from_pairs(pairs: Iterable[tuple[str, str]]) -> ConnectionString:
+    """The same checks for keys and values that arrive already split (a PDFile's ``PROVIDER`` lines).
+
+    Values are taken as they are (no quotes or escapes to undo); ``("name", ...)`` is accepted for
+    ``provider``, as the PDFile writes ``PROVIDER NAME aws-s3``.
+    """
+    entries: list[_Entry] = []
+    for index, (raw_key, raw_value) in enumerate(pairs, start=1):
+        key = str(raw_key).strip(_WS).lower()
+        key = "provider" if key == "name" else key
+        if not _KEY.fullmatch(key):
+            raise ConnectionStringError(f"entry {index} has an invalid key {_show(key)}")
+        value = str(raw_value).strip(_WS)
+        if not value:
+            raise ConnectionStringError(f"{key} has an empty value: give a value or leave the key out")
+        _check_chars(key, value)
+        entries.append(_Entry(key, value, index, None))
+    if not entries:
+        raise ConnectionStringError("no provider settings were given")
+    return _build(entries)
+
+
+def _build(entries: list[_Entry]) -> ConnectionString:
     seen: dict[str, _Entry] = {}
     for entry in entries:
         if entry.key in seen:

@@ -27,7 +27,8 @@ import httpx
 import pytest
 
 from client.byo import MissingExtra, Storage, open_storage, parse_connection_string
-from core.errors import Forbidden, InvalidInput, NotFound, PdcatError, Unauthenticated
+from client.byo.common import ResumingReader, open_buffered
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound, PdcatError, Unauthenticated, Unavailable
 from infra.local.azurite import AZURITE_ACCOUNT, AZURITE_KEY, azurite_account_url, start_azurite
 from infra.local.servers import REPO, RunningProcess, start_moto
 from tests.fakes.artifactory_server import start_artifactory
@@ -229,6 +230,7 @@ def _sha256(path: Path) -> str:
 
 
 def test_put_file_and_get_file_round_trip(storage: Storage, prefix: str, tmp_path: Path) -> None:
+    assert isinstance(storage, Storage)
     source = _big_file(tmp_path / "source.pdpack")
     key = f"{prefix}/vm/vm-arm64-1.0.pdpack"
     storage.put_file(key, source)
@@ -510,6 +512,75 @@ def test_local_refuses_keys_that_lead_outside_the_folder(tmp_path: Path) -> None
     store.put_bytes("vm/a.meta", b"x")
     (root / "vm" / ".pdcat-part-abc-b.meta").write_bytes(b"half")  # an interrupted download
     assert list(store.list("")) == ["vm/a.meta"]
+
+
+# ---- the resuming reader behind every open_read (no server needed) -------------------------------
+
+
+class _Body:
+    """A response body over ``data[offset:]`` that fails (or ends early) after ``stop`` bytes."""
+
+    def __init__(self, data: bytes, stop: int | None, how: str) -> None:
+        self.data, self.stop, self.how, self.sent = data, stop, how, 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self.stop is not None and self.sent >= self.stop:
+            if self.how == "reset":
+                raise ConnectionResetError("connection reset by peer")
+            return b""  # the connection closed cleanly, too early
+        end = len(self.data) if size < 0 else self.sent + size
+        if self.stop is not None:
+            end = min(end, self.stop)
+        piece = self.data[self.sent : end]
+        self.sent += len(piece)
+        return piece
+
+    def close(self) -> None:
+        pass
+
+
+def test_resuming_reader_reopens_where_it_stopped() -> None:
+    data = os.urandom(3 * MiB + 17)
+    plan = [(MiB + 5, "reset"), (100_000, "short"), (None, "")]
+    opened: list[int] = []
+
+    def open_at(offset: int) -> _Body:
+        opened.append(offset)
+        stop, how = plan[len(opened) - 1]
+        return _Body(data[offset:], stop, how)
+
+    raw = ResumingReader(open_at, what="'k'", size=lambda: len(data), transient=(ConnectionError,), backoff=0)
+    with open_buffered(raw) as stream:
+        assert stream.read() == data
+    assert opened == [0, MiB + 5, MiB + 5 + 100_000]
+
+
+def test_resuming_reader_gives_up_with_the_last_cause() -> None:
+    def open_at(offset: int) -> _Body:
+        return _Body(b"x" * 10, 0, "reset")
+
+    raw = ResumingReader(
+        open_at, what="'k' in somewhere", size=lambda: 10, transient=(ConnectionError,), retries=2, backoff=0
+    )
+    with pytest.raises(Unavailable, match="reading 'k' in somewhere kept failing after 2 retries") as caught:
+        raw.read(5)
+    assert isinstance(caught.value.__cause__, ConnectionResetError)
+
+
+def test_resuming_reader_does_not_retry_other_errors() -> None:
+    class Broken(_Body):
+        def read(self, size: int = -1, /) -> bytes:
+            raise Conflict("'k' changed while it was being read")
+
+    raw = ResumingReader(lambda offset: Broken(b"", None, ""), what="k", size=lambda: 1, transient=(ConnectionError,))
+    with pytest.raises(Conflict):
+        raw.read(1)
+    with pytest.raises(NotFound):
+        ResumingReader(_raise_not_found, what="k", size=lambda: None, transient=(ConnectionError,))
+
+
+def _raise_not_found(offset: int) -> _Body:
+    raise NotFound("'k' does not exist")
 
 
 # ---- packaging -------------------------------------------------------------------------------------

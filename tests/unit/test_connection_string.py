@@ -16,6 +16,7 @@ from client.byo.connection import (
     ConnectionStringError,
     LocalConnection,
     MinioConnection,
+    connection_from_pairs,
     parse_connection_string,
 )
 from core.errors import InvalidInput
@@ -216,6 +217,23 @@ def test_direct_construction_is_validated_too() -> None:
         AwsS3Connection(bucket="bkt", region="us-east-1", access_key="a")
     with pytest.raises(ConnectionStringError, match="non-empty"):
         LocalConnection(catalog_path="")
+
+
+def test_pairs_from_a_pdfile_get_the_same_checks() -> None:
+    pairs = [("NAME", "aws-s3"), ("BUCKET", "catalog-example"), ("REGION", "us-east-2"), ("ACCESS_KEY", "AK")]
+    conn = connection_from_pairs([*pairs, ("SECRET_KEY", "a;b=c")])
+    assert conn == AwsS3Connection(bucket="catalog-example", region="us-east-2", access_key="AK", secret_key="a;b=c")
+    with pytest.raises(ConnectionStringError, match="access_key and secret_key go together"):
+        connection_from_pairs(pairs)
+    with pytest.raises(ConnectionStringError, match="did you mean 'bucket'"):
+        connection_from_pairs([("name", "aws-s3"), ("buckt", "b"), ("region", "us-east-1")])
+    with pytest.raises(ConnectionStringError, match="given twice"):
+        connection_from_pairs([("provider", "local"), ("name", "local"), ("catalog_path", "/x")])
+    with pytest.raises(ConnectionStringError, match="no provider settings"):
+        connection_from_pairs([])
+    with pytest.raises(ConnectionStringError) as caught:
+        connection_from_pairs([*pairs, ("SECRET_KEY", SECRET + "\x00tail")])
+    assert SECRET not in caught.value.message
 
 
 # ---- secrets are never shown -----------------------------------------------------------------------
