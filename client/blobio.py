@@ -11,7 +11,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import httpx
 
@@ -70,8 +70,9 @@ class BlobClient:
             return response
         raise RetriesExceeded(f"giving up on {what} after {self.retries + 1} attempts: {last}") from last
 
-    def put(self, url: str, data: bytes, what: str) -> None:
-        self._attempt(what, lambda: self._http.put(url, content=data))
+    def put(self, url: str, data: bytes, what: str, headers: Mapping[str, str] | None = None) -> None:
+        """``headers``: what the catalog said every PUT must carry (``put_headers``), e.g. Azure's blob type."""
+        self._attempt(what, lambda: self._http.put(url, content=data, headers=headers))
 
     def get(self, url: str, what: str) -> bytes:
         return self._attempt(what, lambda: self._http.get(url)).content

@@ -169,6 +169,7 @@ def push(
     session = api.push_begin(key.catalog_id, key.version, key.architecture, body)
     upload_id: str = session["upload_id"]
     missing = [m["digest"] for m in session["missing"]]
+    put_headers: dict[str, str] = dict(session.get("put_headers") or {})
     sources: dict[str, tuple[Path, int, int]] = {}
     for entry in index.files:
         for chunk in entry.chunks:
@@ -191,9 +192,9 @@ def push(
         del data
         what = f"chunk {chunk_digest[:12]}"
         try:
-            blob_client.put(urls.get(chunk_digest), blob, what)
+            blob_client.put(urls.get(chunk_digest), blob, what, put_headers)
         except UrlRefused:
-            blob_client.put(urls.refresh(chunk_digest), blob, what)
+            blob_client.put(urls.refresh(chunk_digest), blob, what, put_headers)
         with lock:
             stored_sizes[chunk_digest] = len(blob)
         progress.advance(size)

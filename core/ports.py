@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import builtins
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 from core.identity import ManifestKey
@@ -153,6 +154,9 @@ class BlobStore(ABC):
     """
 
     name: str = "blobs"
+    # Headers a client must send with every PUT to a presigned URL (Azure's Put Blob needs
+    # x-ms-blob-type, which a SAS cannot carry). Never a credential: it is handed to every pusher.
+    put_headers: Mapping[str, str] = MappingProxyType({})
 
     @abstractmethod
     def presign(self, key: str, method: HttpMethod, expires_in: int) -> str:

@@ -422,6 +422,7 @@ class CatalogService:
             "missing": [{"digest": d, "size": needed[d]} for d in missing],
             "reused_bytes": sum(size for d, size in needed.items() if d in existing),
             "urls": self._put_urls(key.catalog_id, page),
+            "put_headers": dict(self.blobs.put_headers),
             "expires_at": _expires_at(self.settings.url_expiry_seconds),
         }
 
@@ -483,6 +484,7 @@ class CatalogService:
             raise InvalidInput(f"{len(unknown)} digest(s) are not part of this upload, e.g. {unknown[0][:12]}")
         return {
             "urls": self._put_urls(manifest.catalog_id, wanted),
+            "put_headers": dict(self.blobs.put_headers),
             "expires_at": _expires_at(self.settings.url_expiry_seconds),
         }
 

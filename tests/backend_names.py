@@ -8,6 +8,6 @@ from __future__ import annotations
 
 import os
 
-DEFAULT = "embedded,aws-http,aws-inproc"
+DEFAULT = "embedded,aws-http,aws-inproc,azure-http,azure-inproc"
 BACKENDS = [name.strip() for name in os.environ.get("PDCAT_TEST_BACKENDS", DEFAULT).split(",") if name.strip()]
 WIRE_BACKENDS = [name for name in BACKENDS if not name.endswith("-inproc")]

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -350,6 +351,9 @@ class AzureBlobStore(BlobStore):
     Build it with :meth:`from_connection_string` (account key) or :meth:`from_credential` (managed
     identity); both take the same keyword options as ``__init__``.
     """
+
+    # Put Blob needs the blob type, and a SAS cannot carry a header: the catalog tells every pusher to send it.
+    put_headers = MappingProxyType({"x-ms-blob-type": "BlockBlob"})
 
     def __init__(
         self,

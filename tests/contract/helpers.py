@@ -98,15 +98,18 @@ def begin_push(client: httpx.Client, cid: str, version: str, arch: str, pack: Pa
     return client.post(f"{manifest_path(cid, version, arch)}/push", json={"index": pack.index, **body})
 
 
-def upload_chunks(urls: Mapping[str, str], chunks: Mapping[str, bytes]) -> dict[str, int]:
-    """PUT each chunk, zstd-compressed, to its presigned URL with a plain client (no credentials).
+def upload_chunks(
+    urls: Mapping[str, str], chunks: Mapping[str, bytes], headers: Mapping[str, str] | None = None
+) -> dict[str, int]:
+    """PUT each chunk, zstd-compressed, to its presigned URL with a plain client (no credentials),
+    with the ``put_headers`` the push answer named.
 
     Returns the stored (compressed) size of every chunk sent.
     """
     sizes: dict[str, int] = {}
     for digest, url in urls.items():
         data = _ZSTD.compress(chunks[digest])
-        r = plain.put(url, content=data)
+        r = plain.put(url, content=data, headers=dict(headers or {}))
         assert r.status_code in (200, 201, 204), (r.status_code, r.text[:500])
         sizes[digest] = len(data)
     return sizes
@@ -133,7 +136,7 @@ def push_pack(
     session = r.json()
     missing = {m["digest"] for m in session["missing"]}
     assert missing <= set(session["urls"]), "small packs get every URL in the first answer"
-    upload_chunks({d: session["urls"][d] for d in missing}, pack.chunks)
+    upload_chunks({d: session["urls"][d] for d in missing}, pack.chunks, session["put_headers"])
     c = commit(client, session["upload_id"])
     assert c.status_code == 200, (c.status_code, c.text[:1000])
     manifest: dict[str, Any] = c.json()

@@ -181,6 +181,7 @@ def test_push_commit_pull_moves_bytes_through_sas_urls(api: httpx.Client) -> Non
     r = begin_push(api, cid, "1.0", "arm64", pack)
     assert r.status_code == 201, r.text
     session = r.json()
+    assert session["put_headers"] == PUT_HEADERS  # the catalog tells the client what Put Blob needs
     assert {m["digest"] for m in session["missing"]} == set(pack.chunks)
     for digest, url in session["urls"].items():
         assert "sig=" in url and AZURITE_KEY not in url

@@ -153,7 +153,11 @@ def test_invalid_identities_in_paths_are_4xx(backend, path):
         body = b'{"index": {"chunk_size": 4096, "files": []}}'
         r = backend.raw(method, full, headers=headers, body=body)
         assert r.status_code in (400, 404, 405), (method, full, r.status_code, r.text)
-        if r.status_code != 405:
+        if backend.name.startswith("azure") and "%00" in path:
+            # Kestrel, the Functions host's web server, refuses an encoded NUL before any app code runs
+            # (an empty 400, on real Azure too); the local host reproduces that, so accept it here only.
+            assert (r.status_code, r.content) == (400, b"")
+        elif r.status_code != 405:
             assert_error(r, (400, 404))
 
 

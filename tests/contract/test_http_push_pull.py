@@ -63,7 +63,7 @@ def test_push_then_pull_round_trip(publisher, cid):
     assert during.json()["upload_in_progress"] is True
     assert_error(pull(publisher, cid, "1.0", "arm64"), 409, "conflict")
 
-    stored = upload_chunks(session["urls"], pack.chunks)
+    stored = upload_chunks(session["urls"], pack.chunks, session["put_headers"])
     c = commit(publisher, session["upload_id"], stored_sizes=stored)
     assert c.status_code == 200, c.text
     manifest = c.json()
@@ -133,8 +133,8 @@ def test_upload_urls_are_refreshed_for_a_session(publisher, cid):
     assert set(r.json()["urls"]) == set(digests[:2])
     for digest, url in r.json()["urls"].items():
         _url_for(url, digest)
-    upload_chunks(r.json()["urls"], pack.chunks)
-    upload_chunks({digests[2]: session["urls"][digests[2]]}, pack.chunks)
+    upload_chunks(r.json()["urls"], pack.chunks, r.json()["put_headers"])
+    upload_chunks({digests[2]: session["urls"][digests[2]]}, pack.chunks, session["put_headers"])
     assert commit(publisher, session["upload_id"]).status_code == 200
     bad = publisher.post("/uploads/not-an-upload/urls", json={"digests": digests})
     assert_error(bad, 404, "not_found")
@@ -167,7 +167,7 @@ def test_second_push_of_the_same_identity_is_409_unless_forced(publisher, cid):
     assert shown["status"] == "ready"
     assert shown["upload_in_progress"] is True
 
-    upload_chunks(session["urls"], new_pack.chunks)
+    upload_chunks(session["urls"], new_pack.chunks, session["put_headers"])
     replaced = commit(publisher, session["upload_id"])
     assert replaced.status_code == 200, replaced.text
     assert replaced.json()["pack"]["digest"] != old["pack"]["digest"]
@@ -206,7 +206,7 @@ def test_dedup_sends_only_new_chunks(publisher, cid):
     assert list(session["urls"]) == [new]
     assert session["chunk_count"] == 4
     assert session["reused_bytes"] == 3 * KIB4
-    upload_chunks(session["urls"], v2.chunks)
+    upload_chunks(session["urls"], v2.chunks, session["put_headers"])
     assert commit(publisher, session["upload_id"]).status_code == 200
     # dedup is per catalog id: another id with the same bytes uploads everything again
     other = begin_push(publisher, cid + "-other", "1.0", "x86_64", v2).json()
@@ -218,17 +218,17 @@ def test_commit_with_a_missing_chunk_is_409(publisher, cid):
     pack = build_pack({"d": _blocks(40, 41)})
     session = begin_push(publisher, cid, "1.0", "x86_64", pack).json()
     first = next(iter(pack.chunks))
-    upload_chunks({first: session["urls"][first]}, pack.chunks)
+    upload_chunks({first: session["urls"][first]}, pack.chunks, session["put_headers"])
     assert_error(commit(publisher, session["upload_id"]), 409, "conflict")
     assert publisher.get(f"/catalog/{cid}/1.0/x86_64").json()["status"] == "uploading"
-    upload_chunks(session["urls"], pack.chunks)
+    upload_chunks(session["urls"], pack.chunks, session["put_headers"])
     assert commit(publisher, session["upload_id"]).status_code == 200
 
 
 def test_commit_with_a_wrong_stored_size_is_409(publisher, cid):
     pack = build_pack({"d": _blocks(42)})
     session = begin_push(publisher, cid, "1.0", "x86_64", pack).json()
-    stored = upload_chunks(session["urls"], pack.chunks)
+    stored = upload_chunks(session["urls"], pack.chunks, session["put_headers"])
     wrong = {d: s + 1 for d, s in stored.items()}
     assert_error(commit(publisher, session["upload_id"], stored_sizes=wrong), 409, "conflict")
     assert_error(commit(publisher, session["upload_id"], stored_sizes=[1]), 400, "invalid_input")
@@ -260,7 +260,7 @@ def test_begin_again_resumes_an_interrupted_push(publisher, cid):
     first = begin_push(publisher, cid, "1.0", "x86_64", pack).json()
     digests = list(pack.chunks)
     done = digests[:2]
-    upload_chunks({d: first["urls"][d] for d in done}, pack.chunks)
+    upload_chunks({d: first["urls"][d] for d in done}, pack.chunks, first["put_headers"])
 
     r = begin_push(publisher, cid, "1.0", "x86_64", pack)
     assert r.status_code == 201, r.text
@@ -273,7 +273,7 @@ def test_begin_again_resumes_an_interrupted_push(publisher, cid):
     assert_error(publisher.delete(f"/uploads/{first['upload_id']}"), 404, "not_found")
     assert_error(publisher.post(f"/uploads/{first['upload_id']}/urls", json={"digests": digests}), 404, "not_found")
 
-    upload_chunks(second["urls"], pack.chunks)
+    upload_chunks(second["urls"], pack.chunks, second["put_headers"])
     done_manifest = commit(publisher, second["upload_id"])
     assert done_manifest.status_code == 200, done_manifest.text
     assert pull(publisher, cid, "1.0", "x86_64").status_code == 200
@@ -293,7 +293,7 @@ def test_concurrent_begins_of_one_new_identity_let_exactly_one_win(backend, cid)
                 assert_error(r, 409, "conflict")
         winner = statuses.index(201)
         session = answers[winner].json()
-        upload_chunks(session["urls"], pack.chunks)
+        upload_chunks(session["urls"], pack.chunks, session["put_headers"])
         done = commit(clients[winner], session["upload_id"])
         assert done.status_code == 200
         assert done.json()["created_by"] == f"racer-{winner}"
@@ -329,7 +329,7 @@ def test_someone_elses_push_in_progress_needs_force(backend, cid):
         taken = begin_push(second, cid, "1.0", "x86_64", pack, force=True)
         assert taken.status_code == 201, taken.text
         assert_error(commit(first, session["upload_id"]), 404, "not_found")
-        upload_chunks(taken.json()["urls"], pack.chunks)
+        upload_chunks(taken.json()["urls"], pack.chunks, taken.json()["put_headers"])
         assert commit(second, taken.json()["upload_id"]).json()["created_by"] == "first"
 
 
@@ -386,7 +386,7 @@ def test_no_response_carries_a_storage_secret_or_a_signed_url_in_a_manifest(back
         for digest, url in session["urls"].items():
             _url_for(url, digest)
         record(c.post(f"/uploads/{session['upload_id']}/urls", json={"digests": list(pack.chunks)}))
-        upload_chunks(session["urls"], pack.chunks)
+        upload_chunks(session["urls"], pack.chunks, session["put_headers"])
         manifests.append(record(commit(c, session["upload_id"])).json())
         manifests.append(record(c.get(f"/catalog/{cid}/1.0/x86_64")).json())
         manifests += record(c.get(f"/catalog/{cid}")).json()["items"]

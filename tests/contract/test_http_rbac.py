@@ -233,7 +233,7 @@ def test_a_pusher_may_restrict_a_version_to_roles_they_do_not_hold(backend, cid)
         with backend.http(roles=["PUBLISHER"], subject="other") as other:
             assert_error(begin_push(other, cid, "1.0", "x86_64", pack), 409, "conflict")
             assert_error(commit(other, second.json()["upload_id"]), 404, "not_found")
-        upload_chunks(second.json()["urls"], pack.chunks)
+        upload_chunks(second.json()["urls"], pack.chunks, second.json()["put_headers"])
         done = commit(ci, second.json()["upload_id"])
         assert done.status_code == 200, done.text
         assert done.json()["required_roles"] == ["QA"]

@@ -271,7 +271,7 @@ def test_purge_keeps_chunks_an_upload_in_progress_relies_on(admin, cid):
     assert [m["digest"] for m in session["missing"]] == [hashlib.sha256(new_only).hexdigest()]
     assert admin.delete(f"/catalog/{cid}/1.0", params={"purge": "true"}).status_code == 204
     # the pending push was told not to send the shared chunk: it must still be there to commit
-    upload_chunks(session["urls"], pending.chunks)
+    upload_chunks(session["urls"], pending.chunks, session["put_headers"])
     done = commit(admin, session["upload_id"])
     assert done.status_code == 200, done.text
     for url in pull(admin, cid, "2.0", "x86_64").json()["urls"].values():
