@@ -225,7 +225,12 @@ class ArtifactoryStorage:
 
         def open_at(offset: int) -> _HttpBody:
             headers = {"Range": f"bytes={offset}-"} if offset else None
-            response = self._send("GET", url, what=what, missing=missing, headers=headers, stream=True)
+            response = self._send(
+                "GET", url, what=what, missing=missing, headers=headers, stream=True, accept=(416,) if offset else ()
+            )
+            if response.status_code == 416:  # shorter than where we were: not the file we started reading
+                response.close()
+                raise Conflict(f"{key!r} in {self.description} changed while it was being read")
             sha1 = response.headers.get("X-Checksum-Sha1")
             if "size" not in state:
                 state["size"] = (

@@ -167,20 +167,30 @@ class ResumingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def reconnect(self) -> None:
+        """Drop the connection and reopen at the current offset, as a failed read does.
+
+        For callers that notice a stalled transfer (and for tests): the object must not have changed
+        since it was opened (``Conflict`` if it has).
+        """
+        self._reopen(0, None)
+
     def _reopen(self, attempt: int, cause: BaseException | None) -> None:
         if attempt > self._retries:
             raise Unavailable(
                 f"reading {self._what} kept failing after {self._retries} retries "
                 f"({type(cause).__name__ if cause else 'connection ended early'})"
             ) from cause
-        log.warning("read interrupted, resuming", extra={"what": self._what, "offset": self._offset})
+        if attempt:
+            log.warning("read interrupted, resuming", extra={"what": self._what, "offset": self._offset})
         if self._body is not None:
             try:
                 self._body.close()
             except Exception:  # the connection is already broken; closing it may fail too
                 log.debug("closing a broken body failed", exc_info=True)
             self._body = None
-        time.sleep(min(self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random()), 30.0))
+        if attempt:
+            time.sleep(min(self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random()), 30.0))
         self._body = self._open_at(self._offset)
 
     def readinto(self, buffer: Any) -> int:

@@ -63,7 +63,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import difflib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -517,6 +516,8 @@ def _lex(text: str) -> list[_Entry]:
 
 
 def _suggest(word: str, choices: list[str]) -> str:
+    import difflib  # only on the error path
+
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 
