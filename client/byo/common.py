@@ -28,12 +28,15 @@ from typing import Any, BinaryIO, Protocol
 from core.errors import InvalidInput, PdcatError, Unavailable
 
 __all__ = [
+    "READ_BLOCK",
     "TEMP_MARK",
     "Body",
     "MissingExtra",
     "ResumingReader",
     "atomic_destination",
     "import_sdk",
+    "is_listable",
+    "open_buffered",
     "validate_key",
     "validate_prefix",
 ]
@@ -114,17 +117,6 @@ def atomic_destination(dest: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def copy_stream(source: BinaryIO, sink: BinaryIO, on_block: Callable[[bytes], None] | None = None) -> int:
-    """Copy in 1 MiB blocks (never the whole object in memory); returns the byte count."""
-    total = 0
-    while block := source.read(READ_BLOCK):
-        if on_block is not None:
-            on_block(block)
-        sink.write(block)
-        total += len(block)
-    return total
 
 
 class Body(Protocol):
