@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 
-from infra.local.servers import REPO, RunningProcess, free_port
+from infra.local.servers import REPO, RunningProcess, free_port, wait_until_ready
 
 __all__ = [
     "AZURITE_ACCOUNT",
@@ -95,17 +94,9 @@ def start_azurite(
         scheme, verify = "https", ssl.create_default_context(cafile=str(cert))
     process = subprocess.Popen(argv, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, cwd=data_dir)
     url = f"{scheme}://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            # Any HTTP answer (an anonymous request gets 4xx) means the blob service is up.
-            httpx.get(f"{azurite_account_url(url)}?comp=list", timeout=2, verify=verify)
-            return RunningProcess(url, process, log_path)
-        except httpx.TransportError:
-            time.sleep(0.1)
-    if process.poll() is None:
-        process.kill()
-        process.wait(timeout=10)
-    raise RuntimeError(f"Azurite did not start on {url}; its log:\n{log_path.read_text()[-4000:]}")
+    # Any HTTP answer (an anonymous request gets 4xx) means the blob service is up.
+    return wait_until_ready(
+        process, url, log_path, "Azurite",
+        lambda: httpx.get(f"{azurite_account_url(url)}?comp=list", timeout=2, verify=verify) is not None,
+        timeout=timeout,
+    )  # fmt: skip

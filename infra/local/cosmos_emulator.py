@@ -18,12 +18,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 
-from infra.local.servers import REPO, RunningProcess, free_port
+from infra.local.servers import REPO, RunningProcess, free_port, wait_until_ready
 
 __all__ = [
     "COSMOS_EMULATOR_KEY",
@@ -69,17 +68,8 @@ def start_cosmos(log_dir: Path, *, timeout: float = 60.0) -> RunningProcess:
         env={**os.environ, "NODE_NO_WARNINGS": "1"},
     )
     url = f"https://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            # The account endpoint answers once the server is listening (self-signed: no verification).
-            if httpx.get(f"{url}/", verify=False, timeout=2).status_code == 200:
-                return RunningProcess(url, process, log_path)
-        except httpx.TransportError:
-            time.sleep(0.1)
-    if process.poll() is None:
-        process.kill()
-        process.wait(timeout=10)
-    raise RuntimeError(f"the Cosmos DB emulator did not start on {url}; its log:\n{log_path.read_text()[-4000:]}")
+    # The account endpoint answers once the server is listening (self-signed: no verification).
+    return wait_until_ready(
+        process, url, log_path, "the Cosmos DB emulator",
+        lambda: httpx.get(f"{url}/", verify=False, timeout=2).status_code == 200, timeout=timeout,
+    )  # fmt: skip

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -25,6 +26,7 @@ __all__ = [
     "start_chalice_local",
     "start_embedded",
     "start_moto",
+    "wait_until_ready",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,6 +116,33 @@ def start_embedded(
     raise RuntimeError(f"pdcat serve at {url} never answered /health; its log:\n{log_path.read_text()[-4000:]}")
 
 
+def wait_until_ready(
+    process: subprocess.Popen[Any],
+    url: str,
+    log_path: Path,
+    what: str,
+    ready: Callable[[], bool],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+) -> RunningProcess:
+    """Poll ``ready`` (connection errors count as "not yet") until it says yes; if the child exits or
+    the time runs out, kill it and raise with the end of its log: a test never runs against no server.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if ready():
+                return RunningProcess(url, process, log_path)
+        except httpx.TransportError:
+            pass
+        time.sleep(interval)
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=10)
+    raise RuntimeError(f"{what} did not start on {url}; its log:\n{log_path.read_text()[-4000:]}")
+
+
 def free_port() -> int:
     import socket
 
@@ -146,17 +175,10 @@ def start_moto(
         env={**os.environ, "AWS_DEFAULT_REGION": "us-east-1"},
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            httpx.get(f"{url}/moto-api/", timeout=2)
-            return RunningProcess(url, process, log_path)
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"moto_server did not start on {url}; its log:\n{log_path.read_text()[-4000:]}")
+    return wait_until_ready(
+        process, url, log_path, "moto_server", lambda: httpx.get(f"{url}/moto-api/", timeout=2) is not None,
+        timeout=timeout,
+    )  # fmt: skip
 
 
 def start_chalice_local(env: dict[str, str], log_dir: Path, *, timeout: float = 60.0) -> RunningProcess:
@@ -173,14 +195,7 @@ def start_chalice_local(env: dict[str, str], log_dir: Path, *, timeout: float = 
         env={**os.environ, "AWS_DEFAULT_REGION": "us-east-1", **env},
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
-                return RunningProcess(url, process, log_path)
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"chalice local did not start on {url}; its log:\n{log_path.read_text()[-4000:]}")
+    return wait_until_ready(
+        process, url, log_path, "chalice local",
+        lambda: httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200, timeout=timeout, interval=0.2,
+    )  # fmt: skip

@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -51,7 +50,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from infra.local.servers import RunningProcess, free_port  # noqa: E402
+from infra.local.servers import RunningProcess, free_port, wait_until_ready  # noqa: E402
 
 __all__ = ["start_artifactory"]
 
@@ -570,19 +569,11 @@ def start_artifactory(
         argv += ["--access-token", access_token]
     process = subprocess.Popen(argv, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            if httpx.get(f"{url}/artifactory/api/system/ping", timeout=2).status_code == 200:
-                return RunningProcess(url, process, log_path)
-        except httpx.TransportError:
-            time.sleep(0.05)
-    if process.poll() is None:
-        process.kill()
-        process.wait(timeout=10)
-    raise RuntimeError(f"the Artifactory fake did not start on {url}; its log:\n{log_path.read_text()[-4000:]}")
+    return wait_until_ready(
+        process, url, log_path, "the Artifactory fake",
+        lambda: httpx.get(f"{url}/artifactory/api/system/ping", timeout=2).status_code == 200,
+        timeout=timeout, interval=0.05,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
