@@ -20,7 +20,7 @@ from client.api import CatalogClient
 from client.cache import CacheEntry, VmCache, budget_from_env
 from client.config import Credentials, load_credentials, save_credentials
 from client.output import RichProgress, console, err_console, human_size, manifest_table, print_json
-from client.prlctl import Prlctl, PrlctlError, find_prlctl
+from client.prlctl import Prlctl, PrlctlError, SetupResult, VmSetup, check_vm_setup, find_prlctl, setup_pulled_vm
 from client.transfer import NoProgress, Progress, PullPlan, TransferConfig, pull, push
 from core.errors import InvalidInput, PdcatError, Unauthenticated
 from core.identity import LATEST, ManifestKey, normalize_architecture, parse_reference
@@ -217,9 +217,32 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vm_setup(args: argparse.Namespace) -> VmSetup:
+    """What ``pdcat pull`` was asked to do with the VM once it is here (see client.prlctl)."""
+    setup = VmSetup(
+        name=args.name,
+        owner=args.owner,
+        start=args.start,
+        clone=args.clone is not None,
+        clone_name=args.clone or None,
+        clone_destination=Path(args.clone_dest).absolute() if args.clone_dest else None,
+        execute=tuple(args.execute),
+        exec_timeout=args.exec_timeout,
+    )
+    if args.no_register and setup.needs_more_than_registering:
+        raise InvalidInput("--no-register cannot be combined with --start, --owner, --clone or --exec")
+    if args.clone_dest and args.clone is None:
+        raise InvalidInput("--clone-dest needs --clone")
+    return setup
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     catalog_id, version, arch = _ref(args)
     dest = Path(args.dest) if args.dest else Path.cwd()
+    setup = _vm_setup(args)
+    exe = None if args.no_register else find_prlctl()
+    if exe is not None:  # refuse a taken name (or an unknown owner) before downloading anything
+        check_vm_setup(Prlctl(exe), setup, default_name=args.name or catalog_id)
     progress = _progress(args)
     cache = None if args.no_cache else VmCache()
 
@@ -264,41 +287,34 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 progress.close()
             if cache is not None:
                 cache.close()
-    registered = False
+    vm: SetupResult | None = None
     note = ""
     register_failed = ""
-    vm_id = ""
     if args.no_register:
         note = "not registered (--no-register)"
+    elif exe is None:
+        note = "prlctl not found, so it was not registered with Parallels Desktop"
+        if setup.needs_more_than_registering:
+            register_failed = "NOT registered: prlctl was not found (is Parallels Desktop installed?)"
     else:
-        exe = find_prlctl()
-        if exe is None:
-            note = "prlctl not found, so it was not registered with Parallels Desktop"
+        try:
+            vm = setup_pulled_vm(Prlctl(exe), result.path, setup)
+        except PrlctlError as exc:
+            register_failed = note = exc.message
         else:
-            try:
-                prlctl = Prlctl(exe)
-                vm_id = prlctl.register(result.path)
-                registered = True
-                if args.name:
-                    prlctl.set_name(vm_id, args.name)
-                note = f"registered with Parallels Desktop as {vm_id}"
-                if args.start:
-                    prlctl.start(vm_id)
-                    note += " and started"
-            except PrlctlError as exc:
-                if registered:  # --start failed after a good registration
-                    register_failed = f"registered as {vm_id} but NOT started: {exc.message}"
-                    note = register_failed
-                else:
-                    register_failed = f"NOT registered: {exc.message}"
-                    note = register_failed
+            note = f"registered with Parallels Desktop as {vm.vm_id} ({vm.name!r})"
+            if vm.clone_id:
+                note += f", cloned as {vm.clone_name!r} ({vm.clone_id})"
+            if vm.started:
+                note += " and started" + (f", ran {len(vm.outputs)} command(s) in the guest" if vm.outputs else "")
     m = result.manifest
     if args.json:
         print_json(
             {
                 "path": str(result.path),
                 "manifest": m,
-                "registered": registered,
+                "registered": vm is not None,
+                "vm": vm.to_dict() if vm is not None else None,
                 "downloaded_chunks": result.downloaded_chunks,
                 "downloaded_bytes": result.downloaded_bytes,
                 "chunks": result.chunks,
@@ -323,11 +339,14 @@ def cmd_pull(args: argparse.Namespace) -> int:
             f"({human_size(result.downloaded_bytes)}{resumed}), "
             f"every chunk verified, in {result.seconds:.1f}s; {note}",
         )
+    if vm is not None and vm.outputs and not args.json:
+        for out in vm.outputs:
+            if out.stdout.strip():
+                console.print(out.stdout.rstrip("\n"), markup=False, highlight=False)
     if register_failed:
-        # The user asked for a registered (or started) VM and did not get one: that is a failure
+        # The user asked for a registered (started, cloned...) VM and did not get one: that is a failure
         # (exit 1), but the verified bundle stays where it is and the one-line reason says what to do.
-        todo = f"prlctl start {vm_id}" if registered else f"prlctl register '{result.path}' --regenerate-src-uuid"
-        raise PrlctlError(f"pulled and verified {result.path}, but {register_failed}; finish with: {todo}")
+        raise PrlctlError(f"pulled and verified {result.path}, but {register_failed}")
     return 0
 
 
@@ -510,7 +529,20 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dest", help="folder to put the VM in (default: current folder)")
     c.add_argument("--name", help="VM name (default: the catalog id)")
     c.add_argument("--no-register", action="store_true")
-    c.add_argument("--start", action="store_true", help="start the VM after registering it")
+    c.add_argument("--start", action="store_true", help="start the VM after registering it (the clone, with --clone)")
+    c.add_argument("--owner", help="hand the VM to this user: chown its files, register it as them (needs root)")
+    c.add_argument(
+        "--clone",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="also clone it (default name: <name>-clone); --start and --exec then act on the clone",
+    )
+    c.add_argument("--clone-dest", metavar="DIR", help="folder for the clone (default: Parallels' own)")
+    c.add_argument(
+        "--exec", action="append", default=[], dest="execute", metavar="CMD", help="run in the guest (repeatable)"
+    )
+    c.add_argument("--exec-timeout", type=float, default=300.0, metavar="S", help="wait for the guest (default 300)")
     c.add_argument("--no-cache", action="store_true", help="download straight to --dest, bypassing the local cache")
     c.add_argument("--workers", type=int)
     c.set_defaults(func=cmd_pull)
