@@ -196,13 +196,15 @@ def test_pull_register_and_start(pdcat: Pdcat, cid: str, tmp_path: Path) -> None
     assert vm["uuid"] in out and "started" in out
     assert ["start", vm["uuid"]] in pdcat.prlctl_calls()
 
-    # registered, but the start fails: exit 1, the VM stays registered, the reason says so
+    # the start fails: exit 1, everything undone (the new VM unregistered), the verified bundle kept
     r = pdcat.run(*pull_args(cid, dest, "no-start", "--start"), env={"PDCAT_FAKE_PRLCTL_FAIL": "start"})
     assert r.code == 1 and "Traceback" not in r.err
     [line] = r.err.strip().splitlines()
-    assert "NOT started" in line and "NOT registered" not in line and "prlctl start {" in line
+    bundle = dest / "no-start.pvm"
+    assert "NOT registered: prlctl start failed" in line and "undone: unregistered {" in line
+    assert f"the verified bundle stays at {bundle}" in line and "finish by hand: prlctl register" in line
     homes = {v["home"]: v["status"] for v in json.loads(pdcat.fake_prlctl("list", "-a", "--json"))}
-    assert homes[str(dest / "no-start.pvm")] == "stopped"
+    assert homes == {str(dest / "run-me.pvm"): "running"} and bundle.is_dir()
 
 
 def test_pull_without_prlctl_and_with_no_register(
