@@ -215,7 +215,7 @@ def check_secrets(b: Bicep) -> None:
     for name, value in settings.items():
         assert not (isinstance(value, str) and value in secure), f"{name} holds a secret parameter itself"
         assert "listKeys" not in json.dumps(value) and "AccountKey=" not in json.dumps(value), name
-    assert IDENTITY_SETTINGS <= set(settings), IDENTITY_SETTINGS - set(settings)
+    assert set(settings) >= IDENTITY_SETTINGS, IDENTITY_SETTINGS - set(settings)
     assert not KEY_SETTINGS & set(settings), KEY_SETTINGS & set(settings)
     assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
 
