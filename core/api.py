@@ -22,6 +22,33 @@ TokenIssuer = Callable[[str, str], dict[str, Any]]
 """(username, password) -> {"token", "expires_at"}; only the embedded server has one."""
 
 _LIST_BODY = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}}}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+IMPORT_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["catalog_id", "version", "architecture"],
+    "properties": {
+        "catalog_id": {"type": "string"},
+        "version": {"type": "string"},
+        "architecture": {"type": "string"},
+        "format": {
+            "type": "string",
+            "enum": ["pdcat", "pdpack"],
+            "default": "pdcat",
+            "description": "pdcat: an index and chunks already in storage. pdpack: the original product's "
+            "<catalog_id>/<name>.pdpack and <name>.meta (name = NormalizeString('<id>-<arch>-<version>')); "
+            "metadata not given here comes from the .meta",
+        },
+        "description": {"type": "string"},
+        "tags": _STRINGS,
+        "required_roles": _STRINGS,
+        "required_claims": _STRINGS,
+        "minimum_requirements": {
+            "type": "object",
+            "properties": {name: {"type": "integer"} for name in ("cpu", "memory_mb", "disk_mb")},
+        },
+        "vm_type": {"type": "string", "enum": ["pvm", "macvm"]},
+    },
+}
 
 
 def _key(call: Call) -> ManifestKey:
@@ -205,10 +232,11 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             "POST",
             "/catalog/import",
             import_pack,
-            "Register a pack that already sits in storage",
+            "Register a pack that already sits in storage: a pdcat index and chunks, or (format 'pdpack') "
+            "the original product's <catalog_id>/<name>.pdpack and .meta",
             claim=Claim.IMPORT,
-            body={"type": "object", "required": ["catalog_id", "version", "architecture"]},
-            responses=(201, 400, 401, 403, 404, 409),
+            body=IMPORT_BODY,
+            responses=(201, 400, 401, 403, 404, 409, 422),
         ),
         Route(
             "GET",
@@ -344,7 +372,8 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             "POST",
             m + "/pull",
             pull,
-            "Pull: manifest, index and presigned GET URLs; counts a download",
+            "Pull: manifest, index and presigned GET URLs (or, for an imported original-format pack, "
+            "one presigned 'pack' URL); counts a download",
             claim=Claim.PULL,
             responses=(200, 401, 403, 404, 409, 410),
         ),
@@ -352,9 +381,13 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             "POST",
             m + "/pull/urls",
             pull_urls,
-            "More or fresh GET URLs for a pull in progress",
+            "More or fresh GET URLs for a pull in progress (for an original-format pack: a fresh 'pack' URL, "
+            "asked without digests)",
             claim=Claim.PULL,
-            body={"type": "object", "required": ["digests"]},
+            body={
+                "type": "object",
+                "properties": {"digests": {"type": "array", "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}},
+            },
             responses=(200, 400, 401, 403, 404, 409, 410),
         ),
         Route(

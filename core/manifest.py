@@ -24,6 +24,7 @@ from core.identity import (
 __all__ = [
     "MAX_DESCRIPTION",
     "MAX_LIST_FIELD",
+    "PACK_FORMAT_PDPACK",
     "Manifest",
     "MinimumRequirements",
     "PackSummary",
@@ -42,6 +43,7 @@ MAX_LIST_FIELD = 64
 VM_TYPES = ("pvm", "macvm")
 STATUS_UPLOADING = "uploading"
 STATUS_READY = "ready"
+PACK_FORMAT_PDPACK = "pdpack"
 
 
 def now_iso() -> str:
@@ -90,13 +92,39 @@ class MinimumRequirements:
 
 @dataclass(frozen=True)
 class PackSummary:
-    """What the catalog records about a committed pack (the index itself sits in storage)."""
+    """What the catalog records about a committed pack.
+
+    Two kinds. pdcat's own chunked pack: ``format`` is its index format version (an int), the index
+    sits in storage and ``digest`` is its sha256. A pack in the original product's format, registered
+    by ``POST /catalog/import`` (``format`` is ``"pdpack"``): one tar/tar.gz object at ``key`` with its
+    ``.meta`` at ``meta_key``, ``pack_size`` bytes, checked on pull against ``compressed_checksum``
+    (hex MD5 in the original). Keys are object names in the catalog's own storage, never a URL.
+    """
 
     digest: str = ""
-    format: int = 1
+    format: int | str = 1
     chunk_size: int = 0
     chunk_count: int = 0
     file_count: int = 0
+    key: str = ""
+    meta_key: str = ""
+    pack_size: int = 0
+    compressed_checksum: str = ""
+    is_compressed: bool = False
+
+    @property
+    def is_pdpack(self) -> bool:
+        return self.format == PACK_FORMAT_PDPACK
+
+    def to_public(self) -> dict[str, Any]:
+        """Only the fields that mean something for this kind of pack."""
+        data = asdict(self)
+        drop = _NATIVE_ONLY if self.is_pdpack else _PDPACK_ONLY
+        return {k: v for k, v in data.items() if k not in drop}
+
+
+_PDPACK_ONLY = frozenset({"key", "meta_key", "pack_size", "compressed_checksum", "is_compressed"})
+_NATIVE_ONLY = frozenset({"digest", "chunk_size", "chunk_count"})
 
 
 @dataclass(frozen=True)
@@ -219,6 +247,7 @@ class Manifest:
         upload = data.pop("upload")
         data["upload_in_progress"] = upload is not None
         data["storage"] = {"name": data.pop("storage_name"), "prefix": data.pop("storage_prefix")}
+        data["pack"] = self.pack.to_public()
         data["usable"] = self.usable
         return data
 

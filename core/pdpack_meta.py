@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import InvalidInput
 from core.identity import normalize_architecture, normalize_catalog_id, normalize_version
+from core.manifest import MinimumRequirements, parse_description, parse_roles, parse_tags, parse_vm_type
 
 __all__ = [
     "MAX_META_BYTES",
@@ -32,6 +33,7 @@ __all__ = [
     "MinimumSpec",
     "PackMeta",
     "catalog_folder",
+    "catalog_metadata",
     "checksum_algorithm",
     "go_normalize",
     "meta_key",
@@ -354,3 +356,42 @@ def checksum_algorithm(checksum: str) -> str | None:
     if not text or any(c not in "0123456789abcdef" for c in text):
         return None
     return {32: "md5", 40: "sha1", 64: "sha256"}.get(len(text))
+
+
+def catalog_metadata(meta: PackMeta, *, skip: Collection[str] = ()) -> dict[str, Any]:
+    """The manifest metadata a ``.meta`` carries, checked by the catalog's own rules.
+
+    Keys are the manifest's (``description``, ``tags``, ``required_roles``, ``required_claims``,
+    ``minimum_requirements``, ``vm_type``); an error names the ``.meta`` field. Fields in ``skip``
+    (the importer gave them instead) are not read at all, so a value the catalog would refuse can be
+    overridden rather than fixed in storage.
+    """
+    def minimum() -> MinimumRequirements:
+        spec = meta.minimum_requirements
+        if spec is None:
+            return MinimumRequirements()
+        return MinimumRequirements.parse({"cpu": spec.cpu, "memory_mb": spec.memory, "disk_mb": spec.disk})
+
+    def vm_type() -> str:
+        text = meta.vm_type.strip().lower()
+        if not text:
+            raise InvalidInput("is empty: give vm_type (pvm or macvm) in the request")
+        return parse_vm_type(text)
+
+    readers: dict[str, tuple[str, Callable[[], Any]]] = {
+        "description": ("description", lambda: parse_description(meta.description)),
+        "tags": ("tags", lambda: parse_tags(list(meta.tags))),
+        "required_roles": ("required_roles", lambda: parse_roles(list(meta.required_roles))),
+        "required_claims": ("required_claims", lambda: parse_roles(list(meta.required_claims))),
+        "minimum_requirements": ("minimum_requirements", minimum),
+        "vm_type": ("type", vm_type),
+    }
+    out: dict[str, Any] = {}
+    for name, (json_name, read) in readers.items():
+        if name in skip:
+            continue
+        try:
+            out[name] = read()
+        except InvalidInput as exc:
+            raise InvalidInput(f".meta field {json_name!r}: {exc.message}") from exc
+    return out

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from core.errors import Conflict, Forbidden, Gone, InvalidInput, NotFound
+from core.errors import Conflict, Forbidden, Gone, InvalidInput, NotFound, Unprocessable
 from core.identity import (
     LATEST,
     ManifestKey,
@@ -26,6 +26,7 @@ from core.identity import (
     normalize_version,
 )
 from core.manifest import (
+    PACK_FORMAT_PDPACK,
     STATUS_READY,
     Manifest,
     MinimumRequirements,
@@ -38,6 +39,15 @@ from core.manifest import (
     parse_vm_type,
 )
 from core.pack import PackIndex, chunk_key, chunks_prefix, is_digest
+from core.pdpack_meta import (
+    PackMeta,
+    catalog_folder,
+    catalog_metadata,
+    checksum_algorithm,
+    go_normalize,
+    meta_key,
+    pack_file_key,
+)
 from core.ports import ApiKeyRecord, ApiKeyStore, BlobStore, ManifestQuery, ManifestStore
 from core.rbac import Claim, Principal, can_see, require
 
@@ -46,6 +56,7 @@ __all__ = ["CatalogService", "ServiceSettings"]
 log = logging.getLogger("pdcat.service")
 
 _METADATA_FIELDS = ("description", "tags", "required_roles", "required_claims", "minimum_requirements", "vm_type")
+IMPORT_FORMATS = ("pdcat", PACK_FORMAT_PDPACK)
 
 
 @dataclass(frozen=True)
@@ -318,18 +329,26 @@ class CatalogService:
         return victims
 
     def _purge(self, catalog_id: str, deleted: list[Manifest]) -> None:
-        """Remove the deleted versions' indexes and every chunk no remaining manifest references."""
+        """Remove the deleted versions' indexes and every chunk no remaining manifest references;
+        for imported original-format packs, their ``.pdpack`` and ``.meta`` unless another manifest
+        still names them (two versions differing only in case share one file name)."""
         for m in deleted:
             self.blobs.delete(info.key for info in self.blobs.list(m.key.prefix + "/"))
+        legacy = {k for m in deleted if m.pack.is_pdpack for k in (m.pack.key, m.pack.meta_key) if k}
         live: set[str] = set()
+        named: set[str] = set()
         for m in self.store.iter_all(catalog_id):
             live |= self._referenced_digests(m)
+            if m.pack.is_pdpack:
+                named |= {m.pack.key, m.pack.meta_key}
+        if legacy - named:
+            self.blobs.delete(sorted(legacy - named))
         prefix = chunks_prefix(catalog_id)
         self.blobs.delete(info.key for info in self.blobs.list(prefix) if info.key[len(prefix) :] not in live)
 
     def _referenced_digests(self, m: Manifest) -> set[str]:
         keys = []
-        if m.is_ready:
+        if m.is_ready and not m.pack.is_pdpack:
             keys.append(f"{m.key.prefix}/index.json")
         if m.upload is not None:
             keys.append(m.upload.index_key)
@@ -536,7 +555,7 @@ class CatalogService:
         require(who, Claim.PULL)
         manifest = self._resolve(who, catalog_id, version, architecture)
         manifest.ensure_pullable()
-        index = self._index(manifest)
+        index = None if manifest.pack.is_pdpack else self._index(manifest)
         at = now_iso()
         self.store.record_download(manifest.key, who.subject, at)
         manifest = replace(
@@ -545,8 +564,14 @@ class CatalogService:
             last_downloaded_at=at,
             last_downloaded_by=who.subject,
         )
-        digests = list(index.unique_digests())
         log.info("pull", extra={"manifest": str(manifest.key), "by": who.subject})
+        if index is None:
+            return {
+                "manifest": manifest.to_public(),
+                "pack": self._pdpack_download(manifest),
+                "expires_at": _expires_at(self.settings.url_expiry_seconds),
+            }
+        digests = list(index.unique_digests())
         return {
             "manifest": manifest.to_public(),
             "index": index.to_json(),
@@ -555,10 +580,21 @@ class CatalogService:
         }
 
     def pull_urls(self, who: Principal, key: ManifestKey, digests: object) -> dict[str, Any]:
-        """More (or fresh) GET URLs for a pull in progress. Does not count as another download."""
+        """More (or fresh) GET URLs for a pull in progress. Does not count as another download.
+
+        An original-format pack is one object: its answer is a fresh ``pack`` URL, and asking for
+        chunk digests is an error (it has none).
+        """
         require(who, Claim.PULL)
         manifest, _ = self._load(who, key)
         manifest.ensure_pullable()
+        if manifest.pack.is_pdpack:
+            if digests is not None:
+                raise InvalidInput(f"{key} is a single original-format pack: ask without digests for a fresh pack URL")
+            return {
+                "pack": self._pdpack_download(manifest),
+                "expires_at": _expires_at(self.settings.url_expiry_seconds),
+            }
         wanted = self._digest_list(digests)
         known = self._index(manifest).unique_digests()
         if any(d not in known for d in wanted):
@@ -571,13 +607,38 @@ class CatalogService:
     def _index(self, manifest: Manifest) -> PackIndex:
         return PackIndex.from_bytes(self.blobs.get_bytes(f"{manifest.key.prefix}/index.json"))
 
+    def _pdpack_download(self, manifest: Manifest) -> dict[str, Any]:
+        """What a client needs to fetch and check an original-format pack: one short-lived GET URL."""
+        pack = manifest.pack
+        return {
+            "format": PACK_FORMAT_PDPACK,
+            "url": self.blobs.presign(pack.key, "GET", self.settings.url_expiry_seconds),
+            "size": pack.pack_size,
+            "checksum": pack.compressed_checksum,
+            "checksum_algorithm": checksum_algorithm(pack.compressed_checksum),
+            "compressed": pack.is_compressed,
+        }
+
     # ---- import ---------------------------------------------------------------------------
     def import_pack(self, who: Principal, body: dict[str, Any]) -> Manifest:
-        """Register a pack whose index and chunks already sit in this catalog's storage."""
+        """Register a pack that already sits in this catalog's storage.
+
+        ``format`` ``"pdcat"`` (the default): a pdcat index and its chunks (a version deleted without
+        purge, or copied between catalogs). ``"pdpack"``: a pack the original product pushed, as
+        ``<catalog_id>/<name>.pdpack`` plus its ``.meta``, registered without moving a byte.
+        """
         require(who, Claim.IMPORT)
-        _refuse_unknown(body, {"catalog_id", "version", "architecture"})
+        _refuse_unknown(body, {"catalog_id", "version", "architecture", "format"})
+        fmt = body.get("format", "pdcat")
+        if fmt not in IMPORT_FORMATS:
+            raise InvalidInput(
+                "format must be 'pdcat' (a pdcat index and chunks in storage) or 'pdpack' (the original "
+                "product's .pdpack and .meta)"
+            )
         key = ManifestKey.parse(body.get("catalog_id"), body.get("version"), body.get("architecture"))
         meta = parse_metadata(body)
+        if fmt == PACK_FORMAT_PDPACK:
+            return self._import_pdpack(who, key, meta)
         try:
             index = PackIndex.from_bytes(self.blobs.get_bytes(f"{key.prefix}/index.json"))
         except NotFound:
@@ -585,6 +646,76 @@ class CatalogService:
         final = self._stored_index(key.catalog_id, index)
         manifest = self._new_manifest(key, who, status=STATUS_READY, pushed_at=now_iso(), **_pack_fields(final), **meta)
         self.store.create(manifest)
+        return manifest
+
+    def _import_pdpack(self, who: Principal, key: ManifestKey, overrides: dict[str, Any]) -> Manifest:
+        """Read the ``.meta``, find the ``.pdpack`` and its exact size (one listing), record both keys.
+
+        Metadata comes from the ``.meta`` unless the request gives it. The ``.meta``'s sizes are not
+        trusted for the stored size (some versions of the original write MiB): the listing is.
+        """
+        if self.store.get(key) is not None:
+            raise Conflict(f"{key} already exists")
+        mkey = meta_key(key.catalog_id, key.architecture, key.version)
+        try:
+            raw = self.blobs.get_bytes(mkey)
+        except NotFound:
+            raise NotFound(f"no .meta in storage at {mkey} (the original keeps it next to the .pdpack)") from None
+        try:
+            meta = PackMeta.from_json(raw)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{mkey}: {exc.message}") from exc
+        if (
+            go_normalize(meta.catalog_id) != catalog_folder(key.catalog_id)
+            or go_normalize(meta.version) != go_normalize(key.version)
+            or meta.architecture != key.architecture
+        ):
+            raise Unprocessable(
+                f"the .meta at {mkey} describes {meta.catalog_id[:64]}:{meta.version[:64]} ({meta.architecture}), "
+                f"not {key}"
+            )
+        if checksum_algorithm(meta.checksum) is None:
+            raise InvalidInput(
+                f".meta field 'compressed_checksum' ({meta.checksum[:80]!r}) is not a hex MD5, SHA-1 or SHA-256: "
+                "a pull could not verify the pack"
+            )
+        pkey = pack_file_key(meta, key.catalog_id, key.architecture, key.version)
+        first = next(iter(self.blobs.list(pkey)), None)  # key order: the exact key comes first
+        if first is None or first.key != pkey:
+            raise NotFound(f"no pack in storage at {pkey} (its .meta is at {mkey})")
+        if meta.pack_size and meta.pack_size != first.size:
+            log.warning(
+                "the .meta's pack_size differs from the stored pack; the stored size is recorded",
+                extra={"manifest": str(key), "meta_pack_size": meta.pack_size, "stored": first.size},
+            )
+        try:
+            fields = {**catalog_metadata(meta, skip=overrides.keys()), **overrides}
+        except InvalidInput as exc:
+            raise InvalidInput(f"{mkey}: {exc.message}") from exc
+        summary = PackSummary(
+            format=PACK_FORMAT_PDPACK,
+            file_count=sum(1 for item in meta.contents if not item.is_dir),
+            key=pkey,
+            meta_key=mkey,
+            pack_size=first.size,
+            compressed_checksum=meta.checksum.strip().lower(),
+            is_compressed=meta.is_compressed,
+        )
+        manifest = replace(
+            self._new_manifest(
+                key,
+                who,
+                status=STATUS_READY,
+                pushed_at=now_iso(),
+                size=meta.size,
+                stored_size=first.size,
+                pack=summary,
+                **fields,
+            ),
+            storage_prefix=catalog_folder(key.catalog_id),
+        )
+        self.store.create(manifest)
+        log.info("pdpack imported", extra={"manifest": str(key), "by": who.subject, "pack": pkey})
         return manifest
 
     # ---- API keys -------------------------------------------------------------------------
