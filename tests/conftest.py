@@ -46,6 +46,8 @@ class Backend:
     processes: list[Any] = field(default_factory=list)
     # in-process backends: every request goes through this transport instead of a socket
     transport: Any = None
+    # writes one object straight into the backend's storage, through its own blob adapter
+    blob_writer: Callable[[str, bytes], None] | None = None
 
     @property
     def api_url(self) -> str:
@@ -89,6 +91,13 @@ class Backend:
             return self.transport.raw(method, path, dict(headers or {}), body or b"")
         return raw_request(self.url, method, path, headers=headers, body=body)
 
+    def put_object(self, key: str, data: bytes) -> None:
+        """Put ``data`` at ``key`` in this backend's storage, as an admin with access to the bucket
+        does (packs the original product pushed, say): not through the catalog's API."""
+        if self.blob_writer is None:
+            raise RuntimeError(f"no storage writer wired for the {self.name} backend")
+        self.blob_writer(key, data)
+
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
@@ -110,7 +119,35 @@ def _embedded(tmp: Path, infra: LocalInfra) -> Backend:
         supports_password_login=True,
         server=server,
         admin_password=ADMIN_PASSWORD,
+        blob_writer=_file_writer(server.data_dir / "blobs", server.url),
     )
+
+
+def _file_writer(root: Path, url: str) -> Callable[[str, bytes], None]:
+    """The embedded server's own file store over its data folder (it only signs URLs with its key;
+    a write needs none, so a throwaway one is given)."""
+    from core.local.file_blobs import FileBlobStore
+
+    return FileBlobStore(root, url, secrets.token_bytes(32)).put_bytes
+
+
+def _s3_writer(env: dict[str, str]) -> Callable[[str, bytes], None]:
+    from chalicelib.s3_blobs import S3BlobStore
+
+    return S3BlobStore(env["PDCAT_BUCKET"], region="us-east-1", endpoint_url=env["PDCAT_S3_ENDPOINT"]).put_bytes
+
+
+def _azure_writer(env: dict[str, str]) -> Callable[[str, bytes], None]:
+    from azurelib.blob_store import AzureBlobStore
+
+    def write(key: str, data: bytes) -> None:
+        store = AzureBlobStore.from_connection_string(env["PDCAT_BLOB_CONNECTION_STRING"], env["PDCAT_BLOB_CONTAINER"])
+        try:
+            store.put_bytes(key, data)
+        finally:
+            store.close()
+
+    return write
 
 
 AWS_TEST_CREDENTIALS = {
@@ -183,18 +220,23 @@ def _aws_env(moto: RunningProcess) -> dict[str, str]:
 
 def _aws_http(tmp: Path, infra: LocalInfra) -> Backend:
     """The Chalice app under ``chalice local``, with DynamoDB and S3 on a real moto server."""
-    server = start_chalice_local(_aws_env(infra.moto), tmp / "chalice")
-    return Backend("aws-http", server.url, TEST_JWT_SECRET, supports_password_login=False, processes=[server])
+    env = _aws_env(infra.moto)
+    server = start_chalice_local(env, tmp / "chalice")
+    return Backend(
+        "aws-http", server.url, TEST_JWT_SECRET, supports_password_login=False, processes=[server],
+        blob_writer=_s3_writer(env),
+    )  # fmt: skip
 
 
 def _aws_inproc(tmp: Path, infra: LocalInfra) -> Backend:
     """The same app in this process through ``chalice.test.Client``; its bootstrap reads os.environ."""
     from tests.aws_inprocess import ChaliceTransport
 
-    os.environ.update(_aws_env(infra.moto))
+    env = _aws_env(infra.moto)
+    os.environ.update(env)
     return Backend(
         "aws-inproc", "http://aws.inprocess", TEST_JWT_SECRET, supports_password_login=False,
-        transport=ChaliceTransport(),
+        transport=ChaliceTransport(), blob_writer=_s3_writer(env),
     )  # fmt: skip
 
 
@@ -204,7 +246,10 @@ def _azure_http(tmp: Path, infra: LocalInfra) -> Backend:
 
     env = azure_backend_env(infra.cosmos, infra.azurite, TEST_JWT_SECRET)
     server = start_azure_host(env, tmp / "functions")
-    return Backend("azure-http", server.url, TEST_JWT_SECRET, supports_password_login=False, processes=[server])
+    return Backend(
+        "azure-http", server.url, TEST_JWT_SECRET, supports_password_login=False, processes=[server],
+        blob_writer=_azure_writer(env),
+    )  # fmt: skip
 
 
 def _azure_inproc(tmp: Path, infra: LocalInfra) -> Backend:
@@ -212,10 +257,11 @@ def _azure_inproc(tmp: Path, infra: LocalInfra) -> Backend:
     from infra.local.azure_host import azure_backend_env
     from tests.azure_inprocess import AzureFunctionsTransport
 
-    os.environ.update(azure_backend_env(infra.cosmos, infra.azurite, TEST_JWT_SECRET))
+    env = azure_backend_env(infra.cosmos, infra.azurite, TEST_JWT_SECRET)
+    os.environ.update(env)
     return Backend(
         "azure-inproc", "http://azure.inprocess", TEST_JWT_SECRET, supports_password_login=False,
-        transport=AzureFunctionsTransport(),
+        transport=AzureFunctionsTransport(), blob_writer=_azure_writer(env),
     )  # fmt: skip
 
 
