@@ -46,7 +46,9 @@ class CatalogClient:
         api_key: str | None = None,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 60.0,
+        verify: bool = True,
     ) -> None:
+        """``verify=False`` only for a PDFile's INSECURE: a catalog behind a self-signed certificate."""
         self.base_url = base_url.rstrip("/")
         headers = {"User-Agent": "pdcat/0.1"}
         if token:
@@ -54,7 +56,7 @@ class CatalogClient:
         if api_key:
             headers["X-Api-Key"] = api_key
         self._http = httpx.Client(
-            base_url=self.base_url + "/api/v1", headers=headers, transport=transport, timeout=timeout
+            base_url=self.base_url + "/api/v1", headers=headers, transport=transport, timeout=timeout, verify=verify
         )
 
     def __repr__(self) -> str:  # never show credentials
@@ -201,6 +203,13 @@ class CatalogClient:
         result: dict[str, str] = self.request(
             "POST", f"{self._m(catalog_id, version, arch)}/pull/urls", json={"digests": digests}
         )["urls"]
+        return result
+
+    def pull_pack_url(self, catalog_id: str, version: str, arch: str) -> dict[str, Any]:
+        """A fresh ``pack`` object (URL, size, checksum) for an imported original-format pack."""
+        result: dict[str, Any] = self.request("POST", f"{self._m(catalog_id, version, arch)}/pull/urls", json={})[
+            "pack"
+        ]
         return result
 
     def import_pack(self, body: dict[str, Any]) -> dict[str, Any]:

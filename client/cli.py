@@ -38,6 +38,15 @@ def host_architecture() -> str:
 
 # ---- helpers ----------------------------------------------------------------------------------
 def _client(args: argparse.Namespace) -> CatalogClient:
+    recipe_creds = getattr(args, "credentials", None)  # a PDFile's AUTHENTICATE lines
+    if recipe_creds is not None and args.server:
+        verify = not getattr(args, "insecure", False)
+        if recipe_creds.api_key:
+            return CatalogClient(args.server, api_key=recipe_creds.api_key, verify=verify)
+        if recipe_creds.username and recipe_creds.password:
+            with CatalogClient(args.server, verify=verify) as anonymous:
+                token = anonymous.login(recipe_creds.username, recipe_creds.password)["token"]
+            return CatalogClient(args.server, token=token, verify=verify)
     creds = load_credentials(getattr(args, "server", None))
     if not creds.token and not creds.api_key:
         raise Unauthenticated(f"not logged in to {creds.server}: run 'pdcat login --server {creds.server} -u USER'")
@@ -178,14 +187,30 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_push(args: argparse.Namespace) -> int:
+def _push_target(args: argparse.Namespace) -> tuple[Path, ManifestKey, dict[str, Any]]:
+    """The bundle, its identity and the metadata a push (to the catalog or to your own storage) records."""
+    if not args.catalog or not args.version:
+        raise InvalidInput("push needs --catalog and --version (or a PDFile with CATALOG_ID and VERSION)")
     root = Path(args.path)
+    if not root.is_dir():
+        raise InvalidInput(f"{root} is not a VM bundle folder (.pvm / .macvm)")
     arch = normalize_architecture(args.arch or host_architecture())
     key = ManifestKey.parse(args.catalog, args.version, arch)
-    vm_type = "macvm" if root.suffix == ".macvm" else "pvm"
+    vm_type = getattr(args, "vm_type", None) or ("macvm" if root.suffix == ".macvm" else "pvm")
     metadata: dict[str, Any] = {"vm_type": vm_type, "roles": args.role, "claims": args.claim, "tags": args.tag}
     if args.description is not None:
         metadata["description"] = args.description
+    return root, key, metadata
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    root, key, metadata = _push_target(args)
+    if args.storage:
+        return _push_to_storage(args, root, key, metadata)
+    return _push_to_catalog(args, root, key, metadata)
+
+
+def _push_to_catalog(args: argparse.Namespace, root: Path, key: ManifestKey, metadata: dict[str, Any]) -> int:
     progress = _progress(args)
     with _client(args) as api:
         try:
@@ -217,6 +242,27 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push_to_storage(args: argparse.Namespace, root: Path, key: ManifestKey, metadata: dict[str, Any]) -> int:
+    from client.recipes import open_byo, push_to_storage
+
+    storage = open_byo(args.storage)
+    try:
+        meta = push_to_storage(
+            storage, root, key, metadata, compress=args.compress is not False, level=getattr(args, "level", None)
+        )
+    finally:
+        storage.close()
+    if args.json:
+        print_json({"storage": storage.description, "pack": meta.pack_path, "pack_size": meta.pack_size})
+    else:
+        _say(
+            args,
+            f"Exported {key.catalog_id}:{key.version} ({key.architecture}) to {storage.description} in the original "
+            f"pack format: {meta.pack_path} ({human_size(meta.pack_size)})",
+        )
+    return 0
+
+
 def _vm_setup(args: argparse.Namespace) -> VmSetup:
     """What ``pdcat pull`` was asked to do with the VM once it is here (see client.prlctl)."""
     setup = VmSetup(
@@ -243,6 +289,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     exe = None if args.no_register else find_prlctl()
     if exe is not None:  # refuse a taken name (or an unknown owner) before downloading anything
         check_vm_setup(Prlctl(exe), setup, default_name=args.name or catalog_id)
+    if args.storage:
+        return _pull_from_storage(args, ManifestKey(catalog_id, version, arch), dest, exe, setup)
     progress = _progress(args)
     cache = None if args.no_cache else VmCache()
 
@@ -287,26 +335,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 progress.close()
             if cache is not None:
                 cache.close()
-    vm: SetupResult | None = None
-    note = ""
-    register_failed = ""
-    if args.no_register:
-        note = "not registered (--no-register)"
-    elif exe is None:
-        note = "prlctl not found, so it was not registered with Parallels Desktop"
-        if setup.needs_more_than_registering:
-            register_failed = "NOT registered: prlctl was not found (is Parallels Desktop installed?)"
-    else:
-        try:
-            vm = setup_pulled_vm(Prlctl(exe), result.path, setup)
-        except PrlctlError as exc:
-            register_failed = note = exc.message
-        else:
-            note = f"registered with Parallels Desktop as {vm.vm_id} ({vm.name!r})"
-            if vm.clone_id:
-                note += f", cloned as {vm.clone_name!r} ({vm.clone_id})"
-            if vm.started:
-                note += " and started" + (f", ran {len(vm.outputs)} command(s) in the guest" if vm.outputs else "")
+    vm, note, register_failed = _register(args, exe, setup, result.path)
     m = result.manifest
     if args.json:
         print_json(
@@ -339,6 +368,34 @@ def cmd_pull(args: argparse.Namespace) -> int:
             f"({human_size(result.downloaded_bytes)}{resumed}), "
             f"every chunk verified, in {result.seconds:.1f}s; {note}",
         )
+    _finish_pull(args, vm, result.path, register_failed)
+    return 0
+
+
+def _register(
+    args: argparse.Namespace, exe: str | None, setup: VmSetup, bundle: Path
+) -> tuple[SetupResult | None, str, str]:
+    """Hand the pulled bundle to Parallels as asked: (the VM, a note for the summary, why it failed)."""
+    if args.no_register:
+        return None, "not registered (--no-register)", ""
+    if exe is None:
+        failed = ""
+        if setup.needs_more_than_registering:
+            failed = "NOT registered: prlctl was not found (is Parallels Desktop installed?)"
+        return None, "prlctl not found, so it was not registered with Parallels Desktop", failed
+    try:
+        vm = setup_pulled_vm(Prlctl(exe), bundle, setup)
+    except PrlctlError as exc:
+        return None, exc.message, exc.message
+    note = f"registered with Parallels Desktop as {vm.vm_id} ({vm.name!r})"
+    if vm.clone_id:
+        note += f", cloned as {vm.clone_name!r} ({vm.clone_id})"
+    if vm.started:
+        note += " and started" + (f", ran {len(vm.outputs)} command(s) in the guest" if vm.outputs else "")
+    return vm, note, ""
+
+
+def _finish_pull(args: argparse.Namespace, vm: SetupResult | None, bundle: Path, register_failed: str) -> None:
     if vm is not None and vm.outputs and not args.json:
         for out in vm.outputs:
             if out.stdout.strip():
@@ -346,8 +403,113 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if register_failed:
         # The user asked for a registered (started, cloned...) VM and did not get one: that is a failure
         # (exit 1), but the verified bundle stays where it is and the one-line reason says what to do.
-        raise PrlctlError(f"pulled and verified {result.path}, but {register_failed}")
+        raise PrlctlError(f"pulled and verified {bundle}, but {register_failed}")
+
+
+def _pull_from_storage(
+    args: argparse.Namespace, key: ManifestKey, dest: Path, exe: str | None, setup: VmSetup
+) -> int:
+    """An original-format pack from your own storage: unpacked safely, checksum verified, then registered."""
+    from client.recipes import fetch_storage_pack, open_byo
+
+    storage = open_byo(args.storage)
+    try:
+        bundle, meta = fetch_storage_pack(storage, key, dest, args.name)
+    finally:
+        storage.close()
+    vm, note, register_failed = _register(args, exe, setup, bundle)
+    if args.json:
+        print_json(
+            {
+                "path": str(bundle),
+                "storage": storage.description,
+                "pack": meta.pack_path,
+                "registered": vm is not None,
+                "vm": vm.to_dict() if vm is not None else None,
+            }
+        )
+    else:
+        _say(
+            args,
+            f"Pulled {key.catalog_id}:{key.version} ({key.architecture}) from {storage.description} to {bundle}: "
+            f"original pack {meta.pack_path} ({human_size(meta.pack_size)}), checksum verified; {note}",
+        )
+    _finish_pull(args, vm, bundle, register_failed)
     return 0
+
+
+def _import_metadata(args: argparse.Namespace, found: dict[str, Any]) -> dict[str, Any]:
+    """What the pack's own .meta says, with the command line's (or the recipe's) values on top."""
+    metadata = dict(found)
+    for field, flag in (("roles", "role"), ("claims", "claim"), ("tags", "tag")):
+        if getattr(args, flag, None):
+            metadata[field] = getattr(args, flag)
+    if getattr(args, "description", None) is not None:
+        metadata["description"] = args.description
+    return metadata
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Bring an original-format pack into the catalog: from your own storage (a normal push, chunked and
+    deduplicated), or, without --from, one that already sits in the catalog's storage (registered in place)."""
+    catalog_id, version, arch = _ref(args)
+    if version == LATEST:
+        raise InvalidInput("import needs an explicit version (ID:VERSION)")
+    key = ManifestKey(catalog_id, version, arch)
+    if not args.storage:
+        with _client(args) as api:
+            body = {"catalog_id": catalog_id, "version": version, "architecture": arch, "format": "pdpack"}
+            m = api.import_pack(body)
+        if args.json:
+            print_json(m)
+        else:
+            _say(args, f"Registered {catalog_id}:{version} ({arch}), an original pack in the catalog's storage")
+        return 0
+    from client.cache import cache_dir
+    from client.recipes import fetch_storage_pack, open_byo, staging_dir
+
+    storage = open_byo(args.storage)
+    try:
+        with staging_dir(cache_dir()) as scratch:
+            bundle, meta = fetch_storage_pack(storage, key, scratch, None)
+            found = {
+                "vm_type": bundle.suffix.lstrip("."),
+                "roles": list(meta.required_roles),
+                "claims": list(meta.required_claims),
+                "tags": list(meta.tags),
+            }
+            if meta.description:
+                found["description"] = meta.description
+            return _push_to_catalog(args, bundle, key, _import_metadata(args, found))
+    finally:
+        storage.close()
+
+
+def cmd_import_vm(args: argparse.Namespace) -> int:
+    """A VM kept in your own storage as files (or one tar), pushed into the catalog."""
+    catalog_id, version, arch = _ref(args)
+    if version == LATEST:
+        raise InvalidInput("import-vm needs an explicit version (ID:VERSION)")
+    if not args.storage or not args.vm_remote_path:
+        raise InvalidInput("import-vm needs --from CONNECTION and --remote-path PATH (PROVIDER and VM_REMOTE_PATH)")
+    from client.cache import cache_dir
+    from client.recipes import fetch_remote_vm, open_byo, staging_dir
+
+    vm_type = args.vm_type or ("macvm" if args.vm_remote_path.rstrip("/").endswith(".macvm") else "pvm")
+    storage = open_byo(args.storage)
+    try:
+        with staging_dir(cache_dir()) as scratch:
+            bundle = fetch_remote_vm(
+                storage, args.vm_remote_path, scratch / f"{catalog_id}.{vm_type}", compressed=bool(args.is_compressed)
+            )
+            metadata = _import_metadata(args, {"vm_type": vm_type, "roles": [], "claims": [], "tags": []})
+            return _push_to_catalog(args, bundle, ManifestKey(catalog_id, version, arch), metadata)
+    finally:
+        storage.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    raise InvalidInput(f"{args.path} is not a PDFile (the file name must end in .pdfile)")
 
 
 def cmd_state(args: argparse.Namespace) -> int:
@@ -508,10 +670,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--arch", help="(default: this machine's)")
     c.set_defaults(func=cmd_show)
 
-    c = command("push", "Push a VM bundle (.pvm/.macvm folder)", json_flag=True)
-    c.add_argument("path")
-    c.add_argument("--catalog", required=True, help="catalog id")
-    c.add_argument("--version", required=True)
+    c = command("push", "Push a VM bundle (.pvm/.macvm folder), or run a push PDFile", json_flag=True)
+    c.add_argument("path", help="the bundle, or FILE.pdfile")
+    c.add_argument("--catalog", help="catalog id")
+    c.add_argument("--version")
+    c.add_argument("--to", dest="storage", metavar="CONNECTION", help="export to your own storage instead, in the "
+                   "original pack format (provider=aws-s3;bucket=...)")  # fmt: skip
+    c.add_argument("--no-compress", dest="compress", action="store_const", const=False, help="(--to) plain tar")
     c.add_argument("--arch", help="(default: this machine's)")
     c.add_argument("--role", action="append", default=[], help="required role to see it (repeatable)")
     c.add_argument("--claim", action="append", default=[], help="required claim to see it (repeatable)")
@@ -523,8 +688,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", type=int)
     c.set_defaults(func=cmd_push)
 
-    c = command("pull", "Pull a VM, verify every byte, and register it with prlctl", json_flag=True)
-    c.add_argument("ref", metavar="ID[:VERSION]")
+    c = command("pull", "Pull a VM, verify every byte, register it with prlctl (or run a pull PDFile)", json_flag=True)
+    c.add_argument("ref", metavar="ID[:VERSION]|FILE.pdfile")
+    c.add_argument("--from", dest="storage", metavar="CONNECTION", help="pull an original-format pack from your own "
+                   "storage instead (provider=aws-s3;bucket=...)")  # fmt: skip
     c.add_argument("--arch", help="(default: this machine's)")
     c.add_argument("--dest", help="folder to put the VM in (default: current folder)")
     c.add_argument("--name", help="VM name (default: the catalog id)")
@@ -556,6 +723,35 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("ref", metavar="ID:VERSION")
         c.add_argument("--arch", help="(default: this machine's)")
         c.set_defaults(func=cmd_state)
+
+    def import_flags(c: argparse.ArgumentParser) -> None:
+        c.add_argument("ref", metavar="ID:VERSION")
+        c.add_argument("--arch", help="(default: this machine's)")
+        c.add_argument("--role", action="append", default=[], help="required role to see it (repeatable)")
+        c.add_argument("--claim", action="append", default=[], help="required claim to see it (repeatable)")
+        c.add_argument("--tag", action="append", default=[])
+        c.add_argument("--description")
+        c.add_argument("--force", action="store_true", help="replace an existing version")
+        c.add_argument("--workers", type=int)
+
+    c = command("import", "Bring an original-format pack (.pdpack + .meta) into the catalog", json_flag=True)
+    import_flags(c)
+    c.add_argument("--from", dest="storage", metavar="CONNECTION", help="your own storage holding the pack "
+                   "(default: the catalog's own storage, registered in place)")  # fmt: skip
+    c.set_defaults(func=cmd_import)
+
+    c = command("import-vm", "Push a VM kept in your own storage (a folder of files, or one tar) into the catalog",
+                json_flag=True)  # fmt: skip
+    import_flags(c)
+    c.add_argument("--from", dest="storage", metavar="CONNECTION", help="your own storage (provider=...)")
+    c.add_argument("--remote-path", dest="vm_remote_path", metavar="PATH", help="where the VM is in that storage")
+    c.add_argument("--compressed", dest="is_compressed", action="store_true", help="the VM is one tar(.gz) file")
+    c.add_argument("--vm-type", choices=("pvm", "macvm"))
+    c.set_defaults(func=cmd_import_vm)
+
+    c = command("run", "Run a PDFile (push, pull, list, import or import-vm)", json_flag=True, server=False)
+    c.add_argument("path", metavar="FILE.pdfile")
+    c.set_defaults(func=cmd_run)
 
     c = command("rm", "Remove a VM id, a version, or one architecture of a version")
     c.add_argument("ref", metavar="ID[:VERSION]")
@@ -615,11 +811,27 @@ def _limit_allocator_growth() -> None:
         pass
 
 
+def _from_recipe(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """``pdcat run FILE.pdfile`` and ``pdcat push|pull FILE.pdfile``: the namespace the recipe's own command
+    line would give, with the flags typed here on top (flags > file > defaults)."""
+    path = getattr(args, "ref", None) if args.command == "pull" else getattr(args, "path", None)
+    if args.command not in ("run", "push", "pull") or not isinstance(path, str) or not path.lower().endswith(".pdfile"):
+        return args
+    from client.recipes import recipe_namespace
+
+    def warn(message: str) -> None:
+        err_console.print(f"pdcat: warning: {message}", markup=False, highlight=False)
+
+    return recipe_namespace(parser, path, args, None if args.command == "run" else args.command, warn)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _limit_allocator_growth()
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     _configure_logging(args.debug)
     try:
+        args = _from_recipe(parser, args)
         return int(args.func(args))
     except KeyboardInterrupt:
         err_console.print("pdcat: interrupted; run the same command again to resume")
