@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -119,10 +120,14 @@ def broken_copy(template: Template) -> Template:
 
 
 @pytest.fixture(scope="module")
-def templates_on_disk(template: Template, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def templates_on_disk(
+    aws_build: AwsBuild, template: Template, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """chalice's ``sam.yaml`` byte for byte, and the broken copy, in a folder of their own."""
+    assert aws_build.template is not None
     folder = tmp_path_factory.mktemp("templates")
     paths = {"packaged": folder / "packaged.yaml", "broken": folder / "broken.yaml"}
-    paths["packaged"].write_text(yaml.safe_dump(template, sort_keys=False))
+    shutil.copyfile(aws_build.template, paths["packaged"])
     paths["broken"].write_text(yaml.safe_dump(broken_copy(template), sort_keys=False))
     return paths
 
