@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 BASE_STAMP := $(VENV)/.installed-base
 EMULATORS := infra/local/emulators
 NODE_STAMP := $(EMULATORS)/node_modules/.installed
+IAC_STAMP := .venv-iac/.installed
 
 .PHONY: demo test unit contract lint typecheck check bench clean
 
@@ -25,10 +26,15 @@ $(NODE_STAMP): $(EMULATORS)/package.json $(EMULATORS)/package-lock.json $(EMULAT
 	@cd $(EMULATORS) && npm ci --silent --no-audit --no-fund
 	@touch $(NODE_STAMP)
 
+# cfn-lint and checkov in their own virtualenv: checkov's pins conflict with the app's boto3.
+$(IAC_STAMP): infra/requirements-iac.txt $(STAMP)
+	@$(BIN)/python tests/infra/iac_tools.py >/dev/null
+	@touch $(IAC_STAMP)
+
 demo: $(BASE_STAMP)
 	@$(BIN)/python infra/local/demo.py
 
-test: $(STAMP) $(NODE_STAMP) check
+test: $(STAMP) $(NODE_STAMP) $(IAC_STAMP) check
 	@$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 unit: $(STAMP)
@@ -49,4 +55,4 @@ bench: $(STAMP)
 	@$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) $(EMULATORS)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo .bench
+	rm -rf $(VENV) .venv-iac build $(EMULATORS)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo .bench
