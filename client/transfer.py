@@ -7,6 +7,9 @@ write each chunk at its offsets into sparse files in a hidden ``.partial`` folde
 
 Interrupted transfers resume: a push re-asks which chunks are missing (finished ones are in storage);
 a pull keeps a journal of finished chunks next to its partial folder.
+
+A version the catalog imported in the original product's format (one ``.pdpack``) is pulled by
+``client.pdpack_pull`` instead: one URL streamed into the safe unpacker, past the cache.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import httpx
 from filelock import FileLock
 
 from client.api import CatalogClient
@@ -41,6 +45,7 @@ from client.packer import (
     read_cell,
     write_chunk,
 )
+from client.pdpack_pull import PackDownload, unpack_from_url
 from client.pool import run_bounded
 from core.errors import Conflict, InvalidInput, PdcatError
 from core.identity import ManifestKey
@@ -227,7 +232,7 @@ class PullPlan:
     """What a pull will cost, shown before it starts."""
 
     manifest: dict[str, Any]
-    index: PackIndex
+    index: PackIndex | None  # None for an original-format pack (one object, no index)
     final: Path
     cache: str  # "hit" | "miss" | "off"
     download_bytes: int  # compressed bytes to fetch
@@ -411,8 +416,9 @@ def pull(
     started = time.monotonic()
     answer = api.pull(catalog_id, version, architecture)
     manifest: dict[str, Any] = answer["manifest"]
-    index = PackIndex.parse(answer["index"])
-    if index.digest != manifest["pack"]["digest"]:
+    legacy = PackDownload.parse(answer["pack"]) if "pack" in answer else None
+    index = None if legacy is not None else PackIndex.parse(answer["index"])
+    if index is not None and index.digest != manifest["pack"]["digest"]:
         raise ChunkCorrupt("the pack index does not match the manifest's pack digest; refusing to pull it")
     bundle_name = name or manifest["catalog_id"]
     if "/" in bundle_name or bundle_name.startswith(".") or not bundle_name.strip():
@@ -420,6 +426,9 @@ def pull(
     final = dest_dir / f"{bundle_name}.{manifest['vm_type']}"
     if final.exists():
         raise Conflict(f"{final} already exists; pick another --name or remove it first")
+    if legacy is not None:  # the content-addressed cache has nothing to key a single tar by: "off"
+        return _pull_pdpack(api, manifest, legacy, final, config, progress, on_plan, started)
+    assert index is not None
 
     own_blobs = blobs is None
     blob_client = blobs or BlobClient(connections=config.workers * 2, retries=config.retries, backoff=config.backoff)
@@ -432,6 +441,66 @@ def pull(
     finally:
         if own_blobs:
             blob_client.close()
+
+
+def _pull_pdpack(
+    api: CatalogClient,
+    manifest: dict[str, Any],
+    pack: PackDownload,
+    final: Path,
+    config: TransferConfig,
+    progress: Progress,
+    on_plan: Callable[[PullPlan], None] | None,
+    started: float,
+) -> PullResult:
+    """Plan (refusing a disk that is too small), then stream the one pack into ``final``, verified.
+
+    The plan counts the bundle's size as written (its holes may cost less) and the pack as downloaded.
+    """
+    write_bytes = max(int(manifest.get("size") or 0), 0)
+    plan = PullPlan(
+        manifest, None, final, "off", pack.size, 1, 0, write_bytes, _free_bytes(final.parent) - write_bytes
+    )
+    if on_plan:
+        on_plan(plan)
+    if plan.free_after < 0:
+        raise DiskFull(
+            f"not enough space in {final.parent}: the pull writes {write_bytes} bytes, "
+            f"{write_bytes + plan.free_after} are free"
+        )
+    key = (manifest["catalog_id"], manifest["version"], manifest["architecture"])
+    final.parent.mkdir(parents=True, exist_ok=True)
+
+    def refresh() -> PackDownload:
+        return PackDownload.parse(api.pull_pack_url(*key))
+
+    http = httpx.Client(timeout=300.0, follow_redirects=False)  # a presigned URL is its own authorisation
+    progress.start("downloading", pack.size)
+    try:
+        with _pull_lock(final):
+            if final.exists():
+                raise Conflict(f"{final} already exists; pick another --name or remove it first")
+            stats = unpack_from_url(
+                http, pack, refresh, final, advance=progress.advance, retries=config.retries, backoff=config.backoff
+            )
+    except PdcatError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"{final.parent} ran out of space; the partial VM was removed") from exc
+        raise
+    finally:
+        progress.finish()
+        http.close()
+    return PullResult(
+        path=final,
+        manifest=manifest,
+        chunks=1,
+        downloaded_chunks=1,
+        downloaded_bytes=stats.pack_bytes,
+        resumed_chunks=0,
+        seconds=time.monotonic() - started,
+        cache="off",
+    )
 
 
 def _stored_sizes(index: PackIndex) -> dict[str, int]:
