@@ -200,6 +200,10 @@ def _push_target(args: argparse.Namespace) -> tuple[Path, ManifestKey, dict[str,
     metadata: dict[str, Any] = {"vm_type": vm_type, "roles": args.role, "claims": args.claim, "tags": args.tag}
     if args.description is not None:
         metadata["description"] = args.description
+    wanted = (("cpu", "min_cpu"), ("memory_mb", "min_memory_mb"), ("disk_mb", "min_disk_mb"))
+    requirements = {field: getattr(args, name) for field, name in wanted if getattr(args, name, None)}
+    if requirements:  # a PDFile's MINIMUM_REQUIREMENT lines
+        metadata["minimum_requirements"] = requirements
     return root, key, metadata
 
 
@@ -297,6 +301,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     def show_plan(plan: PullPlan) -> None:
         if plan.cache == "hit":
             what = f"cached copy ({human_size(plan.reused_bytes)} reused, nothing to download)"
+        elif plan.index is None:  # an imported original-format pack: one file, streamed and unpacked
+            what = f"download the original pack ({human_size(plan.download_bytes)})"
         else:
             what = f"download {human_size(plan.download_bytes)} in {plan.download_chunks} chunks"
             if plan.reused_bytes:
@@ -361,13 +367,15 @@ def cmd_pull(args: argparse.Namespace) -> int:
             resumed += f", {result.reused_chunks} reused from the cache"
         if result.cache == "hit":
             resumed += f", from the cache by {result.clone_method}"
-        _say(
-            args,
-            f"Pulled {m['catalog_id']}:{m['version']} ({m['architecture']}) to {result.path}: "
-            f"{result.downloaded_chunks}/{result.chunks} chunks downloaded "
-            f"({human_size(result.downloaded_bytes)}{resumed}), "
-            f"every chunk verified, in {result.seconds:.1f}s; {note}",
-        )
+        if m.get("pack", {}).get("format") == "pdpack":
+            what = f"original pack downloaded ({human_size(result.downloaded_bytes)}), unpacked, checksum verified"
+        else:
+            what = (
+                f"{result.downloaded_chunks}/{result.chunks} chunks downloaded "
+                f"({human_size(result.downloaded_bytes)}{resumed}), every chunk verified"
+            )
+        _say(args, f"Pulled {m['catalog_id']}:{m['version']} ({m['architecture']}) to {result.path}: "
+                   f"{what}, in {result.seconds:.1f}s; {note}")  # fmt: skip
     _finish_pull(args, vm, result.path, register_failed)
     return 0
 
@@ -459,7 +467,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not args.storage:
         with _client(args) as api:
             body = {"catalog_id": catalog_id, "version": version, "architecture": arch, "format": "pdpack"}
-            m = api.import_pack(body)
+            m = api.import_pack({**body, **_import_metadata(args, {})})  # flags override the .meta
         if args.json:
             print_json(m)
         else:

@@ -1143,15 +1143,11 @@ NO_FLAG_YET: Final = frozenset(
     {
         "insecure",
         "credentials",
-        "compress",
-        "provider",
+        "provider",  # --to / --from CONNECTION (dest "storage"): client.recipes maps it
         "min_cpu",
         "min_memory_mb",
         "min_disk_mb",
-        "vm_type",
         "vm_size",
-        "vm_remote_path",
-        "is_compressed",
     }
 )
 # Positionals of ``pdcat push|pull|ls`` hold the PDFile's own path there, so they never override.

@@ -370,12 +370,12 @@ def test_ls_tag_flag_is_one_string() -> None:
 
 
 def test_options_name_cli_dests_or_declared_gaps() -> None:
-    """Every option key is an argparse dest of pdcat push/pull/ls, or listed in NO_FLAG_YET."""
+    """Every option key is an argparse dest of pdcat push/pull/ls/import/import-vm, or listed in NO_FLAG_YET."""
     from client.cli import _parser
 
     subparsers = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     dests: set[str] = set()
-    for name in ("push", "pull", "ls"):
+    for name in ("push", "pull", "ls", "import", "import-vm"):
         dests |= {a.dest for a in subparsers.choices[name]._actions}
     keys = set(CliOptions.__optional_keys__) | {"command"}
     assert keys - dests - NO_FLAG_YET == {"command"}
