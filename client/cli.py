@@ -192,6 +192,8 @@ def _push_target(args: argparse.Namespace) -> tuple[Path, ManifestKey, dict[str,
     if not args.catalog or not args.version:
         raise InvalidInput("push needs --catalog and --version (or a PDFile with CATALOG_ID and VERSION)")
     root = Path(args.path)
+    if not root.exists():
+        raise InvalidInput(f"{root} does not exist")
     if not root.is_dir():
         raise InvalidInput(f"{root} is not a VM bundle folder (.pvm / .macvm)")
     arch = normalize_architecture(args.arch or host_architecture())
@@ -652,6 +654,15 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
         return c
 
+    def manifest_flags(c: argparse.ArgumentParser) -> None:
+        """What a push (or an import) records about the version."""
+        c.add_argument("--arch", help="(default: this machine's)")
+        c.add_argument("--role", action="append", default=[], help="required role to see it (repeatable)")
+        c.add_argument("--claim", action="append", default=[], help="required claim to see it (repeatable)")
+        c.add_argument("--tag", action="append", default=[])
+        c.add_argument("--description")
+        c.add_argument("--force", action="store_true", help="replace an existing version")
+
     c = command("serve", "Run the embedded catalog (SQLite + local files) on this machine", server=False)
     c.add_argument("--data", help="data folder (default: the platform's user data folder)")
     c.add_argument("--host", default="127.0.0.1")
@@ -685,12 +696,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--to", dest="storage", metavar="CONNECTION", help="export to your own storage instead, in the "
                    "original pack format (provider=aws-s3;bucket=...)")  # fmt: skip
     c.add_argument("--no-compress", dest="compress", action="store_const", const=False, help="(--to) plain tar")
-    c.add_argument("--arch", help="(default: this machine's)")
-    c.add_argument("--role", action="append", default=[], help="required role to see it (repeatable)")
-    c.add_argument("--claim", action="append", default=[], help="required claim to see it (repeatable)")
-    c.add_argument("--tag", action="append", default=[])
-    c.add_argument("--description")
-    c.add_argument("--force", action="store_true", help="replace an existing version")
+    manifest_flags(c)
     c.add_argument("--chunk-size", type=int, help=f"bytes per chunk (default {DEFAULT_CHUNK_SIZE})")
     c.add_argument("--level", type=int, help="zstd level (default 3)")
     c.add_argument("--workers", type=int)
@@ -734,12 +740,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def import_flags(c: argparse.ArgumentParser) -> None:
         c.add_argument("ref", metavar="ID:VERSION")
-        c.add_argument("--arch", help="(default: this machine's)")
-        c.add_argument("--role", action="append", default=[], help="required role to see it (repeatable)")
-        c.add_argument("--claim", action="append", default=[], help="required claim to see it (repeatable)")
-        c.add_argument("--tag", action="append", default=[])
-        c.add_argument("--description")
-        c.add_argument("--force", action="store_true", help="replace an existing version")
+        manifest_flags(c)
         c.add_argument("--workers", type=int)
 
     c = command("import", "Bring an original-format pack (.pdpack + .meta) into the catalog", json_flag=True)

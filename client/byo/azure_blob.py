@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from client.byo.common import (
     ResumingReader,
+    SdkErrors,
     atomic_destination,
     import_sdk,
     is_listable,
@@ -38,7 +38,7 @@ _GET_SIZE = 4 << 20  # first and later GETs of a streaming read: what one read m
 _PROVIDER = AzureStorageConnection.provider
 
 
-class AzureBlobStorage:
+class AzureBlobStorage(SdkErrors):
     """:class:`~client.byo.providers.Storage` over one blob container; the SDK client is made on first use."""
 
     def __init__(self, conn: AzureStorageConnection, *, part_size: int, concurrency: int) -> None:
@@ -108,18 +108,6 @@ class AzureBlobStorage:
         if status >= 500 or status == 429:
             return Unavailable(f"{_PROVIDER} kept failing during {op} of {what} ({code or status})")
         return PdcatError(f"{_PROVIDER} {op} of {what} failed ({code or status or type(exc).__name__})")
-
-    @contextmanager
-    def _errors(self, op: str, key: str | None = None) -> Iterator[None]:
-        try:
-            yield
-        except PdcatError:
-            raise
-        except Exception as exc:
-            error = self._translate(exc, op, key)
-            if error is None:
-                raise
-            raise error from exc
 
     # ---- Storage ---------------------------------------------------------------------------
     def put_file(self, key: str, path: Path) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "Body",
     "MissingExtra",
     "ResumingReader",
+    "SdkErrors",
     "atomic_destination",
     "import_sdk",
     "is_listable",
@@ -46,6 +47,26 @@ log = logging.getLogger("pdcat.byo")
 MAX_KEY_BYTES = 1024
 TEMP_MARK = ".pdcat-part-"  # temporary files carry it; no key may contain a segment starting with it
 READ_BLOCK = 1 << 20
+
+
+class SdkErrors:
+    """One place where an SDK's exceptions become core errors: providers implement ``_translate``
+    (None means "not ours": re-raise as is) and wrap every call in ``with self._errors(op, key)``."""
+
+    def _translate(self, exc: BaseException, op: str, key: str | None) -> PdcatError | None:
+        raise NotImplementedError
+
+    @contextmanager
+    def _errors(self, op: str, key: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except PdcatError:
+            raise
+        except Exception as exc:
+            error = self._translate(exc, op, key)
+            if error is None:
+                raise
+            raise error from exc
 
 
 class MissingExtra(PdcatError):

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from client.byo.common import (
     ResumingReader,
+    SdkErrors,
     atomic_destination,
     import_sdk,
     is_listable,
@@ -45,7 +45,7 @@ _WRONG_REGION = frozenset(
 )
 
 
-class S3Storage:
+class S3Storage(SdkErrors):
     """:class:`~client.byo.providers.Storage` over one S3 bucket; the boto3 client is made on first use."""
 
     def __init__(self, conn: AwsS3Connection | MinioConnection, *, part_size: int, concurrency: int) -> None:
@@ -156,18 +156,6 @@ class S3Storage:
                 return PdcatError(f"{self._provider} {op} of {what} failed ({type(seen).__name__})")
             seen = seen.__cause__ or seen.__context__
         return None
-
-    @contextmanager
-    def _errors(self, op: str, key: str | None = None) -> Iterator[None]:
-        try:
-            yield
-        except PdcatError:
-            raise
-        except Exception as exc:
-            error = self._translate(exc, op, key)
-            if error is None:
-                raise
-            raise error from exc
 
     # ---- Storage ---------------------------------------------------------------------------
     def put_file(self, key: str, path: Path) -> None:

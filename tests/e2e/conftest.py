@@ -41,6 +41,26 @@ def backend(request: pytest.FixtureRequest, started_backends: Any) -> Any:
     return started_backends(request.param)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The whole e2e suite runs on the embedded backend; on the cloud backends, the tests marked
+    ``every_backend``: push, pull, resume, refresh, cache and recipes, with the bytes going through S3
+    or Azure Blob presigned URLs. The rest exercise the client's own logic, which does not change with
+    the catalog behind it, and the HTTP contract runs in full on every backend in ``tests/contract``."""
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        in_e2e = Path(str(item.path)).parent == Path(__file__).parent
+        cloud = params.get("backend", "embedded") != "embedded"
+        if in_e2e and cloud and item.get_closest_marker("every_backend") is None:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 def needs_embedded(backend: Any, what: str) -> None:
     """Skip, saying exactly why, when a test needs something only the embedded server has."""
     if backend.name != "embedded" or backend.server is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.e2e.conftest import Pdcat, assert_same_tree, make_bundle
 
 ARCH = "x86_64"
@@ -14,6 +16,7 @@ def _pull(pdcat: Pdcat, ref: str, dest: Path, name: str, env: dict[str, str | No
     return pdcat.json("pull", ref, "--arch", ARCH, "--dest", str(dest), "--name", name, "--no-register", env=env)
 
 
+@pytest.mark.every_backend
 def test_a_second_pull_is_a_cache_hit_and_a_new_version_reuses_cached_chunks(
     pdcat: Pdcat, cid: str, tmp_path: Path
 ) -> None:

@@ -131,6 +131,7 @@ def test_not_logged_in_hints_at_login(backend, pdcat_bare: Pdcat) -> None:
 
 
 # ---- push, list, show, pull -----------------------------------------------------------------------
+@pytest.mark.every_backend
 def test_push_list_show_pull_register(pdcat: Pdcat, cid: str, tmp_path: Path) -> None:
     src = make_bundle(tmp_path / "src")
     pushed = pdcat.push(src, cid, "1.0", "--tag", "e2e", "--description", "an e2e VM")
@@ -164,6 +165,7 @@ def test_push_list_show_pull_register(pdcat: Pdcat, cid: str, tmp_path: Path) ->
     assert [(v["name"], v["home"]) for v in known] == [("My VM", str(vm))]
 
 
+@pytest.mark.every_backend
 def test_pull_json_and_latest(pdcat: Pdcat, cid: str, tmp_path: Path) -> None:
     pdcat.push(make_bundle(tmp_path / "a"), cid, "1.0")
     v2 = make_bundle(tmp_path / "b", variant=1)
@@ -252,6 +254,7 @@ def test_push_same_version_twice_then_force(pdcat: Pdcat, cid: str, tmp_path: Pa
     assert_same_tree(second, dest / "n.pvm")
 
 
+@pytest.mark.every_backend
 def test_second_version_uploads_only_changed_chunks(pdcat: Pdcat, cid: str, tmp_path: Path) -> None:
     first = pdcat.push(make_bundle(tmp_path / "a"), cid, "1.0")
     v2 = make_bundle(tmp_path / "b", variant=1)

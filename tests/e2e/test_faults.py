@@ -132,6 +132,7 @@ def extra_server(tmp_path: Path, name: str, env: dict[str, str], *, port: int = 
 
 
 # ---- 1. kill -9 mid-push, then resume -------------------------------------------------------------
+@pytest.mark.every_backend
 def test_push_killed_mid_transfer_resumes_with_only_the_missing_chunks(
     fpdcat: Pdcat, cid: str, tmp_path: Path, embedded_data: Path, background: list[Background]
 ) -> None:
@@ -164,6 +165,7 @@ def test_push_killed_mid_transfer_resumes_with_only_the_missing_chunks(
 
 
 # ---- 2. kill -9 mid-pull, then resume -------------------------------------------------------------
+@pytest.mark.every_backend
 def test_pull_killed_mid_transfer_resumes_from_its_journal(
     fpdcat: Pdcat, cid: str, tmp_path: Path, background: list[Background]
 ) -> None:
@@ -206,6 +208,7 @@ def _url_refreshes(log: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.every_backend
 def test_urls_expiring_mid_transfer_are_refreshed(fpdcat: Pdcat, cid: str, tmp_path: Path) -> None:
     # The first page holds every URL (page size 500 > 81 chunks), so without expiry the client would
     # never call .../urls. URLs live 2 s: the transfers take over 3 s, so the first page expires

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from client.pdpack import PackMeta, export_pack
 from client.pdpack_pull import PackDownload, open_pack_stream
@@ -74,6 +75,7 @@ def pull_args(cid: str, version: str, dest: Path, *extra: str) -> list[str]:
     return ["pull", f"{cid}:{version}", "--arch", ARCH, "--dest", str(dest), "--name", "Legacy", *extra]
 
 
+@pytest.mark.every_backend
 def test_pdcat_pulls_an_imported_original_pack(pdcat: Pdcat, backend: Any, cid: str, tmp_path: Path) -> None:
     bundle, storage, meta = export_and_import(backend, tmp_path, cid, "1.0")
     dest = tmp_path / "vms"
@@ -196,6 +198,7 @@ class _Flaky(httpx.BaseTransport):
         self._inner.close()
 
 
+@pytest.mark.every_backend
 def test_the_pack_stream_resumes_after_a_dropped_connection_and_an_expired_url(
     backend: Any, cid: str, tmp_path: Path
 ) -> None:

@@ -32,6 +32,7 @@ def _recipe(folder: Path, name: str, text: str) -> Path:
     return path
 
 
+@pytest.mark.every_backend
 def test_push_and_pull_recipes(pdcat_bare: Pdcat, backend: Any, api_key: str, cid: str, tmp_path: Path) -> None:
     pdcat = pdcat_bare  # no stored login: the recipes carry their own credentials
     env = {"CATALOG_URL": backend.url, "CATALOG_KEY": api_key}
