@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from filelock import FileLock
@@ -45,11 +45,13 @@ from client.packer import (
     read_cell,
     write_chunk,
 )
-from client.pdpack_pull import PackDownload, unpack_from_url
 from client.pool import run_bounded
 from core.errors import Conflict, InvalidInput, PdcatError
 from core.identity import ManifestKey
 from core.pack import DEFAULT_CHUNK_SIZE, Chunk, FileEntry, PackIndex
+
+if TYPE_CHECKING:
+    from client.pdpack_pull import PackDownload
 
 __all__ = [
     "DiskFull",
@@ -416,7 +418,11 @@ def pull(
     started = time.monotonic()
     answer = api.pull(catalog_id, version, architecture)
     manifest: dict[str, Any] = answer["manifest"]
-    legacy = PackDownload.parse(answer["pack"]) if "pack" in answer else None
+    legacy = None
+    if "pack" in answer:  # an imported original-format pack; its unpacker loads only when one is pulled
+        from client.pdpack_pull import PackDownload
+
+        legacy = PackDownload.parse(answer["pack"])
     index = None if legacy is not None else PackIndex.parse(answer["index"])
     if index is not None and index.digest != manifest["pack"]["digest"]:
         raise ChunkCorrupt("the pack index does not match the manifest's pack digest; refusing to pull it")
@@ -468,6 +474,8 @@ def _pull_pdpack(
             f"not enough space in {final.parent}: the pull writes {write_bytes} bytes, "
             f"{write_bytes + plan.free_after} are free"
         )
+    from client.pdpack_pull import PackDownload, unpack_from_url
+
     key = (manifest["catalog_id"], manifest["version"], manifest["architecture"])
     final.parent.mkdir(parents=True, exist_ok=True)
 
