@@ -467,13 +467,7 @@ def _pull_pdpack(
     plan = PullPlan(
         manifest, None, final, "off", pack.size, 1, 0, write_bytes, _free_bytes(final.parent) - write_bytes
     )
-    if on_plan:
-        on_plan(plan)
-    if plan.free_after < 0:
-        raise DiskFull(
-            f"not enough space in {final.parent}: the pull writes {write_bytes} bytes, "
-            f"{write_bytes + plan.free_after} are free"
-        )
+    _announce(plan, on_plan)
     from client.pdpack_pull import PackDownload, unpack_from_url
 
     key = (manifest["catalog_id"], manifest["version"], manifest["architecture"])
@@ -554,14 +548,7 @@ class _PullJob:
             write_bytes,
             free - write_bytes,
         )
-        if self.on_plan:
-            self.on_plan(plan)
-        if plan.free_after < 0:
-            raise DiskFull(
-                f"not enough space in {plan.final.parent}: the pull writes {plan.write_bytes} bytes, "
-                f"{plan.write_bytes + plan.free_after} are free"
-            )
-        return plan
+        return _announce(plan, self.on_plan)
 
     def download(self, target: Path, local: Callable[[str], bytes | None] | None = None) -> DownloadStats:
         return download(
@@ -590,6 +577,18 @@ class _PullJob:
             cache=cache_state,
             clone_method=clone_method,
         )
+
+
+def _announce(plan: PullPlan, on_plan: Callable[[PullPlan], None] | None) -> PullPlan:
+    """Show the plan, then refuse up front if the disk cannot hold what the pull will write."""
+    if on_plan:
+        on_plan(plan)
+    if plan.free_after < 0:
+        raise DiskFull(
+            f"not enough space in {plan.final.parent}: the pull writes {plan.write_bytes} bytes, "
+            f"{plan.write_bytes + plan.free_after} are free"
+        )
+    return plan
 
 
 def _written(places: dict[str, list[tuple[FileEntry, Chunk]]], digests: Iterable[str]) -> int:
