@@ -492,7 +492,7 @@ def write_chunk(dest: Path, entry: FileEntry, chunk: Chunk, data: bytes) -> None
         fd = _open_leaf(parent_fd, name, _WRITE_FLAGS, entry.path)
         try:
             view = memoryview(data)
-            for start, end in _data_runs(data):
+            for start, end in data_runs(data):
                 done = start
                 while done < end:
                     done += os.pwrite(fd, view[done:end], chunk.offset + done)
@@ -500,9 +500,9 @@ def write_chunk(dest: Path, entry: FileEntry, chunk: Chunk, data: bytes) -> None
             os.close(fd)
 
 
-def _data_runs(data: bytes) -> Iterator[tuple[int, int]]:
-    """``(start, end)`` of the runs of filesystem blocks in ``data`` that are not all zero."""
-    block = _SPARSE_BLOCK
+def data_runs(data: bytes, block: int = _SPARSE_BLOCK) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of the runs of ``block``-sized cells in ``data`` that are not all zero: what to
+    write, so the rest stays a hole (``block`` at most 256 KiB)."""
     zero = _ZERO_BLOCK[:block]
     start = -1
     for pos in range(0, len(data), block):

@@ -88,14 +88,14 @@ import stat
 import tarfile
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol, cast
 
 from client.clone import data_ranges, remove_tree
-from client.packer import scan_tree
+from client.packer import data_runs, scan_tree
 from core.errors import Conflict, InvalidInput, NotFound, PdcatError, Unprocessable
 from core.identity import normalize_architecture, normalize_version
 from core.manifest import MinimumRequirements, parse_description, parse_roles, parse_tags
@@ -147,7 +147,6 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _IO_BUF = 1024 * 1024
 _ZERO = bytes(_IO_BUF)
 _ZERO_RUN = 64 * 1024  # zero runs this long (aligned) inside written data are left as holes
-_ZERO_SMALL = _ZERO[:_ZERO_RUN]
 _MAX_TRAILER = 16 * 1024 * 1024  # bytes tolerated after the tar's end-of-archive marker (record padding)
 _MAX_APPARENT = 64 * 1024**4  # 64 TiB of declared file sizes: far past any VM, well short of a "bomb" header
 _GO_SETUID, _GO_SETGID = 1 << 23, 1 << 22  # Go's os.ModeSetuid / os.ModeSetgid, as int64(info.Mode()) writes them
@@ -835,7 +834,7 @@ def _copy_run(src: Any, fd: int, offset: int, length: int, raw: str, limit: int)
             raise PackRejected(f"the pack is truncated inside member {raw[:120]!r}")
         if chunk != (_ZERO if want == _IO_BUF else bytes(want)):
             view = memoryview(chunk)
-            runs = list(_nonzero_runs(chunk))
+            runs = list(data_runs(chunk, _ZERO_RUN))
             if written + sum(end - start for start, end in runs) > limit:
                 return None
             for start, end in runs:
@@ -846,20 +845,6 @@ def _copy_run(src: Any, fd: int, offset: int, length: int, raw: str, limit: int)
         pos += want
         remaining -= want
     return written
-
-
-def _nonzero_runs(data: bytes) -> Iterator[tuple[int, int]]:
-    start = -1
-    for pos in range(0, len(data), _ZERO_RUN):
-        part = data[pos : pos + _ZERO_RUN]
-        if part == (_ZERO_SMALL if len(part) == _ZERO_RUN else bytes(len(part))):
-            if start >= 0:
-                yield start, pos
-                start = -1
-        elif start < 0:
-            start = pos
-    if start >= 0:
-        yield start, len(data)
 
 
 # ---- through a storage provider -------------------------------------------------------------------
