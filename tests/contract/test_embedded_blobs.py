@@ -1,7 +1,8 @@
 """The embedded server's signed blob URLs (``/blobs/<key>?method=&expires=&signature=``).
 
 Embedded-specific: S3 and Azure Blob check their own presigned URLs (``test_ports_aws_s3.py``,
-``test_ports_azure_blob.py``), so this module runs against the embedded server only. Every forged, stretched or re-targeted URL must be refused before a byte moves.
+``test_ports_azure_blob.py``), so this module runs against the embedded server only. Every forged,
+stretched or re-targeted URL must be refused before a byte moves.
 """
 
 from __future__ import annotations
