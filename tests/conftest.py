@@ -4,7 +4,7 @@
 frontend served by ``chalice local`` (``aws-http``) and in-process through ``chalice.test.Client``
 (``aws-inproc``), both over DynamoDB and S3 on a real moto server; the Azure frontend under the small
 local Functions host (``azure-http``) and in-process (``azure-inproc``), both over the Cosmos DB emulator
-and Azurite. Backends reached over a socket (``Backend.wire``) also serve the end-to-end suite, which
+and Azurite. Backends reached over a socket (not ``*-inproc``) also serve the end-to-end suite, which
 runs the real ``pdcat`` command. If a server cannot start, the fixture raises: a test never skips
 silently.
 """
@@ -52,11 +52,6 @@ class Backend:
     @property
     def api_url(self) -> str:
         return self.url + "/api/v1"
-
-    @property
-    def wire(self) -> bool:
-        """Reachable over a socket, so a separate process (the ``pdcat`` command) can use it."""
-        return self.transport is None
 
     def token(
         self, subject: str = "tester", roles: Iterable[str] = (), claims: Iterable[str] = (), ttl: int = 3600
