@@ -15,6 +15,7 @@ from urllib.parse import quote
 import httpx
 
 from core.errors import PdcatError, Unavailable, error_for_status
+from core.wire import ChunksAnswer, ReportAnswer, VerifyAnswer
 
 __all__ = ["CatalogClient", "ConnectionFailed"]
 
@@ -180,16 +181,17 @@ class CatalogClient:
         result: dict[str, Any] = self.request("POST", f"{self._m(catalog_id, version, arch)}/push", json=body)
         return result
 
-    def upload_urls(self, upload_id: str, digests: list[str]) -> dict[str, str]:
-        result: dict[str, str] = self.request("POST", f"/uploads/{_seg(upload_id)}/urls", json={"digests": digests})[
-            "urls"
-        ]
+    def upload_chunks(self, upload_id: str, digests: list[str]) -> ChunksAnswer:
+        """Which of a page of chunks are verified already, and staging PUT URLs for the others."""
+        result: ChunksAnswer = self.request("POST", f"/uploads/{_seg(upload_id)}/chunks", json={"digests": digests})
         return result
 
-    def commit(self, upload_id: str, stored_sizes: dict[str, int]) -> dict[str, Any]:
-        result: dict[str, Any] = self.request(
-            "POST", f"/uploads/{_seg(upload_id)}/commit", json={"stored_sizes": stored_sizes}
-        )
+    def verify_chunks(self, upload_id: str, digests: list[str]) -> VerifyAnswer:
+        result: VerifyAnswer = self.request("POST", f"/uploads/{_seg(upload_id)}/verify", json={"digests": digests})
+        return result
+
+    def commit(self, upload_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/uploads/{_seg(upload_id)}/commit", json={})
         return result
 
     def abort(self, upload_id: str) -> None:
@@ -203,6 +205,13 @@ class CatalogClient:
         result: dict[str, str] = self.request(
             "POST", f"{self._m(catalog_id, version, arch)}/pull/urls", json={"digests": digests}
         )["urls"]
+        return result
+
+    def report_corrupt(self, catalog_id: str, version: str, arch: str, digests: list[str]) -> ReportAnswer:
+        """Tell the catalog these chunks failed verification; it re-checks and quarantines them."""
+        result: ReportAnswer = self.request(
+            "POST", f"{self._m(catalog_id, version, arch)}/pull/report", json={"digests": digests}
+        )
         return result
 
     def pull_pack_url(self, catalog_id: str, version: str, arch: str) -> dict[str, Any]:

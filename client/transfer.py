@@ -19,14 +19,16 @@ import errno
 import hashlib
 import logging
 import os
+import random
 import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 from filelock import FileLock
@@ -46,9 +48,10 @@ from client.packer import (
     write_chunk,
 )
 from client.pool import run_bounded
-from core.errors import Conflict, InvalidInput, PdcatError
+from core.errors import Conflict, InvalidInput, PdcatError, Unavailable
 from core.identity import ManifestKey
 from core.pack import DEFAULT_CHUNK_SIZE, Chunk, FileEntry, PackIndex
+from core.wire import CHUNK_PAGE, MAX_INDEX_BYTES, VERIFY_PAGE
 
 if TYPE_CHECKING:
     from client.pdpack_pull import PackDownload
@@ -67,6 +70,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("pdcat.transfer")
+T = TypeVar("T")
 
 
 class DiskFull(PdcatError):
@@ -151,6 +155,126 @@ def _fingerprints(root: Path) -> dict[Path, tuple[int, int]]:
 
 
 # ---- push -------------------------------------------------------------------------------------
+def _retrying(config: TransferConfig, call: Callable[[], T]) -> T:
+    """A catalog call that may answer 503 (garbage collection is sweeping, a cold start): retried
+    with backoff; the last error is raised."""
+    for attempt in range(config.retries + 1):
+        try:
+            return call()
+        except Unavailable:
+            if attempt == config.retries:
+                raise
+            time.sleep(min(config.backoff * 2**attempt * (0.5 + random.random()), 30.0))
+    raise AssertionError("unreachable")
+
+
+def _pages(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class _Uploader:
+    """Uploads the chunks one page of the catalog's answers names, and has them verified in pages
+    as they land: a chunk the server refuses is read and sent once more, then the push fails."""
+
+    def __init__(
+        self,
+        api: CatalogClient,
+        upload_id: str,
+        root: Path,
+        sources: dict[str, tuple[Path, int, int]],
+        fingerprints: dict[Path, tuple[int, int]],
+        blobs: BlobClient,
+        config: TransferConfig,
+        progress: Progress,
+        put_headers: dict[str, str],
+    ) -> None:
+        self.api, self.upload_id, self.root, self.sources = api, upload_id, root, sources
+        self.fingerprints, self.blobs, self.config, self.progress = fingerprints, blobs, config, progress
+        self.put_headers = put_headers
+        self.urls: dict[str, str] = {}
+        self.uploaded_bytes = 0
+        self.uploaded_chunks = 0
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
+        self._verifying = ThreadPoolExecutor(2, thread_name_prefix="pdcat-verify")
+        self._verdicts: list[Future[None]] = []
+
+    def _url(self, digest: str, fresh: bool = False) -> str:
+        with self._lock:
+            url = None if fresh else self.urls.get(digest)
+        if url is None:
+            answer = _retrying(self.config, lambda: self.api.upload_chunks(self.upload_id, [digest]))
+            url = answer["urls"].get(digest)
+            if url is None:  # verified meanwhile (another pusher sent the same bytes)
+                return ""
+            with self._lock:
+                self.urls[digest] = url
+        return url
+
+    def send(self, digest: str, *, count: bool = True) -> None:
+        if self.config.chunk_delay:
+            time.sleep(self.config.chunk_delay)
+        path, offset, size = self.sources[digest]
+        data = read_cell(path, offset, size)
+        if _fingerprint(path) != self.fingerprints[path]:
+            raise Conflict(f"{path.relative_to(self.root)} changed while pushing; stop the VM and push again")
+        blob = compress(data, self.config.level)
+        del data
+        what = f"chunk {digest[:12]}"
+        url = self._url(digest)
+        if url:
+            try:
+                self.blobs.put(url, blob, what, self.put_headers)
+            except UrlRefused:
+                url = self._url(digest, fresh=True)
+                if url:
+                    self.blobs.put(url, blob, what, self.put_headers)
+        with self._lock:
+            self.uploaded_bytes += len(blob)
+            self.uploaded_chunks += 1
+            if count:
+                self._pending.append(digest)
+                if len(self._pending) >= VERIFY_PAGE:
+                    self._submit_verify()
+        if count:
+            self.progress.advance(size)
+
+    def _submit_verify(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            self._verdicts.append(self._verifying.submit(self._verify, batch))
+
+    def _verify(self, batch: list[str]) -> None:
+        answer = _retrying(self.config, lambda: self.api.verify_chunks(self.upload_id, batch))
+        refused = answer["corrupt"] + answer["missing"]
+        if not refused:
+            return
+        log.warning("the catalog refused %d chunk(s); sending them again", len(refused))
+        for digest in refused:
+            self.send(digest, count=False)
+        again = _retrying(self.config, lambda: self.api.verify_chunks(self.upload_id, refused))
+        if again["corrupt"] or again["missing"]:
+            bad = (again["corrupt"] + again["missing"])[0]
+            raise ChunkCorrupt(
+                f"the catalog refused chunk {bad[:12]} twice (it did not arrive intact); check the network "
+                "or storage, then push again: verified chunks are kept"
+            )
+
+    def finish(self) -> None:
+        """Verify what is still pending and wait for every verdict; the first failure is raised."""
+        with self._lock:
+            self._submit_verify()
+        try:
+            for verdict in self._verdicts:
+                verdict.result()
+        finally:
+            self._verifying.shutdown(wait=True, cancel_futures=True)
+
+    def abandon(self) -> None:
+        self._verifying.shutdown(wait=True, cancel_futures=True)
+
+
 def push(
     api: CatalogClient,
     root: Path,
@@ -162,6 +286,8 @@ def push(
     progress: Progress | None = None,
     blobs: BlobClient | None = None,
 ) -> PushResult:
+    """Index, declare the index, upload it to storage, then page through the chunks: ask which are
+    verified already, upload the rest to staging, have them verified; commit (ADR 002)."""
     config = config or TransferConfig()
     progress = progress or NoProgress()
     started = time.monotonic()
@@ -172,54 +298,52 @@ def push(
     index = build_index(root, config.chunk_size, workers=config.workers, on_progress=progress.advance)
     progress.finish()
 
-    body: dict[str, Any] = {"index": index.to_json(), "force": force, **(metadata or {})}
+    index_bytes = index.canonical_bytes()
+    body: dict[str, Any] = {
+        "index_digest": hashlib.sha256(index_bytes).hexdigest(),
+        "index_size": len(index_bytes),
+        "chunk_size": index.chunk_size,
+        "force": force,
+        **(metadata or {}),
+    }
     session = api.push_begin(key.catalog_id, key.version, key.architecture, body)
     upload_id: str = session["upload_id"]
-    missing = [m["digest"] for m in session["missing"]]
     put_headers: dict[str, str] = dict(session.get("put_headers") or {})
     sources: dict[str, tuple[Path, int, int]] = {}
     for entry in index.files:
         for chunk in entry.chunks:
             sources.setdefault(chunk.digest, (root / entry.path, chunk.offset, chunk.size))
 
-    urls = UrlBook(session["urls"], missing, lambda ds: api.upload_urls(upload_id, ds), max(1, len(session["urls"])))
-    stored_sizes: dict[str, int] = {}
-    lock = threading.Lock()
     own_blobs = blobs is None
     blob_client = blobs or BlobClient(connections=config.workers * 2, retries=config.retries, backoff=config.backoff)
-
-    def upload(chunk_digest: str) -> None:
-        if config.chunk_delay:
-            time.sleep(config.chunk_delay)
-        path, offset, size = sources[chunk_digest]
-        data = read_cell(path, offset, size)
-        if _fingerprint(path) != fingerprints[path]:
-            raise Conflict(f"{path.relative_to(root)} changed while pushing; stop the VM and push again")
-        blob = compress(data, config.level)
-        del data
-        what = f"chunk {chunk_digest[:12]}"
-        try:
-            blob_client.put(urls.get(chunk_digest), blob, what, put_headers)
-        except UrlRefused:
-            blob_client.put(urls.refresh(chunk_digest), blob, what, put_headers)
-        with lock:
-            stored_sizes[chunk_digest] = len(blob)
-        progress.advance(size)
-
-    progress.start("uploading", sum(sources[d][2] for d in missing))
+    uploader = _Uploader(api, upload_id, root, sources, fingerprints, blob_client, config, progress, put_headers)
+    reused_bytes = 0
+    progress.start("uploading", sum(size for _, _, size in sources.values()))
     try:
-        run_bounded(missing, upload, config.workers)
+        blob_client.put(session["index_url"], index_bytes, "the pack index", put_headers)
+        for page in _pages(list(sources), CHUNK_PAGE):
+            answer = _retrying(config, lambda page=page: api.upload_chunks(upload_id, page))  # type: ignore[misc]
+            stored = set(answer["stored"])
+            reused = sum(sources[d][2] for d in stored)
+            reused_bytes += reused
+            progress.advance(reused)
+            uploader.urls.update(answer["urls"])
+            run_bounded([d for d in page if d not in stored], uploader.send, config.workers)
+        uploader.finish()
+    except BaseException:
+        uploader.abandon()
+        raise
     finally:
         progress.finish()
         if own_blobs:
             blob_client.close()
-    manifest = api.commit(upload_id, stored_sizes)
+    manifest = _retrying(config, lambda: api.commit(upload_id))
     return PushResult(
         manifest=manifest,
         chunks=len(sources),
-        uploaded_chunks=len(stored_sizes),
-        uploaded_bytes=sum(stored_sizes.values()),
-        reused_bytes=int(session.get("reused_bytes", 0)),
+        uploaded_chunks=uploader.uploaded_chunks,
+        uploaded_bytes=uploader.uploaded_bytes,
+        reused_bytes=reused_bytes,
         seconds=time.monotonic() - started,
     )
 
@@ -308,7 +432,7 @@ def download(
             {d: u for d, u in first_urls.items() if d in wanted},
             todo,
             lambda ds: api.pull_urls(*key, ds),
-            max(1, len(first_urls)),
+            CHUNK_PAGE,
         )
         lock = threading.Lock()
         journal_file: Any = None
@@ -320,7 +444,10 @@ def download(
             raw = local(chunk_digest) if local is not None else None
             fetched = 0
             if raw is None:
-                raw, fetched = _fetch_verified(blobs, urls, chunk_digest, size)
+                try:
+                    raw, fetched = _fetch_verified(blobs, urls, chunk_digest, size)
+                except ChunkCorrupt as exc:
+                    raise _reported(api, key, chunk_digest, exc) from exc
             for entry, chunk in places[chunk_digest]:
                 write_chunk(partial, entry, chunk, raw)
             with lock:
@@ -359,6 +486,19 @@ def download(
         os.rename(partial, final)
         journal.unlink(missing_ok=True)
         return stats
+
+
+def _reported(api: CatalogClient, key: tuple[str, str, str], digest: str, exc: ChunkCorrupt) -> ChunkCorrupt:
+    """Tell the catalog a chunk arrived corrupt twice; it re-verifies and quarantines it if so."""
+    try:
+        verdict = api.report_corrupt(*key, [digest])
+    except PdcatError:
+        return exc
+    if digest in verdict["quarantined"]:
+        return ChunkCorrupt(
+            f"{exc.message}; the catalog confirmed it and quarantined the chunk: pushing this version again repairs it"
+        )
+    return ChunkCorrupt(f"{exc.message}; the catalog's copy verifies, so the damage happened on the way: pull again")
 
 
 @contextlib.contextmanager
@@ -419,13 +559,70 @@ def pull(
     answer = api.pull(catalog_id, version, architecture)
     manifest: dict[str, Any] = answer["manifest"]
     legacy = None
-    if "pack" in answer:  # an imported original-format pack; its unpacker loads only when one is pulled
-        from client.pdpack_pull import PackDownload
+    index: PackIndex | None = None
+    own_blobs = blobs is None
+    blob_client = blobs or BlobClient(connections=config.workers * 2, retries=config.retries, backoff=config.backoff)
+    try:
+        if answer.get("format") == "pdpack":  # an imported original-format pack; its unpacker loads only then
+            from client.pdpack_pull import PackDownload
 
-        legacy = PackDownload.parse(answer["pack"])
-    index = None if legacy is not None else PackIndex.parse(answer["index"])
-    if index is not None and index.digest != manifest["pack"]["digest"]:
+            legacy = PackDownload.parse(answer["pack"])
+        elif answer.get("format") == "chunks":
+            index = _fetch_index(blob_client, answer["index_url"], manifest)
+        else:
+            raise PdcatError(
+                f"the catalog answered a pull in a format this pdcat does not know: {answer.get('format')!r}"
+            )
+        return _pull_resolved(
+            _Resolved(answer, manifest, index, legacy),
+            api,
+            dest_dir,
+            name,
+            config,
+            progress,
+            blob_client,
+            cache,
+            on_plan,
+            on_evict,
+            started,
+        )
+    finally:
+        if own_blobs:
+            blob_client.close()
+
+
+def _fetch_index(blobs: BlobClient, url: str, manifest: dict[str, Any]) -> PackIndex:
+    """The version's index from storage, trusted only if it hashes to the manifest's pack digest."""
+    data = blobs.get(url, "the pack index")
+    if len(data) > MAX_INDEX_BYTES or hashlib.sha256(data).hexdigest() != manifest["pack"]["digest"]:
         raise ChunkCorrupt("the pack index does not match the manifest's pack digest; refusing to pull it")
+    return PackIndex.from_bytes(data)
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """A pull answer with its index fetched and checked (or the original-format pack it names)."""
+
+    answer: dict[str, Any]
+    manifest: dict[str, Any]
+    index: PackIndex | None
+    legacy: PackDownload | None
+
+
+def _pull_resolved(
+    resolved: _Resolved,
+    api: CatalogClient,
+    dest_dir: Path,
+    name: str | None,
+    config: TransferConfig,
+    progress: Progress,
+    blob_client: BlobClient,
+    cache: VmCache | None,
+    on_plan: Callable[[PullPlan], None] | None,
+    on_evict: Callable[[CacheEntry], None] | None,
+    started: float,
+) -> PullResult:
+    answer, manifest, index, legacy = resolved.answer, resolved.manifest, resolved.index, resolved.legacy
     bundle_name = name or manifest["catalog_id"]
     if "/" in bundle_name or bundle_name.startswith(".") or not bundle_name.strip():
         raise InvalidInput(f"invalid VM name {bundle_name!r}")
@@ -435,18 +632,11 @@ def pull(
     if legacy is not None:  # the content-addressed cache has nothing to key a single tar by: "off"
         return _pull_pdpack(api, manifest, legacy, final, config, progress, on_plan, started)
     assert index is not None
-
-    own_blobs = blobs is None
-    blob_client = blobs or BlobClient(connections=config.workers * 2, retries=config.retries, backoff=config.backoff)
     job = _PullJob(api, answer, manifest, index, final, config, progress, blob_client, on_plan, started)
-    try:
-        if cache is None:
-            return _pull_direct(job)
-        with cache.lock(index.digest):
-            return _pull_cached(job, cache, on_evict)
-    finally:
-        if own_blobs:
-            blob_client.close()
+    if cache is None:
+        return _pull_direct(job)
+    with cache.lock(index.digest):
+        return _pull_cached(job, cache, on_evict)
 
 
 def _pull_pdpack(
@@ -464,9 +654,7 @@ def _pull_pdpack(
     The plan counts the bundle's size as written (its holes may cost less) and the pack as downloaded.
     """
     write_bytes = max(int(manifest.get("size") or 0), 0)
-    plan = PullPlan(
-        manifest, None, final, "off", pack.size, 1, 0, write_bytes, _free_bytes(final.parent) - write_bytes
-    )
+    plan = PullPlan(manifest, None, final, "off", pack.size, 1, 0, write_bytes, _free_bytes(final.parent) - write_bytes)
     _announce(plan, on_plan)
     from client.pdpack_pull import PackDownload, unpack_from_url
 
@@ -555,7 +743,7 @@ class _PullJob:
             self.api,
             self.manifest,
             self.index,
-            self.answer["urls"],
+            {},
             target,
             config=self.config,
             progress=self.progress,

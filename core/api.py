@@ -15,6 +15,7 @@ from core.identity import ManifestKey, normalize_architecture, normalize_catalog
 from core.openapi import openapi_document
 from core.rbac import Claim, Principal
 from core.service import CatalogService
+from core.wire import SCHEMAS
 
 __all__ = ["TokenIssuer", "build_router", "build_routes", "route_shapes"]
 
@@ -145,12 +146,17 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
     def push(call: Call) -> Response:
         return Response.json(s.push_begin(call.principal, _key(call), call.request.json()), 201)
 
-    def upload_urls(call: Call) -> Response:
+    def upload_chunks(call: Call) -> Response:
         body = call.request.json()
-        return Response.json(s.upload_urls(call.principal, call.params["upload_id"], body.get("digests")))
+        return Response.json(s.upload_chunks(call.principal, call.params["upload_id"], body.get("digests")))
+
+    def verify_chunks(call: Call) -> Response:
+        body = call.request.json()
+        return Response.json(s.verify_chunks(call.principal, call.params["upload_id"], body.get("digests")))
 
     def commit(call: Call) -> Response:
-        manifest = s.commit(call.principal, call.params["upload_id"], call.request.json())
+        body = call.request.json() if call.request.body else {}
+        manifest = s.commit(call.principal, call.params["upload_id"], body)
         return Response.json(manifest.to_public())
 
     def abort(call: Call) -> Response:
@@ -163,6 +169,13 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
 
     def pull_urls(call: Call) -> Response:
         return Response.json(s.pull_urls(call.principal, _key(call), call.request.json().get("digests")))
+
+    def pull_report(call: Call) -> Response:
+        return Response.json(s.report_corrupt(call.principal, _key(call), call.request.json().get("digests")))
+
+    def gc(call: Call) -> Response:
+        body = call.request.json() if call.request.body else {}
+        return Response.json(s.collect_garbage(call.principal, body))
 
     def import_pack(call: Call) -> Response:
         return Response.json(s.import_pack(call.principal, call.request.json()).to_public(), 201)
@@ -363,52 +376,84 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             "POST",
             m + "/push",
             push,
-            "Begin a push: presigned PUT URLs for the missing chunks",
+            "Begin a push: an upload session and a presigned PUT URL for its index (storage protocol v2)",
             claim=Claim.PUSH,
-            body={"type": "object", "required": ["index"]},
+            body=SCHEMAS["PushRequest"],
             responses=(201, 400, 401, 403, 409, 410),
+            answer="PushAnswer",
         ),
         Route(
             "POST",
             m + "/pull",
             pull,
-            "Pull: manifest, index and presigned GET URLs (or, for an imported original-format pack, "
-            "one presigned 'pack' URL); counts a download",
+            "Pull: the manifest and a presigned GET URL of its index (format 'chunks'), or one presigned "
+            "'pack' URL for an imported original-format pack (format 'pdpack'); counts a download",
             claim=Claim.PULL,
             responses=(200, 401, 403, 404, 409, 410),
+            answer="PullAnswer",
         ),
         Route(
             "POST",
             m + "/pull/urls",
             pull_urls,
-            "More or fresh GET URLs for a pull in progress (for an original-format pack: a fresh 'pack' URL, "
-            "asked without digests)",
+            "Presigned GET URLs for a page of this version's chunks (for an original-format pack: a fresh "
+            "'pack' URL, asked without digests)",
             claim=Claim.PULL,
-            body={
-                "type": "object",
-                "properties": {"digests": {"type": "array", "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}},
-            },
+            body={"type": "object", "properties": {"digests": SCHEMAS["UrlsRequest"]["properties"]["digests"]}},
             responses=(200, 400, 401, 403, 404, 409, 410),
+            answer="UrlsAnswer",
         ),
         Route(
             "POST",
-            "/uploads/{upload_id}/urls",
-            upload_urls,
-            "More or fresh PUT URLs for an upload",
-            claim=Claim.PUSH,
-            body={"type": "object", "required": ["digests"]},
+            m + "/pull/report",
+            pull_report,
+            "Report chunks that failed verification on pull: the server re-verifies and quarantines them",
+            claim=Claim.PULL,
+            body=SCHEMAS["ReportRequest"],
             responses=(200, 400, 401, 403, 404),
+            answer="ReportAnswer",
+        ),
+        Route(
+            "POST",
+            "/uploads/{upload_id}/chunks",
+            upload_chunks,
+            "Which of a page of chunks are already verified, and staging PUT URLs for the others",
+            claim=Claim.PUSH,
+            body=SCHEMAS["ChunksRequest"],
+            responses=(200, 400, 401, 403, 404, 503),
+            answer="ChunksAnswer",
+        ),
+        Route(
+            "POST",
+            "/uploads/{upload_id}/verify",
+            verify_chunks,
+            "Verify a page of staged chunks (decompress, sha256) and promote them, write-once",
+            claim=Claim.PUSH,
+            body=SCHEMAS["VerifyRequest"],
+            responses=(200, 400, 401, 403, 404, 503),
+            answer="VerifyAnswer",
         ),
         Route(
             "POST",
             "/uploads/{upload_id}/commit",
             commit,
-            "Commit an upload: verify chunks, write the index",
+            "Commit an upload: every chunk of the index must be verified; writes the index",
             claim=Claim.PUSH,
-            responses=(200, 401, 403, 404, 409),
+            responses=(200, 400, 401, 403, 404, 409),
         ),
         Route(
             "DELETE", "/uploads/{upload_id}", abort, "Abort an upload", claim=Claim.PUSH, responses=(204, 401, 403, 404)
+        ),
+        Route(
+            "POST",
+            "/admin/gc",
+            gc,
+            "One step of garbage collection (mark and sweep): call again with next_cursor until it is null",
+            claim=Claim.DELETE,
+            body=SCHEMAS["GcRequest"],
+            responses=(200, 400, 401, 403, 503),
+            answer="GcAnswer",
+            tag="admin",
         ),
     ]
     if token_issuer is not None:

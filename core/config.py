@@ -42,7 +42,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     service = ServiceSettings(
         url_expiry_seconds=_int(env, "PDCAT_URL_EXPIRY_SECONDS", 900, 1, 7 * 24 * 3600),
-        url_page_size=_int(env, "PDCAT_URL_PAGE_SIZE", 500, 1, 5000),
     )
     secret = env.get("PDCAT_JWT_SECRET") or None
     jwks = env.get("PDCAT_JWKS_URL") or None

@@ -33,7 +33,7 @@ __all__ = [
 log = logging.getLogger("pdcat.http")
 
 API_PREFIX = "/api/v1"
-MAX_BODY = 64 * 1024 * 1024
+MAX_BODY = 1024 * 1024  # every API body stays under 1 MiB, whatever the VM size (ADR 002)
 _PARAM = re.compile(r"\{([a-z_]+)\}")
 
 
@@ -131,6 +131,7 @@ class Route:
     body: dict[str, Any] | None = None
     responses: tuple[int, ...] = (200,)
     tag: str = "catalog"
+    answer: str | None = None  # the success body's schema, a name in core.wire.SCHEMAS
 
     @property
     def segments(self) -> list[str]:

@@ -25,6 +25,9 @@ __all__ = [
     "MAX_DESCRIPTION",
     "MAX_LIST_FIELD",
     "PACK_FORMAT_PDPACK",
+    "STATUS_DELETED",
+    "STATUS_READY",
+    "STATUS_UPLOADING",
     "Manifest",
     "MinimumRequirements",
     "PackSummary",
@@ -43,6 +46,10 @@ MAX_LIST_FIELD = 64
 VM_TYPES = ("pvm", "macvm")
 STATUS_UPLOADING = "uploading"
 STATUS_READY = "ready"
+# A deleted version: kept as a tombstone with its roles, claims and revoked state, invisible to every
+# read, so a hidden identity cannot be re-pushed by someone who could not see it and a revoked one
+# stays burned (docs/adr-002-storage-protocol-v2.md). It references no data: gc reclaims its chunks.
+STATUS_DELETED = "deleted"
 PACK_FORMAT_PDPACK = "pdpack"
 
 
@@ -173,6 +180,8 @@ class Manifest:
     last_downloaded_by: str | None = None
     status: str = STATUS_UPLOADING
     upload: UploadSession | None = None
+    deleted_at: str | None = None
+    deleted_by: str | None = None
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -182,6 +191,26 @@ class Manifest:
     @property
     def is_ready(self) -> bool:
         return self.status == STATUS_READY
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.status == STATUS_DELETED
+
+    def tombstone(self, by: str) -> Manifest:
+        """What deleting leaves: identity, access rules and revoked state; no pack, no session."""
+        at = now_iso()
+        return replace(
+            self,
+            status=STATUS_DELETED,
+            upload=None,
+            pack=PackSummary(),
+            size=0,
+            stored_size=0,
+            tainted=False,
+            deleted_at=at,
+            deleted_by=by,
+            updated_at=at,
+        )
 
     @property
     def usable(self) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from core.wire import SCHEMAS
+
 if TYPE_CHECKING:
     from core.http import Route
 
@@ -26,65 +28,7 @@ _STATUS_TEXT = {
     503: "A backend is unavailable",
 }
 _ERROR = {"$ref": "#/components/schemas/Error"}
-_PULL = "/catalog/{id}/{version}/{arch}/pull"
-# Success bodies worth a schema: a pull answers one of two shapes, and clients must tell them apart.
-_RESPONSE_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
-    ("POST", _PULL): {"$ref": "#/components/schemas/PullAnswer"},
-    ("POST", _PULL + "/urls"): {"$ref": "#/components/schemas/PullUrlsAnswer"},
-}
 _OBJECT = {"type": "object"}
-_STRING = {"type": "string"}
-_URLS = {"type": "object", "additionalProperties": _STRING, "description": "sha256 digest -> presigned GET URL"}
-_SCHEMAS: dict[str, Any] = {
-    "PdpackDownload": {
-        "type": "object",
-        "description": "An imported pack in the original product's format: one tar/tar.gz object behind one "
-        "short-lived GET URL, checked against its .meta's checksum",
-        "required": ["format", "url", "size", "checksum", "compressed"],
-        "properties": {
-            "format": {"const": "pdpack"},
-            "url": _STRING,
-            "size": {"type": "integer", "description": "bytes of the pack object"},
-            "checksum": {"type": "string", "description": "hex MD5 (SHA-1 or SHA-256 by its length)"},
-            "checksum_algorithm": {"enum": ["md5", "sha1", "sha256"]},
-            "compressed": {"type": "boolean", "description": "the .meta's is_compressed (readers sniff gzip)"},
-        },
-    },
-    "PullAnswer": {
-        "oneOf": [
-            {
-                "type": "object",
-                "title": "pdcat pack",
-                "required": ["manifest", "index", "urls", "expires_at"],
-                "properties": {"manifest": _OBJECT, "index": _OBJECT, "urls": _URLS, "expires_at": _STRING},
-            },
-            {
-                "type": "object",
-                "title": "original-format pack (imported)",
-                "required": ["manifest", "pack", "expires_at"],
-                "properties": {
-                    "manifest": _OBJECT,
-                    "pack": {"$ref": "#/components/schemas/PdpackDownload"},
-                    "expires_at": _STRING,
-                },
-            },
-        ]
-    },
-    "PullUrlsAnswer": {
-        "oneOf": [
-            {
-                "type": "object",
-                "required": ["urls", "expires_at"],
-                "properties": {"urls": _URLS, "expires_at": _STRING},
-            },
-            {
-                "type": "object",
-                "required": ["pack", "expires_at"],
-                "properties": {"pack": {"$ref": "#/components/schemas/PdpackDownload"}, "expires_at": _STRING},
-            },
-        ]
-    },
-}
 
 
 def openapi_document(routes: list[Route]) -> dict[str, Any]:
@@ -100,7 +44,7 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
             if status >= 400:
                 entry["content"] = {"application/json": {"schema": _ERROR}}
             elif status != 204:
-                schema = _RESPONSE_SCHEMAS.get((route.method, route.pattern), _OBJECT)
+                schema = {"$ref": f"#/components/schemas/{route.answer}"} if route.answer else _OBJECT
                 entry["content"] = {"application/json": {"schema": schema}}
             responses[str(status)] = entry
         op: dict[str, Any] = {
@@ -133,7 +77,7 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
             },
             "schemas": {
-                **_SCHEMAS,
+                **SCHEMAS,
                 "Error": {
                     "type": "object",
                     "required": ["error"],
@@ -144,7 +88,7 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
                             "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
                         }
                     },
-                }
+                },
             },
         },
     }

@@ -366,6 +366,7 @@ def catalog_metadata(meta: PackMeta, *, skip: Collection[str] = ()) -> dict[str,
     (the importer gave them instead) are not read at all, so a value the catalog would refuse can be
     overridden rather than fixed in storage.
     """
+
     def minimum() -> MinimumRequirements:
         spec = meta.minimum_requirements
         if spec is None:

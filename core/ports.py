@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
@@ -143,8 +143,12 @@ class ApiKeyStore(ABC):
 
 @dataclass(frozen=True)
 class BlobInfo:
+    """One stored object. ``modified`` (epoch seconds) lets garbage collection honour a grace
+    period; it is not part of equality, so listings compare by key and size."""
+
     key: str
     size: int
+    modified: float | None = field(default=None, compare=False)
 
 
 class BlobStore(ABC):
@@ -170,11 +174,22 @@ class BlobStore(ABC):
         """
 
     @abstractmethod
+    def head(self, key: str) -> BlobInfo | None:
+        """Size and modification time of one object (one request); ``None`` when it is missing."""
+
+    @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None: ...
 
     @abstractmethod
-    def get_bytes(self, key: str) -> bytes:
-        """The object's bytes; :class:`NotFound` when missing."""
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write ``data`` only if no object exists at ``key``, atomically (``If-None-Match: *`` on S3
+        and Azure, ``O_EXCL``/``link`` on files). True if this call wrote it; False if an object was
+        already there, which is never replaced. This is what makes ``chunks/`` write-once."""
+
+    @abstractmethod
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; :class:`NotFound` when missing; :class:`PayloadTooLarge` when it is
+        larger than ``max_bytes`` (read no further than that: a staged object is untrusted)."""
 
     @abstractmethod
     def delete(self, keys: Iterable[str]) -> None:

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import secrets
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from core.errors import Conflict, Forbidden, Gone, InvalidInput, NotFound, Unprocessable
+from core.chunk_check import promote_staged, recheck_stored
+from core.errors import Conflict, Forbidden, Gone, InvalidInput, NotFound, PayloadTooLarge, Unavailable, Unprocessable
+from core.gc import GcSettings, collect, lease_active
 from core.identity import (
     LATEST,
     ManifestKey,
@@ -38,7 +43,8 @@ from core.manifest import (
     parse_tags,
     parse_vm_type,
 )
-from core.pack import PackIndex, chunk_key, chunks_prefix, is_digest
+from core.marks import Confirmed, read_marks, write_confirmed, write_intent
+from core.pack import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, PackIndex, is_digest
 from core.pdpack_meta import (
     PackMeta,
     catalog_folder,
@@ -48,8 +54,29 @@ from core.pdpack_meta import (
     meta_key,
     pack_file_key,
 )
-from core.ports import ApiKeyRecord, ApiKeyStore, BlobStore, ManifestQuery, ManifestStore
+from core.ports import ApiKeyRecord, ApiKeyStore, BlobStore, ManifestQuery, ManifestStore, Stored
 from core.rbac import Claim, Principal, can_see, require
+from core.storage_layout import (
+    chunk_key,
+    index_key,
+    nonce_of_staging_key,
+    staging_chunk_key,
+    staging_index_key,
+    staging_meta_key,
+)
+from core.wire import (
+    CHUNK_PAGE,
+    MAX_INDEX_BYTES,
+    REPORT_PAGE,
+    VERIFY_PAGE,
+    ChunksAnswer,
+    GcAnswer,
+    PackAnswer,
+    PullAnswer,
+    PushAnswer,
+    ReportAnswer,
+    VerifyAnswer,
+)
 
 __all__ = ["CatalogService", "ServiceSettings"]
 
@@ -59,11 +86,70 @@ _METADATA_FIELDS = ("description", "tags", "required_roles", "required_claims", 
 IMPORT_FORMATS = ("pdcat", PACK_FORMAT_PDPACK)
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     url_expiry_seconds: int = 900
-    url_page_size: int = 500
     max_api_key_days: int = 366
+    gc: GcSettings = field(default_factory=GcSettings)
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """What a pusher declared about its index when it began; the uploaded index must match it."""
+
+    digest: str
+    size: int
+    chunk_size: int
+
+
+def _declared_index(body: dict[str, Any]) -> _Declared:
+    digest, size, chunk_size = body.get("index_digest"), body.get("index_size"), body.get("chunk_size")
+    if not is_digest(digest):
+        raise InvalidInput("index_digest must be the sha256 (64 lower-case hex characters) of the index")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_INDEX_BYTES:
+        raise InvalidInput(f"index_size must be an integer from 1 to {MAX_INDEX_BYTES}")
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE
+        or chunk_size % MIN_CHUNK_SIZE
+    ):
+        raise InvalidInput(
+            f"chunk_size must be a multiple of {MIN_CHUNK_SIZE} between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
+        )
+    return _Declared(str(digest), size, chunk_size)
+
+
+@dataclass(frozen=True)
+class _OpenSession:
+    manifest: Manifest
+    etag: str
+    session: UploadSession
+    nonce: str
+    declared: _Declared
+    metadata: dict[str, Any]
+
+
+def _digest_list(digests: object, limit: int) -> list[str]:
+    if not isinstance(digests, list) or not all(is_digest(d) for d in digests):
+        raise InvalidInput("digests must be a list of sha256 hex digests")
+    if not digests:
+        raise InvalidInput("digests must not be empty")
+    if len(digests) > limit:
+        raise InvalidInput(f"ask about at most {limit} digests at a time")
+    return list(dict.fromkeys(digests))
+
+
+def _parallel(work: Callable[[T], R], items: list[T], *, workers: int = 16) -> list[R]:
+    """One storage request per item, several in flight: a page costs its slowest request, not the sum."""
+    if len(items) <= 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(min(workers, len(items))) as pool:
+        return list(pool.map(work, items))
 
 
 def _b64(data: Any) -> str:
@@ -142,6 +228,11 @@ def _pack_fields(index: PackIndex) -> dict[str, Any]:
     }
 
 
+def _visible_to(who: Principal, manifest: Manifest) -> bool:
+    """Tombstones are invisible to everyone; otherwise the manifest's roles and claims decide."""
+    return not manifest.is_deleted and can_see(who, manifest.required_roles, manifest.required_claims)
+
+
 def _refuse_unknown(body: dict[str, Any], allowed: set[str]) -> None:
     """A typo in a field name must fail loudly, not be ignored."""
     unknown = set(body) - allowed - set(_METADATA_FIELDS) - {"roles", "claims"}
@@ -169,6 +260,8 @@ class CatalogService:
         self.blobs = blobs
         self.api_keys = api_keys
         self.settings = settings or ServiceSettings()
+        self._index_cache: dict[tuple[str, str], frozenset[str]] = {}
+        self._index_cache_lock = threading.Lock()
 
     # ---- reading --------------------------------------------------------------------------
     def list_manifests(
@@ -195,7 +288,7 @@ class CatalogService:
             for manifest in page:
                 consumed += 1
                 after = manifest.key
-                if can_see(who, manifest.required_roles, manifest.required_claims):
+                if _visible_to(who, manifest):
                     items.append(manifest)
                     if len(items) == limit:
                         break
@@ -222,7 +315,7 @@ class CatalogService:
         return self._resolve(who, catalog_id, version, architecture)
 
     def _visible(self, who: Principal, catalog_id: str) -> list[Manifest]:
-        return [m for m in self.store.iter_all(catalog_id) if can_see(who, m.required_roles, m.required_claims)]
+        return [m for m in self.store.iter_all(catalog_id) if _visible_to(who, m)]
 
     @staticmethod
     def _latest_per_arch(manifests: Iterable[Manifest]) -> list[Manifest]:
@@ -246,13 +339,13 @@ class CatalogService:
                 raise NotFound(f"{catalog_id}:latest ({architecture}) not found: no usable version")
             return found[0]
         stored = self.store.get(ManifestKey(catalog_id, version, architecture))
-        if stored is None or not can_see(who, stored.manifest.required_roles, stored.manifest.required_claims):
+        if stored is None or not _visible_to(who, stored.manifest):
             raise NotFound(f"{catalog_id}:{version} ({architecture}) not found")
         return stored.manifest
 
     def _load(self, who: Principal, key: ManifestKey) -> tuple[Manifest, str]:
         stored = self.store.get(key)
-        if stored is None or not can_see(who, stored.manifest.required_roles, stored.manifest.required_claims):
+        if stored is None or not _visible_to(who, stored.manifest):
             raise NotFound(f"{key} not found")
         return stored.manifest, stored.etag
 
@@ -297,7 +390,7 @@ class CatalogService:
         meta = parse_metadata(body)
         return self._change(who, key, Claim.UPDATE, lambda m: m.touched(**meta))
 
-    # ---- delete and purge -----------------------------------------------------------------
+    # ---- delete, purge and garbage collection --------------------------------------------
     def delete(
         self,
         who: Principal,
@@ -307,98 +400,99 @@ class CatalogService:
         *,
         purge: bool = False,
     ) -> list[Manifest]:
+        """Leave a tombstone for each visible match; ``purge`` also reclaims the data at once."""
         require(who, Claim.DELETE)
         catalog_id = normalize_catalog_id(catalog_id)
         if version is not None:
             version = normalize_version(version)
         if architecture is not None:
             architecture = normalize_architecture(architecture)
+        what = catalog_id + (f":{version}" if version else "") + (f" ({architecture})" if architecture else "")
         victims = [
             m
             for m in self._visible(who, catalog_id)
             if (version is None or m.version == version) and (architecture is None or m.architecture == architecture)
         ]
-        if not victims:
-            what = catalog_id + (f":{version}" if version else "") + (f" ({architecture})" if architecture else "")
-            raise NotFound(f"{what} not found")
+        deleted: list[Manifest] = []
         for m in victims:
-            self.store.delete(m.key)
+            stored = self.store.get(m.key)
+            if stored is None or not _visible_to(who, stored.manifest):
+                continue  # deleted by a concurrent call: that one answers for it
+            try:
+                self.store.replace(stored.manifest.tombstone(who.subject), stored.etag)
+            except Conflict:
+                continue
+            deleted.append(stored.manifest)
             log.info("deleted manifest", extra={"manifest": str(m.key), "by": who.subject})
+        if not deleted:
+            raise NotFound(f"{what} not found")
         if purge:
-            self._purge(catalog_id, victims)
-        return victims
+            self._purge(catalog_id, deleted)
+        return deleted
 
     def _purge(self, catalog_id: str, deleted: list[Manifest]) -> None:
-        """Remove the deleted versions' indexes and every chunk no remaining manifest references;
-        for imported original-format packs, their ``.pdpack`` and ``.meta`` unless another manifest
-        still names them (two versions differing only in case share one file name)."""
-        for m in deleted:
-            self.blobs.delete(info.key for info in self.blobs.list(m.key.prefix + "/"))
+        """Remove the deleted versions' indexes and run the collector over this one catalog id, with
+        no grace period (every live session's chunks are protected by its marks); for imported
+        original-format packs, their ``.pdpack`` and ``.meta`` unless another manifest names them."""
+        self.blobs.delete(index_key(m.key.prefix) for m in deleted if not m.pack.is_pdpack)
         legacy = {k for m in deleted if m.pack.is_pdpack for k in (m.pack.key, m.pack.meta_key) if k}
-        live: set[str] = set()
-        named: set[str] = set()
-        for m in self.store.iter_all(catalog_id):
-            live |= self._referenced_digests(m)
-            if m.pack.is_pdpack:
-                named |= {m.pack.key, m.pack.meta_key}
+        named = {
+            k
+            for m in self.store.iter_all(catalog_id)
+            if m.pack.is_pdpack and not m.is_deleted
+            for k in (m.pack.key, m.pack.meta_key)
+        }
         if legacy - named:
             self.blobs.delete(sorted(legacy - named))
-        prefix = chunks_prefix(catalog_id)
-        self.blobs.delete(info.key for info in self.blobs.list(prefix) if info.key[len(prefix) :] not in live)
+        collect(self.store, self.blobs, settings=replace(self.settings.gc, grace_seconds=0), only=catalog_id)
 
-    def _referenced_digests(self, m: Manifest) -> set[str]:
-        keys = []
-        if m.is_ready and not m.pack.is_pdpack:
-            keys.append(f"{m.key.prefix}/index.json")
-        if m.upload is not None:
-            keys.append(m.upload.index_key)
-        digests: set[str] = set()
-        for key in keys:
-            try:
-                doc = json.loads(self.blobs.get_bytes(key))
-            except NotFound:
-                continue
-            index = doc.get("index", doc)
-            digests |= set(PackIndex.parse(index).unique_digests())
-        return digests
+    def collect_garbage(self, who: Principal, body: dict[str, Any]) -> GcAnswer:
+        """``pdcat gc``: one budgeted step of the mark-and-sweep; call again with ``next_cursor``."""
+        require(who, Claim.DELETE)
+        _refuse_unknown(body, {"dry_run", "cursor", "grace_seconds"})
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise InvalidInput("dry_run must be true or false")
+        cursor = body.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidInput("cursor must be the next_cursor of the previous answer")
+        settings = self.settings.gc
+        grace = body.get("grace_seconds")
+        if grace is not None:
+            if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
+                raise InvalidInput("grace_seconds must be a number of seconds, 0 or more")
+            settings = replace(settings, grace_seconds=float(grace))
+        report = collect(self.store, self.blobs, settings=settings, dry_run=dry_run, cursor=cursor)
+        log.info("gc step", extra={"by": who.subject, **report.to_json()})
+        result: GcAnswer = report.to_json()  # type: ignore[assignment]
+        return result
 
-    # ---- push -----------------------------------------------------------------------------
-    def _existing_chunks(self, catalog_id: str) -> dict[str, int]:
-        prefix = chunks_prefix(catalog_id)
-        return {info.key[len(prefix) :]: info.size for info in self.blobs.list(prefix)}
-
-    def _put_urls(self, catalog_id: str, digests: Iterable[str]) -> dict[str, str]:
-        expiry = self.settings.url_expiry_seconds
-        return {d: self.blobs.presign(chunk_key(catalog_id, d), "PUT", expiry) for d in digests}
-
-    def _get_urls(self, catalog_id: str, digests: Iterable[str]) -> dict[str, str]:
-        expiry = self.settings.url_expiry_seconds
-        return {d: self.blobs.presign(chunk_key(catalog_id, d), "GET", expiry) for d in digests}
-
-    def push_begin(self, who: Principal, key: ManifestKey, body: dict[str, Any]) -> dict[str, Any]:
-        """Open (or take over) an upload session and say which chunks the client must send."""
+    # ---- push (storage protocol v2: docs/adr-002-storage-protocol-v2.md) ----------------------
+    def push_begin(self, who: Principal, key: ManifestKey, body: dict[str, Any]) -> PushAnswer:
+        """Open (or take over) an upload session; the client puts its index at ``index_url``."""
         require(who, Claim.PUSH)
-        _refuse_unknown(body, {"index", "force"})
-        if "index" not in body:
-            raise InvalidInput("push needs the pack 'index'")
-        index = PackIndex.parse(body["index"])
+        if "index" in body:
+            raise InvalidInput(
+                "this catalog speaks storage protocol v2: declare index_digest, index_size and chunk_size, "
+                "then upload the index to index_url (update pdcat)"
+            )
+        _refuse_unknown(body, {"index_digest", "index_size", "chunk_size", "force"})
+        declared = _declared_index(body)
         force = body.get("force", False)
         if not isinstance(force, bool):
             raise InvalidInput("force must be true or false")
         meta = parse_metadata(body)
         nonce = secrets.token_urlsafe(12)
         upload_id = _upload_id(key, nonce)
-        index_key = f"{key.prefix}/uploads/{nonce}.json"
-        session = UploadSession(upload_id, now_iso(), who.subject, index_key, index.size, force)
+        session = UploadSession(upload_id, now_iso(), who.subject, staging_index_key(nonce), 0, force)
+        self._write_session_meta(nonce, key, declared, meta)
 
         stored = self.store.get(key)
         if stored is None:
-            manifest = self._new_manifest(key, who, size=index.size, upload=session, **meta)
-            self._write_pending(index_key, index, meta)
+            manifest = self._new_manifest(key, who, upload=session, **meta)
             try:
                 self.store.create(manifest)
             except Conflict:
-                self.blobs.delete([index_key])
                 raise Conflict(f"{key} is being pushed by someone else right now") from None
         else:
             current = stored.manifest
@@ -412,35 +506,28 @@ class CatalogService:
             if current.upload is not None and current.upload.started_by != who.subject and not force:
                 # Resuming is for the pusher; taking over someone else's push must be explicit.
                 raise Conflict(f"{key} is being pushed by someone else right now; push with force to take over")
-            self._write_pending(index_key, index, meta)
-            changes: dict[str, Any] = {"upload": session}
-            if not current.is_ready:
-                changes.update(meta, size=index.size)
+            if current.is_deleted:  # a tombstone: a new version under the same identity, same access rules
+                replacement = replace(
+                    self._new_manifest(key, who, upload=session, **meta),
+                    required_roles=meta.get("required_roles", current.required_roles),
+                    required_claims=meta.get("required_claims", current.required_claims),
+                )
+            else:
+                changes: dict[str, Any] = {"upload": session}
+                if not current.is_ready:
+                    changes.update(meta)
+                replacement = current.touched(**changes)
             try:
-                self.store.replace(current.touched(**changes), stored.etag)
+                self.store.replace(replacement, stored.etag)
             except Conflict:
-                self.blobs.delete([index_key])
                 raise Conflict(f"{key} is being pushed by someone else right now") from None
-            if current.upload is not None:
-                self.blobs.delete([current.upload.index_key])
-
-        existing = self._existing_chunks(key.catalog_id)
-        needed = index.unique_digests()
-        missing = [d for d in needed if d not in existing]
-        page = missing[: self.settings.url_page_size]
-        log.info(
-            "push started",
-            extra={"manifest": str(key), "by": who.subject, "chunks": len(needed), "missing": len(missing)},
-        )
+        log.info("push started", extra={"manifest": str(key), "by": who.subject, "chunk_size": declared.chunk_size})
         return {
             "upload_id": upload_id,
             "catalog_id": key.catalog_id,
             "version": key.version,
             "architecture": key.architecture,
-            "chunk_count": len(needed),
-            "missing": [{"digest": d, "size": needed[d]} for d in missing],
-            "reused_bytes": sum(size for d, size in needed.items() if d in existing),
-            "urls": self._put_urls(key.catalog_id, page),
+            "index_url": self.blobs.presign(staging_index_key(nonce), "PUT", self.settings.url_expiry_seconds),
             "put_headers": dict(self.blobs.put_headers),
             "expires_at": _expires_at(self.settings.url_expiry_seconds),
         }
@@ -456,11 +543,19 @@ class CatalogService:
             **fields,
         )
 
-    def _write_pending(self, index_key: str, index: PackIndex, meta: dict[str, Any]) -> None:
-        doc = {"index": index.to_json(), "metadata": _metadata_to_json(meta)}
-        self.blobs.put_bytes(index_key, json.dumps(doc, separators=(",", ":")).encode())
+    def _write_session_meta(self, nonce: str, key: ManifestKey, declared: _Declared, meta: dict[str, Any]) -> None:
+        doc = {
+            "catalog_id": key.catalog_id,
+            "version": key.version,
+            "architecture": key.architecture,
+            "index_digest": declared.digest,
+            "index_size": declared.size,
+            "chunk_size": declared.chunk_size,
+            "metadata": _metadata_to_json(meta),
+        }
+        self.blobs.put_bytes(staging_meta_key(nonce), json.dumps(doc, separators=(",", ":")).encode())
 
-    def _session(self, who: Principal, upload_id: str) -> tuple[Manifest, str, UploadSession]:
+    def _session(self, who: Principal, upload_id: str) -> _OpenSession:
         require(who, Claim.PUSH)
         key = _parse_upload_id(upload_id)
         stored = self.store.get(key)
@@ -470,63 +565,97 @@ class CatalogService:
         own = stored.manifest.upload.started_by == who.subject
         if not own and not can_see(who, stored.manifest.required_roles, stored.manifest.required_claims):
             raise NotFound("no such upload (it was committed, aborted or replaced by a newer push)")
-        return stored.manifest, stored.etag, stored.manifest.upload
+        session = stored.manifest.upload
+        nonce = nonce_of_staging_key(session.index_key)
+        if nonce is None:  # a session opened by protocol v1, before an upgrade: it cannot be finished
+            raise NotFound("no such upload (it was opened by an older catalog; push again)")
+        try:
+            doc = json.loads(self.blobs.get_bytes(staging_meta_key(nonce), max_bytes=1 << 20))
+        except NotFound:
+            raise NotFound("no such upload (its staging area was collected; push again)") from None
+        declared = _Declared(str(doc["index_digest"]), int(doc["index_size"]), int(doc["chunk_size"]))
+        return _OpenSession(stored.manifest, stored.etag, session, nonce, declared, doc.get("metadata") or {})
 
-    def _pending(self, session: UploadSession) -> tuple[PackIndex, dict[str, Any]]:
-        doc = json.loads(self.blobs.get_bytes(session.index_key))
-        return PackIndex.parse(doc["index"]), parse_metadata(doc.get("metadata") or {})
+    def _refuse_during_gc(self, open_session: _OpenSession, digests: list[str]) -> None:
+        """Name the digests first, then look at the lease: a sweep either sees this mark or blocks us."""
+        write_intent(self.blobs, open_session.nonce, digests)
+        if lease_active(self.blobs, open_session.manifest.catalog_id):
+            raise Unavailable("garbage collection is sweeping this catalog; retry in a minute")
 
-    def _stored_index(self, catalog_id: str, index: PackIndex, reported: dict[str, Any] | None = None) -> PackIndex:
-        """The index with every chunk's stored size, once each chunk is known to be in storage.
-
-        ``reported`` are the sizes the uploader sent; a mismatch means a chunk was overwritten.
-        """
-        existing = self._existing_chunks(catalog_id)
-        missing = [d for d in index.unique_digests() if d not in existing]
-        if missing:
-            raise Conflict(
-                f"{len(missing)} chunk(s) are not in storage yet (e.g. {missing[0][:12]}); upload them and commit again"
-            )
-        wrong = [d for d, size in (reported or {}).items() if d in existing and existing[d] != size]
-        if wrong:
-            raise Conflict(f"{len(wrong)} stored chunk(s) have an unexpected size (e.g. {wrong[0][:12]}); push again")
-        return index.with_stored_sizes({d: existing[d] for d in index.unique_digests()})
-
-    def upload_urls(self, who: Principal, upload_id: str, digests: object) -> dict[str, Any]:
-        """Fresh PUT URLs for chunks of this upload (the next page, or after the first ones expired)."""
-        manifest, _, session = self._session(who, upload_id)
-        wanted = self._digest_list(digests)
-        index, _ = self._pending(session)
-        known = index.unique_digests()
-        unknown = [d for d in wanted if d not in known]
-        if unknown:
-            raise InvalidInput(f"{len(unknown)} digest(s) are not part of this upload, e.g. {unknown[0][:12]}")
+    def upload_chunks(self, who: Principal, upload_id: str, digests: object) -> ChunksAnswer:
+        """Which of these chunks are already verified; staging PUT URLs for the rest."""
+        open_session = self._session(who, upload_id)
+        wanted = _digest_list(digests, CHUNK_PAGE)
+        self._refuse_during_gc(open_session, wanted)
+        catalog_id = open_session.manifest.catalog_id
+        heads = _parallel(lambda d: self.blobs.head(chunk_key(catalog_id, d)), wanted)
+        stored = {d: Confirmed(info.size) for d, info in zip(wanted, heads, strict=True) if info is not None}
+        write_confirmed(self.blobs, open_session.nonce, stored)
+        expiry = self.settings.url_expiry_seconds
         return {
-            "urls": self._put_urls(manifest.catalog_id, wanted),
+            "stored": list(stored),
+            "urls": {
+                d: self.blobs.presign(staging_chunk_key(open_session.nonce, d), "PUT", expiry)
+                for d in wanted
+                if d not in stored
+            },
             "put_headers": dict(self.blobs.put_headers),
-            "expires_at": _expires_at(self.settings.url_expiry_seconds),
+            "expires_at": _expires_at(expiry),
         }
 
-    def _digest_list(self, digests: object) -> list[str]:
-        if not isinstance(digests, list) or not all(is_digest(d) for d in digests):
-            raise InvalidInput("digests must be a list of sha256 hex digests")
-        if len(digests) > self.settings.url_page_size:
-            raise InvalidInput(f"ask for at most {self.settings.url_page_size} URLs at a time")
-        return list(dict.fromkeys(digests))
+    def verify_chunks(self, who: Principal, upload_id: str, digests: object) -> VerifyAnswer:
+        """Read, decompress and hash each staged chunk; promote the good ones, write-once."""
+        open_session = self._session(who, upload_id)
+        wanted = _digest_list(digests, VERIFY_PAGE)
+        self._refuse_during_gc(open_session, wanted)
+        catalog_id, nonce = open_session.manifest.catalog_id, open_session.nonce
+        limit = open_session.declared.chunk_size
+        verdicts = _parallel(lambda d: promote_staged(self.blobs, catalog_id, nonce, d, limit), wanted, workers=4)
+        write_confirmed(self.blobs, nonce, {v.digest: v.confirmed for v in verdicts if v.confirmed is not None})
+        answer: VerifyAnswer = {"verified": [], "missing": [], "corrupt": []}
+        for verdict in verdicts:
+            answer[verdict.outcome].append(verdict.digest)
+        return answer
+
+    def _staged_index(self, open_session: _OpenSession) -> PackIndex:
+        """The index the client put in staging, checked against what it declared when it began."""
+        declared = open_session.declared
+        try:
+            data = self.blobs.get_bytes(open_session.session.index_key, max_bytes=declared.size)
+        except NotFound:
+            raise Conflict("the index has not been uploaded to index_url yet") from None
+        except PayloadTooLarge:
+            raise Conflict("the uploaded index is larger than declared; push again") from None
+        if len(data) != declared.size or hashlib.sha256(data).hexdigest() != declared.digest:
+            raise Conflict("the uploaded index does not match the declared index_digest and index_size; push again")
+        index = PackIndex.from_bytes(data)
+        if index.chunk_size != declared.chunk_size:
+            raise InvalidInput("the index's chunk_size differs from the declared chunk_size")
+        return index
 
     def commit(self, who: Principal, upload_id: str, body: dict[str, Any]) -> Manifest:
-        """Check every chunk is stored with the right size, write the index, flip to ready."""
-        manifest, etag, session = self._session(who, upload_id)
-        index, meta = self._pending(session)
-        reported = body.get("stored_sizes", {})
-        if not isinstance(reported, dict):
-            raise InvalidInput("stored_sizes must map digests to sizes")
-        final = self._stored_index(manifest.catalog_id, index, reported)
-        self.blobs.put_bytes(f"{manifest.key.prefix}/index.json", final.canonical_bytes())
+        """Refuse until every chunk of the index is verified; then write the index, flip to ready."""
+        _refuse_unknown(body, set())
+        open_session = self._session(who, upload_id)
+        manifest, etag = open_session.manifest, open_session.etag
+        index = self._staged_index(open_session)
+        confirmed = read_marks(self.blobs, open_session.nonce).confirmed
+        needed = index.unique_digests()
+        missing = [d for d in needed if d not in confirmed]
+        if missing:
+            raise Conflict(
+                f"{len(missing)} chunk(s) are not verified yet (e.g. {missing[0][:12]}); "
+                "upload and verify them, then commit again"
+            )
+        wrong = [d for d, size in needed.items() if confirmed[d].raw_size not in (None, size)]
+        if wrong:
+            raise Conflict(f"{len(wrong)} chunk(s) do not have the size the index gives them (e.g. {wrong[0][:12]})")
+        final = index.with_stored_sizes({d: confirmed[d].stored_size for d in needed})
+        self.blobs.put_bytes(index_key(manifest.key.prefix), final.canonical_bytes())
         at = now_iso()
         ready = replace(
             manifest,
-            **meta,
+            **parse_metadata(open_session.metadata),
             **_pack_fields(final),
             status=STATUS_READY,
             upload=None,
@@ -537,25 +666,24 @@ class CatalogService:
             self.store.replace(ready, etag)
         except Conflict:
             raise Conflict(f"{manifest.key} changed while committing; push again") from None
-        self.blobs.delete([session.index_key])
+        # The staging area stays until gc: a sweep that listed this session must still find its marks.
         log.info("push committed", extra={"manifest": str(manifest.key), "by": who.subject, "digest": final.digest})
         return ready
 
     def abort(self, who: Principal, upload_id: str) -> None:
-        manifest, etag, session = self._session(who, upload_id)
+        open_session = self._session(who, upload_id)
+        manifest, etag = open_session.manifest, open_session.etag
         if manifest.is_ready or manifest.revoked:  # a revoked identity stays burned
             self.store.replace(manifest.touched(upload=None), etag)
         else:
             self.store.delete(manifest.key, etag)
-        self.blobs.delete([session.index_key])
 
     # ---- pull -----------------------------------------------------------------------------
-    def pull(self, who: Principal, catalog_id: str, version: str, architecture: str) -> dict[str, Any]:
-        """Resolve, check state, count the download, and hand out the index and the first URLs."""
+    def pull(self, who: Principal, catalog_id: str, version: str, architecture: str) -> PullAnswer:
+        """Resolve, check state, count the download, and hand out where the index is."""
         require(who, Claim.PULL)
         manifest = self._resolve(who, catalog_id, version, architecture)
         manifest.ensure_pullable()
-        index = None if manifest.pack.is_pdpack else self._index(manifest)
         at = now_iso()
         self.store.record_download(manifest.key, who.subject, at)
         manifest = replace(
@@ -565,18 +693,19 @@ class CatalogService:
             last_downloaded_by=who.subject,
         )
         log.info("pull", extra={"manifest": str(manifest.key), "by": who.subject})
-        if index is None:
+        expiry = self.settings.url_expiry_seconds
+        if manifest.pack.is_pdpack:
             return {
+                "format": "pdpack",
                 "manifest": manifest.to_public(),
                 "pack": self._pdpack_download(manifest),
-                "expires_at": _expires_at(self.settings.url_expiry_seconds),
+                "expires_at": _expires_at(expiry),
             }
-        digests = list(index.unique_digests())
         return {
+            "format": "chunks",
             "manifest": manifest.to_public(),
-            "index": index.to_json(),
-            "urls": self._get_urls(manifest.catalog_id, digests[: self.settings.url_page_size]),
-            "expires_at": _expires_at(self.settings.url_expiry_seconds),
+            "index_url": self.blobs.presign(index_key(manifest.key.prefix), "GET", expiry),
+            "expires_at": _expires_at(expiry),
         }
 
     def pull_urls(self, who: Principal, key: ManifestKey, digests: object) -> dict[str, Any]:
@@ -595,23 +724,59 @@ class CatalogService:
                 "pack": self._pdpack_download(manifest),
                 "expires_at": _expires_at(self.settings.url_expiry_seconds),
             }
-        wanted = self._digest_list(digests)
-        known = self._index(manifest).unique_digests()
+        wanted = _digest_list(digests, CHUNK_PAGE)
+        known = self._index_digests(manifest)
         if any(d not in known for d in wanted):
             raise InvalidInput("some digests are not part of this version")
+        expiry = self.settings.url_expiry_seconds
         return {
-            "urls": self._get_urls(manifest.catalog_id, wanted),
-            "expires_at": _expires_at(self.settings.url_expiry_seconds),
+            "urls": {d: self.blobs.presign(chunk_key(manifest.catalog_id, d), "GET", expiry) for d in wanted},
+            "expires_at": _expires_at(expiry),
         }
 
-    def _index(self, manifest: Manifest) -> PackIndex:
-        return PackIndex.from_bytes(self.blobs.get_bytes(f"{manifest.key.prefix}/index.json"))
+    def report_corrupt(self, who: Principal, key: ManifestKey, digests: object) -> ReportAnswer:
+        """A puller found these chunks corrupt. Re-verify each; quarantine only what really is."""
+        require(who, Claim.PULL)
+        manifest, _ = self._load(who, key)
+        if not manifest.is_ready or manifest.pack.is_pdpack:
+            raise InvalidInput(f"{key} has no chunks to report")
+        wanted = _digest_list(digests, REPORT_PAGE)
+        known = self._index_digests(manifest)
+        if any(d not in known for d in wanted):
+            raise InvalidInput("some digests are not part of this version")
+        limit = manifest.pack.chunk_size or MAX_CHUNK_SIZE
+        results = _parallel(lambda d: recheck_stored(self.blobs, manifest.catalog_id, d, limit), wanted, workers=4)
+        answer: ReportAnswer = {"quarantined": [], "intact": []}
+        for digest, quarantined in zip(wanted, results, strict=True):
+            answer["quarantined" if quarantined else "intact"].append(digest)
+        if answer["quarantined"]:
+            count = len(answer["quarantined"])
+            log.warning("chunks quarantined", extra={"manifest": str(key), "by": who.subject, "count": count})
+        return answer
 
-    def _pdpack_download(self, manifest: Manifest) -> dict[str, Any]:
+    def _index(self, manifest: Manifest) -> PackIndex:
+        data = self.blobs.get_bytes(index_key(manifest.key.prefix), max_bytes=MAX_INDEX_BYTES)
+        return PackIndex.from_bytes(data)
+
+    def _index_digests(self, manifest: Manifest) -> frozenset[str]:
+        """The chunk digests of a committed version; a few recent ones are kept in memory, keyed by
+        pack digest (content-addressed, so a cached answer can never be stale)."""
+        cache_key = (str(manifest.key), manifest.pack.digest or "")
+        with self._index_cache_lock:
+            cached = self._index_cache.get(cache_key)
+        if cached is None:
+            cached = frozenset(self._index(manifest).unique_digests())
+            with self._index_cache_lock:
+                self._index_cache[cache_key] = cached
+                while len(self._index_cache) > 8:
+                    self._index_cache.pop(next(iter(self._index_cache)))
+        return cached
+
+    def _pdpack_download(self, manifest: Manifest) -> PackAnswer:
         """What a client needs to fetch and check an original-format pack: one short-lived GET URL."""
         pack = manifest.pack
         return {
-            "format": PACK_FORMAT_PDPACK,
+            "format": "pdpack",
             "url": self.blobs.presign(pack.key, "GET", self.settings.url_expiry_seconds),
             "size": pack.pack_size,
             "checksum": pack.compressed_checksum,
@@ -639,14 +804,53 @@ class CatalogService:
         meta = parse_metadata(body)
         if fmt == PACK_FORMAT_PDPACK:
             return self._import_pdpack(who, key, meta)
+        tombstone = self._free_identity(who, key)
         try:
-            index = PackIndex.from_bytes(self.blobs.get_bytes(f"{key.prefix}/index.json"))
+            index = PackIndex.from_bytes(self.blobs.get_bytes(index_key(key.prefix), max_bytes=MAX_INDEX_BYTES))
         except NotFound:
-            raise NotFound(f"no pack index in storage at {key.prefix}/index.json") from None
-        final = self._stored_index(key.catalog_id, index)
+            raise NotFound(f"no pack index in storage at {index_key(key.prefix)}") from None
+        final = index.with_stored_sizes(self._verified_sizes(key.catalog_id, index))
         manifest = self._new_manifest(key, who, status=STATUS_READY, pushed_at=now_iso(), **_pack_fields(final), **meta)
-        self.store.create(manifest)
+        self._create_over(manifest, tombstone)
         return manifest
+
+    def _free_identity(self, who: Principal, key: ManifestKey) -> Stored | None:
+        """Whether ``key`` may be registered anew: free, or a tombstone the caller can see and that
+        was not revoked (returned, to be replaced conditionally)."""
+        stored = self.store.get(key)
+        if stored is None:
+            return None
+        m = stored.manifest
+        if not m.is_deleted or not can_see(who, m.required_roles, m.required_claims):
+            raise Conflict(f"{key} already exists")
+        if m.revoked:
+            raise Gone(f"{key} was revoked; a revoked version cannot be registered again")
+        return stored
+
+    def _create_over(self, manifest: Manifest, tombstone: Stored | None) -> None:
+        if tombstone is None:
+            self.store.create(manifest)
+            return
+        keep = tombstone.manifest
+        try:
+            self.store.replace(
+                replace(manifest, required_roles=keep.required_roles, required_claims=keep.required_claims)
+                if not (manifest.required_roles or manifest.required_claims)
+                else manifest,
+                tombstone.etag,
+            )
+        except Conflict:
+            raise Conflict(f"{manifest.key} already exists") from None
+
+    def _verified_sizes(self, catalog_id: str, index: PackIndex) -> dict[str, int]:
+        """Stored size of every chunk of ``index``, one HEAD each (never a listing of the catalog);
+        only the server writes ``chunks/``, so presence means verified."""
+        digests = list(index.unique_digests())
+        heads = _parallel(lambda d: self.blobs.head(chunk_key(catalog_id, d)), digests)
+        missing = [d for d, info in zip(digests, heads, strict=True) if info is None]
+        if missing:
+            raise Conflict(f"{len(missing)} chunk(s) of this index are not in storage (e.g. {missing[0][:12]})")
+        return {d: info.size for d, info in zip(digests, heads, strict=True) if info is not None}
 
     def _import_pdpack(self, who: Principal, key: ManifestKey, overrides: dict[str, Any]) -> Manifest:
         """Read the ``.meta``, find the ``.pdpack`` and its exact size (one listing), record both keys.
@@ -654,8 +858,7 @@ class CatalogService:
         Metadata comes from the ``.meta`` unless the request gives it. The ``.meta``'s sizes are not
         trusted for the stored size (some versions of the original write MiB): the listing is.
         """
-        if self.store.get(key) is not None:
-            raise Conflict(f"{key} already exists")
+        tombstone = self._free_identity(who, key)
         mkey = meta_key(key.catalog_id, key.architecture, key.version)
         try:
             raw = self.blobs.get_bytes(mkey)
@@ -714,7 +917,7 @@ class CatalogService:
             ),
             storage_prefix=catalog_folder(key.catalog_id),
         )
-        self.store.create(manifest)
+        self._create_over(manifest, tombstone)
         log.info("pdpack imported", extra={"manifest": str(key), "by": who.subject, "pack": pkey})
         return manifest
 

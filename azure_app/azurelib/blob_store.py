@@ -27,6 +27,10 @@ versions; that it accepts this one cannot be checked offline.
   function app) costs nothing, and a malformed connection string still fails at construction.
 * Every ``azure.core`` error is translated in one place (:func:`_translate_errors`); messages name
   the operation and the service's error code only, never the key or the SDK's text.
+* Chunks are write-once: :meth:`AzureBlobStore.put_if_absent` is one Put Blob with ``If-None-Match: *``
+  (Azure and Azurite answer 409 ``BlobAlreadyExists`` when the blob exists). :meth:`~AzureBlobStore.head`
+  is one Get Blob Properties; ``get_bytes(key, max_bytes)`` is one ranged Get Blob that never asks for
+  more than ``max_bytes + 1`` bytes.
 * ``calls`` counts API requests by operation (``ListBlobs``, ``PutBlob``, ``BlobBatch``...: one per call,
   page or batch; retries and presigns are not counted), so a test can check that listing 1,001 blobs
   costs 2 requests and deleting them 4.
@@ -51,7 +55,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from core.errors import InvalidInput, NotFound, PdcatError, Unavailable
+from core.errors import InvalidInput, NotFound, PayloadTooLarge, PdcatError, Unavailable
 from core.local.file_blobs import MAX_EXPIRES_IN, validate_key
 
 # The prefix rules of the local store (a key, but may be empty or stop mid-segment); private there.
@@ -337,6 +341,11 @@ def _translate_errors(operation: str, key: str | None = None) -> Iterator[None]:
         raise Unavailable(f"{what} failed ({type(exc).__name__})") from exc
 
 
+def _timestamp(when: Any) -> float | None:
+    """A ``Last-Modified`` datetime (timezone-aware, from the SDK) as epoch seconds."""
+    return float(when.timestamp()) if isinstance(when, datetime) else None
+
+
 def _already_gone(response: Any) -> bool:
     """A batch sub-response saying the blob is not there (but the container is)."""
     return bool(response.status_code == 404 and response.headers.get("x-ms-error-code") != "ContainerNotFound")
@@ -544,17 +553,62 @@ class AzureBlobStore(BlobStore):
             pages = self._container().list_blobs(name_starts_with=prefix or None, results_per_page=PAGE_SIZE)
             for page in pages.by_page():
                 for item in page:
-                    yield BlobInfo(str(item.name), int(item.size))
+                    yield BlobInfo(str(item.name), int(item.size), _timestamp(item.last_modified))
+
+    def head(self, key: str) -> BlobInfo | None:
+        """Get Blob Properties (one HEAD); ``None`` when the blob is missing (a missing container is
+        :class:`Unavailable`, as everywhere else)."""
+        key = validate_key(key)
+        try:
+            with _translate_errors("head", key):
+                props = self._container().get_blob_client(key).get_blob_properties()
+        except NotFound:
+            return None
+        return BlobInfo(key, int(props.size), _timestamp(props.last_modified))
 
     def put_bytes(self, key: str, data: bytes) -> None:
         key = validate_key(key)
         with _translate_errors("put", key):
             self._container().upload_blob(key, bytes(data), overwrite=True)
 
-    def get_bytes(self, key: str) -> bytes:
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """One Put Blob with ``If-None-Match: *`` (the SDK's ``overwrite=False``): the service creates
+        the blob atomically or refuses (409 ``BlobAlreadyExists``; 412 ``ConditionNotMet`` is taken
+        the same way), and an existing blob is never touched."""
         key = validate_key(key)
+        exceptions = _sdk("azure.core.exceptions")
+        with _translate_errors("put if absent", key):
+            try:
+                self._container().upload_blob(key, bytes(data), overwrite=False)
+            except exceptions.ResourceExistsError:
+                return False
+            except exceptions.ResourceModifiedError as exc:
+                if _error_code(exc) != ("ConditionNotMet", 412):
+                    raise
+                return False
+        return True
+
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The blob's bytes. With ``max_bytes`` the one Get Blob asks for the first ``max_bytes + 1``
+        bytes only, and its ``Content-Range`` (the blob's full size) is checked before anything else is
+        read: a blob larger than that is :class:`PayloadTooLarge` after at most
+        ``min(max_bytes + 1, 32 MiB)`` bytes (32 MiB is the SDK's first read; beyond it, more ranged
+        reads follow only for a blob that is within the limit)."""
+        key = validate_key(key)
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
+            raise InvalidInput("max_bytes must be a non-negative integer")
         with _translate_errors("get", key):
-            return bytes(self._container().download_blob(key).readall())
+            if max_bytes is None:
+                return bytes(self._container().download_blob(key).readall())
+            try:
+                downloader = self._container().download_blob(key, offset=0, length=max_bytes + 1)
+            except _sdk("azure.core.exceptions").HttpResponseError as exc:
+                if _error_code(exc) == ("InvalidRange", 416):  # a range of an empty blob: it exists, empty
+                    return b""
+                raise
+            if int(downloader.size) > max_bytes:  # the SDK clips the range to the blob's size
+                raise PayloadTooLarge(f"object {key!r} is larger than the limit of {max_bytes} bytes")
+            return bytes(downloader.readall())
 
     def delete(self, keys: Iterable[str]) -> None:
         """Blob Batch deletes, 256 blobs a request; a blob that is already gone (404) is ignored."""

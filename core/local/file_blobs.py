@@ -2,6 +2,8 @@
 
 Objects live under ``<root>/objects/``; uploads are streamed into ``<root>/tmp/`` and renamed into
 place, so a reader never sees half an object and a listing never sees an upload in progress.
+:meth:`FileBlobStore.put_if_absent` (the write-once ``chunks/`` of storage protocol v2) stages the
+same way but ``link(2)``-s the temp file into place, which fails rather than replace an object.
 Presigned URLs point at the embedded server's ``/blobs/<key>`` route and carry
 ``method``, ``expires`` and an HMAC-SHA256 ``signature`` over ``method \\n key \\n expires``; the
 server calls :meth:`FileBlobStore.verify` (or :meth:`FileBlobStore.verify_query`) before it
@@ -112,6 +114,12 @@ def _validate_prefix(prefix: object) -> str:
     text = _check_text(prefix, "blob prefix")
     _check_segments(text.split("/")[:-1], text)
     return text
+
+
+def _raise_if_full(exc: OSError) -> None:
+    """A full disk is the backend being unavailable; the caller re-raises any other OS error."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise Unavailable("local storage is full") from exc
 
 
 def _method(value: object) -> HttpMethod:
@@ -251,10 +259,32 @@ class FileBlobStore(BlobStore):
             raise
         return handle, info.st_size
 
-    def get_bytes(self, key: str) -> bytes:
-        handle, _size = self.open_for_read(key)
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; ``PayloadTooLarge`` (before reading any) when it exceeds ``max_bytes``."""
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
+            raise InvalidInput("max_bytes must be a non-negative integer")
+        handle, size = self.open_for_read(key)
         with handle:
-            return handle.read()
+            if max_bytes is None:
+                return handle.read()
+            if size > max_bytes:
+                raise PayloadTooLarge(f"object {key!r} is larger than {max_bytes} bytes")
+            # Never read past the bound, even if the file were somehow longer than fstat said.
+            data = handle.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise PayloadTooLarge(f"object {key!r} is larger than {max_bytes} bytes")
+            return data
+
+    def head(self, key: str) -> BlobInfo | None:
+        """Size and mtime of one object; ``None`` when missing (a directory is a prefix, not an object)."""
+        path = self._path(key)
+        try:
+            info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return BlobInfo(key, info.st_size, info.st_mtime)
 
     def list(self, prefix: str) -> Iterator[BlobInfo]:
         """Objects whose key starts with ``prefix``, in key order, streamed directory by directory."""
@@ -286,10 +316,10 @@ class FileBlobStore(BlobStore):
                 yield from self._walk(entry.path, key_prefix + name, "")
                 continue
             try:
-                size = entry.stat(follow_symlinks=False).st_size
+                info = entry.stat(follow_symlinks=False)
             except FileNotFoundError:  # deleted while we were listing
                 continue
-            yield BlobInfo(key_prefix + name, size)
+            yield BlobInfo(key_prefix + name, info.st_size, info.st_mtime)
 
     # ---- writing --------------------------------------------------------------------------
     def write_stream(self, key: str, stream: BinaryIO, length: int) -> None:
@@ -300,6 +330,23 @@ class FileBlobStore(BlobStore):
         temporary file is removed and any previous object under ``key`` is left as it was.
         """
         path = self._path(key)
+        temp = self._stage(stream, length)
+        try:
+            try:
+                self._install(temp, path, key)
+            except OSError as exc:
+                _raise_if_full(exc)
+                raise
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+
+    def _stage(self, stream: BinaryIO, length: int) -> str:
+        """Exactly ``length`` bytes of ``stream`` in a new temp file (fsynced if configured); its path.
+
+        The size limit is checked before anything is read; on any failure the temp file is removed.
+        """
         if isinstance(length, bool) or not isinstance(length, int) or length < 0:
             raise InvalidInput("length must be a non-negative integer")
         if length > self._max_object_size:
@@ -321,21 +368,20 @@ class FileBlobStore(BlobStore):
                     if self._fsync:
                         out.flush()
                         os.fsync(out.fileno())
-                self._install(temp, path, key)
             except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise Unavailable("local storage is full") from exc
+                _raise_if_full(exc)
                 raise
         except BaseException:
             with suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
+        return temp
 
     def _install(self, temp: str, path: Path, key: str) -> None:
         """Rename ``temp`` to ``path``, re-creating parents a concurrent delete may have pruned."""
         for attempt in range(5):
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                self._make_parents(path, key)
                 os.replace(temp, path)
                 return
             except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
@@ -344,8 +390,58 @@ class FileBlobStore(BlobStore):
                 if attempt == 4 or not os.path.exists(temp):
                     raise
 
+    def _make_parents(self, path: Path, key: str) -> None:
+        """Create the directories above ``path``. ``Conflict`` only if an object really sits where a
+        directory must be: a directory a concurrent delete prunes between ``mkdir``'s "exists" and
+        its own check makes it fail too, and that is reported as ``FileNotFoundError`` (retry)."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            directory = path.parent
+            while directory != self._objects and self._objects in directory.parents:
+                with suppress(FileNotFoundError, NotADirectoryError):
+                    if not stat.S_ISDIR(os.lstat(directory).st_mode):
+                        raise Conflict(f"blob key {key!r} collides with an existing object or prefix") from exc
+                directory = directory.parent
+            raise FileNotFoundError(errno.ENOENT, "a parent directory was removed concurrently") from exc
+
     def put_bytes(self, key: str, data: bytes) -> None:
         self.write_stream(key, io.BytesIO(data), len(data))
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if no object is there: the bytes are staged in a temp file, then
+        ``link(2)``-ed into place, which fails with EEXIST instead of replacing. Of racing callers
+        exactly one gets True. The temp file is removed in every case."""
+        path = self._path(key)
+        temp = self._stage(io.BytesIO(data), len(data))
+        try:
+            return self._link_new(temp, path, key)
+        except OSError as exc:
+            _raise_if_full(exc)
+            raise
+        finally:
+            with suppress(FileNotFoundError):
+                os.unlink(temp)
+
+    def _link_new(self, temp: str, path: Path, key: str) -> bool:
+        """Hard-link ``temp`` to ``path`` unless something is there; re-creates pruned parents."""
+        for attempt in range(5):
+            try:
+                self._make_parents(path, key)
+                try:
+                    os.link(temp, path)
+                except FileExistsError as exc:
+                    info = os.lstat(path)  # FileNotFoundError (deleted meanwhile): try again
+                    if stat.S_ISDIR(info.st_mode):  # a prefix of other keys, not an object
+                        raise Conflict(f"blob key {key!r} collides with an existing object or prefix") from exc
+                    return False
+                except NotADirectoryError as exc:
+                    raise Conflict(f"blob key {key!r} collides with an existing object or prefix") from exc
+                return True
+            except FileNotFoundError:  # a concurrent delete pruned a parent between mkdir and link
+                if attempt == 4 or not os.path.exists(temp):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def delete(self, keys: Iterable[str]) -> None:
         paths = [self._path(key) for key in keys]  # validate them all before deleting any

@@ -24,19 +24,27 @@ __all__ = [
     "CHUNK_SIZE",
     "Pack",
     "RawResponse",
+    "ask_chunks",
     "assert_error",
     "begin_push",
     "build_pack",
     "commit",
+    "declaration",
     "download_chunk",
+    "fetch_index",
+    "index_bytes",
     "manifest_path",
     "plain",
     "pull",
+    "pull_urls",
     "push_empty",
     "push_pack",
+    "put_index",
     "race",
     "raw_request",
+    "send_chunks",
     "upload_chunks",
+    "verify",
 ]
 
 CHUNK_SIZE = 4096
@@ -94,15 +102,43 @@ def manifest_path(cid: str, version: str, arch: str) -> str:
     return f"/catalog/{cid}/{version}/{arch}"
 
 
+def index_bytes(pack: Pack) -> bytes:
+    """The canonical bytes a client uploads as the session's index (their sha256 is declared)."""
+    return PackIndex.parse(pack.index).canonical_bytes()
+
+
+def declaration(pack: Pack) -> dict[str, Any]:
+    data = index_bytes(pack)
+    return {
+        "index_digest": hashlib.sha256(data).hexdigest(),
+        "index_size": len(data),
+        "chunk_size": pack.index["chunk_size"],
+    }
+
+
 def begin_push(client: httpx.Client, cid: str, version: str, arch: str, pack: Pack, **body: Any) -> httpx.Response:
-    return client.post(f"{manifest_path(cid, version, arch)}/push", json={"index": pack.index, **body})
+    """Open a session declaring ``pack``'s index (protocol v2); the index itself is not uploaded."""
+    return client.post(f"{manifest_path(cid, version, arch)}/push", json={**declaration(pack), **body})
+
+
+def put_index(session: Mapping[str, Any], data: bytes) -> None:
+    r = plain.put(session["index_url"], content=data, headers=dict(session["put_headers"]))
+    assert r.status_code in (200, 201, 204), (r.status_code, r.text[:500])
+
+
+def ask_chunks(client: httpx.Client, upload_id: str, digests: list[str]) -> httpx.Response:
+    return client.post(f"/uploads/{upload_id}/chunks", json={"digests": digests})
+
+
+def verify(client: httpx.Client, upload_id: str, digests: list[str]) -> httpx.Response:
+    return client.post(f"/uploads/{upload_id}/verify", json={"digests": digests})
 
 
 def upload_chunks(
     urls: Mapping[str, str], chunks: Mapping[str, bytes], headers: Mapping[str, str] | None = None
 ) -> dict[str, int]:
-    """PUT each chunk, zstd-compressed, to its presigned URL with a plain client (no credentials),
-    with the ``put_headers`` the push answer named.
+    """PUT each chunk, zstd-compressed, to its presigned (staging) URL with a plain client (no
+    credentials), with the ``put_headers`` the catalog named.
 
     Returns the stored (compressed) size of every chunk sent.
     """
@@ -113,6 +149,31 @@ def upload_chunks(
         assert r.status_code in (200, 201, 204), (r.status_code, r.text[:500])
         sizes[digest] = len(data)
     return sizes
+
+
+def send_chunks(client: httpx.Client, upload_id: str, pack: Pack, digests: list[str] | None = None) -> dict[str, Any]:
+    """Ask about ``digests`` (default: all), upload the missing ones and have them verified.
+
+    Returns ``{"stored": [...], "uploaded": [...], "verdict": <merged verify answer>}``.
+    """
+    wanted = pack.digests if digests is None else digests
+    stored: list[str] = []
+    uploaded: list[str] = []
+    verdict: dict[str, list[str]] = {"verified": [], "missing": [], "corrupt": []}
+    for start in range(0, len(wanted), 500):
+        page = wanted[start : start + 500]
+        r = ask_chunks(client, upload_id, page)
+        assert r.status_code == 200, (r.status_code, r.text[:1000])
+        answer = r.json()
+        stored += answer["stored"]
+        upload_chunks(answer["urls"], pack.chunks, answer["put_headers"])
+        uploaded += list(answer["urls"])
+    for start in range(0, len(uploaded), 32):
+        v = verify(client, upload_id, uploaded[start : start + 32])
+        assert v.status_code == 200, (v.status_code, v.text[:1000])
+        for name, items in v.json().items():
+            verdict[name] += items
+    return {"stored": stored, "uploaded": uploaded, "verdict": verdict}
 
 
 def commit(client: httpx.Client, upload_id: str, **body: Any) -> httpx.Response:
@@ -129,14 +190,14 @@ def push_pack(
     chunk_size: int = CHUNK_SIZE,
     **meta: Any,
 ) -> dict[str, Any]:
-    """Begin, upload the missing chunks, commit; returns the committed manifest."""
+    """Begin, put the index, upload and verify the missing chunks, commit; returns the manifest."""
     pack = files if isinstance(files, Pack) else build_pack(files, chunk_size)
     r = begin_push(client, cid, version, arch, pack, **meta)
     assert r.status_code == 201, (r.status_code, r.text[:1000])
     session = r.json()
-    missing = {m["digest"] for m in session["missing"]}
-    assert missing <= set(session["urls"]), "small packs get every URL in the first answer"
-    upload_chunks({d: session["urls"][d] for d in missing}, pack.chunks, session["put_headers"])
+    put_index(session, index_bytes(pack))
+    sent = send_chunks(client, session["upload_id"], pack)
+    assert not sent["verdict"]["corrupt"] and not sent["verdict"]["missing"], sent["verdict"]
     c = commit(client, session["upload_id"])
     assert c.status_code == 200, (c.status_code, c.text[:1000])
     manifest: dict[str, Any] = c.json()
@@ -145,16 +206,28 @@ def push_pack(
 
 
 def push_empty(client: httpx.Client, cid: str, version: str, arch: str = "x86_64", **meta: Any) -> dict[str, Any]:
-    """The cheapest possible manifest: a pack without files (two requests)."""
-    r = client.post(
-        f"{manifest_path(cid, version, arch)}/push",
-        json={"index": {"chunk_size": CHUNK_SIZE, "files": []}, **meta},
-    )
+    """The cheapest possible manifest: a pack without files (begin, put the index, commit)."""
+    pack = Pack({"chunk_size": CHUNK_SIZE, "files": []})
+    r = begin_push(client, cid, version, arch, pack, **meta)
     assert r.status_code == 201, (r.status_code, r.text[:1000])
+    put_index(r.json(), index_bytes(pack))
     c = commit(client, r.json()["upload_id"])
     assert c.status_code == 200, (c.status_code, c.text[:1000])
     result: dict[str, Any] = c.json()
     return result
+
+
+def fetch_index(pull_answer: Mapping[str, Any]) -> dict[str, Any]:
+    """The index a pull answer points at, checked against the manifest's pack digest."""
+    r = plain.get(pull_answer["index_url"])
+    assert r.status_code == 200, (r.status_code, r.text[:500])
+    assert hashlib.sha256(r.content).hexdigest() == pull_answer["manifest"]["pack"]["digest"]
+    index: dict[str, Any] = json.loads(r.content)
+    return index
+
+
+def pull_urls(client: httpx.Client, cid: str, version: str, arch: str, digests: list[str]) -> httpx.Response:
+    return client.post(f"{manifest_path(cid, version, arch)}/pull/urls", json={"digests": digests})
 
 
 def pull(client: httpx.Client, cid: str, version: str, arch: str) -> httpx.Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -18,8 +19,11 @@ import pytest
 import zstandard
 
 from core.auth import issue_token
-from infra.local.servers import start_embedded
+from core.local.file_blobs import FileBlobStore
+from core.ports import BlobStore
+from infra.local.servers import RunningServer, start_embedded
 from tests.contract.helpers import assert_error, begin_push, build_pack, plain, pull, push_pack, raw_request
+from tests.contract.test_ports import PresignedUrlContract
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +176,41 @@ def test_an_expired_url_is_403(tmp_path: Path):
             # a fresh URL for the same chunk works again
             fresh = c.post("/catalog/expiry/1.0/x86_64/pull/urls", json={"digests": [get_url.split("?")[0][-64:]]})
             assert plain.get(next(iter(fresh.json()["urls"].values()))).status_code == 200
+
+
+# ---- the storage-level presigned URL contract, on a live embedded server -------------------------
+
+
+@pytest.fixture(scope="class")
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server of this class only: the contract writes objects straight into its data folder."""
+    data_dir = tmp_path_factory.mktemp("presigned") / "catalog"
+    secret = "presigned-" + secrets.token_hex(24)
+    with start_embedded(data_dir, env={"PDCAT_JWT_SECRET": secret, "PDCAT_LOG_LEVEL": "WARNING"}) as server:
+        yield server
+
+
+class TestEmbeddedPresignedUrls(PresignedUrlContract):
+    """``FileBlobStore`` URLs, used for real against the server's ``/blobs`` route.
+
+    The store is built over the server's own data folder with the server's own signing key (the
+    ``blob-signing-key`` file written at first start, see ``core.local.bootstrap``), so what it
+    signs is what the server accepts, and what the server writes is what it reads.
+    """
+
+    @pytest.fixture
+    def blobs(self, own_server: RunningServer) -> Iterator[BlobStore]:
+        signing_key = bytes.fromhex((own_server.data_dir / "blob-signing-key").read_text().strip())
+        store = FileBlobStore(own_server.data_dir / "blobs", own_server.url, signing_key)
+        yield store
+        store.close()
+
+    def test_a_put_url_replaces_a_staged_object(self, blobs: BlobStore, base: str) -> None:
+        """Staging keys stay plain PUTs: a client re-uploading a corrupt chunk replaces it."""
+        key = f"staging/{base.rsplit('/', 1)[-1]}/chunks/{'ab' * 32}"
+        assert self._put(blobs, blobs.presign(key, "PUT", 300), b"corrupt") == 200
+        assert self._put(blobs, blobs.presign(key, "PUT", 300), b"good bytes") == 200
+        assert blobs.get_bytes(key) == b"good bytes"
+        info = blobs.head(key)
+        assert info is not None and info.size == len(b"good bytes")
+        blobs.delete([key])

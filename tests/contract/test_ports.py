@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from core.errors import Conflict, NotFound
+from core.errors import Conflict, NotFound, PayloadTooLarge
 from core.identity import ManifestKey
 from core.local.file_blobs import FileBlobStore
 from core.local.sqlite_store import SqliteApiKeyStore, SqliteDatabase, SqliteManifestStore
@@ -593,6 +593,117 @@ class BlobStoreContract:
         blobs.delete(keys)
         assert list(blobs.list(f"{base}/")) == []
 
+    # ---- write-once chunks and bounded reads (storage protocol v2, docs/adr-002-storage-protocol-v2.md)
+    def test_head_reports_size_and_age(self, blobs: BlobStore, base: str) -> None:
+        import time
+
+        assert blobs.head(f"{base}/missing") is None
+        before = time.time()
+        blobs.put_bytes(f"{base}/h", b"12345")
+        info = blobs.head(f"{base}/h")
+        assert info is not None and info == BlobInfo(f"{base}/h", 5)
+        assert info.modified is not None and abs(info.modified - before) < 120
+        listed = list(blobs.list(f"{base}/"))
+        assert listed[0].modified is not None and abs(listed[0].modified - before) < 120
+
+    def test_put_if_absent_never_replaces(self, blobs: BlobStore, base: str) -> None:
+        key = f"{base}/chunks/{'ab' * 32}"
+        assert blobs.put_if_absent(key, b"first") is True
+        assert blobs.put_if_absent(key, b"second, longer") is False
+        assert blobs.get_bytes(key) == b"first"
+        assert list(blobs.list(f"{base}/chunks/")) == [BlobInfo(key, 5)]
+
+    def test_put_if_absent_races_have_one_winner(self, blobs: BlobStore, base: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        key = f"{base}/chunks/{'cd' * 32}"
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: blobs.put_if_absent(key, b"writer-%d" % i), range(8)))
+        assert results.count(True) == 1
+        winner = results.index(True)
+        assert blobs.get_bytes(key) == b"writer-%d" % winner
+
+    def test_get_bytes_refuses_more_than_max(self, blobs: BlobStore, base: str) -> None:
+        blobs.put_bytes(f"{base}/big", b"x" * 5000)
+        assert blobs.get_bytes(f"{base}/big", max_bytes=5000) == b"x" * 5000
+        with pytest.raises(PayloadTooLarge):
+            blobs.get_bytes(f"{base}/big", max_bytes=4999)
+        with pytest.raises(NotFound):
+            blobs.get_bytes(f"{base}/nothing", max_bytes=10)
+
+
+class PresignedUrlContract:
+    """What storage itself must enforce on a presigned URL, checked by using the URL for real.
+
+    Subclasses provide ``blobs`` (an adapter whose URLs a live server answers) and ``put_headers``.
+    Run on the embedded server's file store, SeaweedFS (S3) and Azurite: moto checks none of this.
+    """
+
+    @pytest.fixture
+    def blobs(self) -> Iterator[BlobStore]:
+        raise NotImplementedError("subclasses provide the store")
+
+    @pytest.fixture
+    def base(self) -> str:
+        return f"catalogs/u{_uid()}"
+
+    def _put(self, blobs: BlobStore, url: str, data: bytes) -> int:
+        import httpx
+
+        return httpx.put(url, content=data, headers=dict(blobs.put_headers), timeout=30).status_code
+
+    def test_put_url_writes_and_get_url_reads(self, blobs: BlobStore, base: str) -> None:
+        import httpx
+
+        key = f"{base}/staging/x"
+        assert self._put(blobs, blobs.presign(key, "PUT", 300), b"payload") in (200, 201)
+        assert blobs.get_bytes(key) == b"payload"
+        got = httpx.get(blobs.presign(key, "GET", 300), timeout=30)
+        assert got.status_code == 200 and got.content == b"payload"
+
+    def test_get_url_cannot_put_or_delete(self, blobs: BlobStore, base: str) -> None:
+        import httpx
+
+        key = f"{base}/chunks/{'ef' * 32}"
+        blobs.put_bytes(key, b"original")
+        url = blobs.presign(key, "GET", 300)
+        assert self._put(blobs, url, b"overwrite") in (400, 401, 403, 405)
+        assert httpx.delete(url, timeout=30).status_code in (400, 401, 403, 405)
+        assert blobs.get_bytes(key) == b"original"
+
+    def test_put_url_cannot_read(self, blobs: BlobStore, base: str) -> None:
+        import httpx
+
+        key = f"{base}/chunks/{'12' * 32}"
+        blobs.put_bytes(key, b"secret bytes")
+        got = httpx.get(blobs.presign(key, "PUT", 300), timeout=30)
+        assert got.status_code in (400, 401, 403, 405)
+        assert b"secret bytes" not in got.content
+
+    def test_url_is_scoped_to_its_key(self, blobs: BlobStore, base: str) -> None:
+        import httpx
+
+        blobs.put_bytes(f"{base}/a", b"A")
+        blobs.put_bytes(f"{base}/b", b"B")
+        url = blobs.presign(f"{base}/a", "GET", 300)
+        other = url.replace(f"{base}/a", f"{base}/b")
+        got = httpx.get(other, timeout=30)
+        assert got.status_code in (400, 401, 403) and got.content != b"B"
+
+    def test_expired_url_is_refused(self, blobs: BlobStore, base: str) -> None:
+        import time
+
+        import httpx
+
+        key = f"{base}/e"
+        blobs.put_bytes(key, b"E")
+        url = blobs.presign(key, "GET", 1)
+        put_url = blobs.presign(f"{base}/e2", "PUT", 1)
+        time.sleep(2.5)
+        assert httpx.get(url, timeout=30).status_code in (400, 401, 403)
+        assert self._put(blobs, put_url, b"late") in (400, 401, 403)
+        assert blobs.head(f"{base}/e2") is None
+
 
 _SIGNING_KEY = b"contract-test-signing-key-0123456789"
 
@@ -607,3 +718,64 @@ class TestFileBlobStore(BlobStoreContract):
     @pytest.fixture
     def secrets(self) -> list[str]:
         return [_SIGNING_KEY.decode(), _SIGNING_KEY.hex()]
+
+    # -- file-specific: put_if_absent is a temp file link(2)-ed into place
+    def test_put_if_absent_leaves_no_temp_file(self, blobs: BlobStore, base: str) -> None:
+        import os
+
+        assert isinstance(blobs, FileBlobStore)
+        key = f"{base}/chunks/{'01' * 32}"
+        assert blobs.put_if_absent(key, b"one") is True
+        assert blobs.put_if_absent(key, b"two") is False
+        assert os.listdir(blobs.root / "tmp") == []
+        assert os.stat(blobs.root / "objects" / base / "chunks" / ("01" * 32)).st_nlink == 1
+
+    def test_put_if_absent_over_a_prefix_conflicts(self, blobs: BlobStore, base: str) -> None:
+        import os
+
+        assert isinstance(blobs, FileBlobStore)
+        blobs.put_bytes(f"{base}/dir/x", b"x")
+        with pytest.raises(Conflict):
+            blobs.put_if_absent(f"{base}/dir", b"y")  # a prefix of another key, not an object
+        with pytest.raises(Conflict):
+            blobs.put_if_absent(f"{base}/dir/x/y", b"y")  # below an object
+        assert blobs.head(f"{base}/dir") is None
+        assert os.listdir(blobs.root / "tmp") == []
+
+    def test_put_if_absent_respects_the_size_limit(self, tmp_path: Any) -> None:
+        store = FileBlobStore(tmp_path / "small", "http://127.0.0.1:8080", _SIGNING_KEY, max_object_size=4)
+        with pytest.raises(PayloadTooLarge):
+            store.put_if_absent("catalogs/c/chunks/x", b"12345")
+        assert store.head("catalogs/c/chunks/x") is None
+        assert store.put_if_absent("catalogs/c/chunks/x", b"1234") is True
+
+    def test_put_if_absent_keeps_the_case_encoding(self, blobs: BlobStore, base: str) -> None:
+        assert blobs.put_if_absent(f"{base}/V1/index.json", b"upper") is True
+        assert blobs.put_if_absent(f"{base}/v1/index.json", b"lower") is True
+        assert blobs.get_bytes(f"{base}/V1/index.json") == b"upper"
+        assert [b.key for b in blobs.list(f"{base}/")] == [f"{base}/V1/index.json", f"{base}/v1/index.json"]
+
+    def test_get_bytes_checks_the_size_before_reading(self, blobs: BlobStore, base: str) -> None:
+        assert isinstance(blobs, FileBlobStore)
+        blobs.put_bytes(f"{base}/big", b"x" * 100)
+        reads: list[int] = []
+        original = FileBlobStore.open_for_read
+
+        def spy(self: FileBlobStore, key: str) -> Any:
+            handle, size = original(self, key)
+            real_read = handle.read
+
+            def read(n: int = -1) -> bytes:
+                reads.append(n)
+                return real_read(n)
+
+            handle.read = read  # type: ignore[method-assign]
+            return handle, size
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(FileBlobStore, "open_for_read", spy)
+            with pytest.raises(PayloadTooLarge):
+                blobs.get_bytes(f"{base}/big", max_bytes=99)
+            assert reads == []
+            assert blobs.get_bytes(f"{base}/big", max_bytes=100) == b"x" * 100
+            assert reads and all(0 <= n <= 101 for n in reads)

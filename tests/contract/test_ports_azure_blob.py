@@ -56,7 +56,7 @@ from azure_app.azurelib.blob_store import (
     _translate_errors,
     udk_string_to_sign,
 )
-from core.errors import InvalidInput, NotFound, PdcatError, Unavailable
+from core.errors import InvalidInput, NotFound, PayloadTooLarge, PdcatError, Unavailable
 from core.local.file_blobs import MAX_EXPIRES_IN
 from core.ports import BlobInfo, BlobStore, HttpMethod
 from infra.local.azurite import (
@@ -67,7 +67,7 @@ from infra.local.azurite import (
     start_azurite,
 )
 from infra.local.servers import RunningProcess, free_port
-from tests.contract.test_ports import BlobStoreContract
+from tests.contract.test_ports import BlobStoreContract, PresignedUrlContract
 
 REPO = Path(__file__).resolve().parents[2]
 KEY_FORMS = [AZURITE_KEY, quote(AZURITE_KEY, safe=""), AZURITE_KEY.rstrip("=")]  # as it could leak into a URL
@@ -275,6 +275,32 @@ class TestAzureBlobStoreUserDelegation(BlobStoreContract):
         return [value, quote(value, safe=""), *credential.tokens]
 
 
+# ---- the shared presigned-URL contract, both ways of signing --------------------------------------
+
+
+class _AzuritePresignedUrls(PresignedUrlContract):
+    """The contract uses its URLs with ``httpx.get/put/delete``; Azurite here is HTTPS with a
+    self-signed certificate, so those calls go through :func:`http`, which pins it (and is otherwise
+    the same plain client, with no credentials). Nothing is written to ``os.environ``."""
+
+    @pytest.fixture(autouse=True)
+    def _trust_azurite(self, monkeypatch: pytest.MonkeyPatch, http: httpx.Client) -> None:
+        for name in ("get", "put", "delete"):
+            monkeypatch.setattr(httpx, name, getattr(http, name))
+
+
+class TestAzurePresignedUrlsAccountKey(_AzuritePresignedUrls):
+    @pytest.fixture
+    def blobs(self, key_store: AzureBlobStore) -> Iterator[BlobStore]:
+        yield key_store
+
+
+class TestAzurePresignedUrlsUserDelegation(_AzuritePresignedUrls):
+    @pytest.fixture
+    def blobs(self, udk_store: AzureBlobStore) -> Iterator[BlobStore]:
+        yield udk_store
+
+
 # ---- SAS URLs: shape, round trips, and what Azurite refuses --------------------------------------
 
 
@@ -391,6 +417,10 @@ class TestAzureSasUrls:
             key_store.put_bytes(key, b"x")
         with pytest.raises(InvalidInput):
             key_store.get_bytes(key)
+        with pytest.raises(InvalidInput):
+            key_store.head(key)
+        with pytest.raises(InvalidInput):
+            key_store.put_if_absent(key, b"x")
         with pytest.raises(InvalidInput):
             key_store.delete(["ok/key", key])
         with pytest.raises(InvalidInput):
@@ -524,6 +554,44 @@ class TestAzureRequestCounts:
         store.close()
         fresh.close()
 
+    def test_head_put_if_absent_and_bounded_get_are_one_request_each(self, key_store: AzureBlobStore) -> None:
+        base = _base()
+        key_store.put_bytes(f"{base}/empty", b"")
+        key_store.reset_calls()
+        assert key_store.head(f"{base}/missing") is None
+        assert key_store.put_if_absent(f"{base}/c", b"first") is True
+        head = key_store.head(f"{base}/c")
+        assert head is not None and head.size == 5
+        assert key_store.put_if_absent(f"{base}/c", b"second") is False  # Azurite: 409 BlobAlreadyExists
+        assert key_store.get_bytes(f"{base}/c", max_bytes=5) == b"first"
+        with pytest.raises(PayloadTooLarge):
+            key_store.get_bytes(f"{base}/c", max_bytes=4)
+        # A range of an empty blob is a 416 (InvalidRange): still the empty object, still one request.
+        assert key_store.get_bytes(f"{base}/empty", max_bytes=0) == b""
+        assert key_store.get_bytes(f"{base}/empty", max_bytes=10) == b""
+        assert key_store.calls == {"GetBlobProperties": 2, "PutBlob": 2, "GetBlob": 4}
+
+    def test_bounded_get_asks_for_no_more_than_the_limit(
+        self, azurite: RunningProcess, container: str, cert: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An untrusted staged object of 1 MiB read with a 4,999-byte limit: one ranged Get Blob."""
+        store = _key_store(azurite, container, cert)
+        ranges: list[str | None] = []
+        count = store._count_call
+
+        def record(request: Any) -> None:
+            ranges.append(request.http_request.headers.get("x-ms-range"))
+            count(request)
+
+        monkeypatch.setattr(store, "_count_call", record)  # before the SDK client is built
+        key = f"{_base()}/staging/big"
+        store.put_bytes(key, b"x" * (1 << 20))
+        ranges.clear()
+        with pytest.raises(PayloadTooLarge):
+            store.get_bytes(key, max_bytes=4999)
+        assert ranges == ["bytes=0-4999"]
+        store.close()
+
     def test_sdk_is_imported_on_first_use(self) -> None:
         code = (
             "import sys\n"
@@ -552,6 +620,9 @@ class TestAzureErrorTranslation:
             lambda: store.put_bytes("a/b", b"x"),
             lambda: list(store.list("a/")),
             lambda: store.delete(["a/b"]),
+            lambda: store.head("a/b"),
+            lambda: store.put_if_absent("a/b", b"x"),
+            lambda: store.get_bytes("a/b", max_bytes=10),
         ]
         for call in calls:
             with pytest.raises(Unavailable, match="container does not exist"):
@@ -567,6 +638,9 @@ class TestAzureErrorTranslation:
             lambda: store.put_bytes("a/b", b"x"),
             lambda: list(store.list("a/")),
             lambda: store.delete(["a/b"]),
+            lambda: store.head("a/b"),
+            lambda: store.put_if_absent("a/b", b"x"),
+            lambda: store.get_bytes("a/b", max_bytes=10),
             store.create_container,
         ]
         for call in calls:

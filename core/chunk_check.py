@@ -1,0 +1,108 @@
+"""Server-side verification of chunks: the one place that decides whether bytes may enter ``chunks/``.
+
+A staged chunk is read with a bound, decompressed with a bound, hashed, and only then promoted to
+its content address with a create-only write, so no client can place or replace a verified chunk
+(docs/adr-002-storage-protocol-v2.md). The same check re-examines a chunk a puller reports corrupt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from core.errors import NotFound, PayloadTooLarge
+from core.marks import Confirmed
+from core.ports import BlobStore
+from core.storage_layout import chunk_key, quarantine_key, staging_chunk_key
+
+__all__ = ["Verdict", "compressed_bound", "promote_staged", "raw_if_valid", "recheck_stored"]
+
+log = logging.getLogger("pdcat.verify")
+
+
+def compressed_bound(raw_limit: int) -> int:
+    """The largest zstd frame a chunk of ``raw_limit`` bytes can need (ZSTD_COMPRESSBOUND, rounded up)."""
+    return raw_limit + (raw_limit >> 7) + 1024
+
+
+def raw_if_valid(blob: bytes, digest: str, raw_limit: int) -> bytes | None:
+    """The raw bytes if ``blob`` is a zstd frame of at most ``raw_limit`` bytes hashing to ``digest``."""
+    import zstandard  # loaded on first verification: frontends' cold start stays free of it
+
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
+        parts: list[bytes] = []
+        total = 0
+        while total <= raw_limit:
+            part = reader.read(min(1 << 20, raw_limit + 1 - total))
+            if not part:
+                break
+            parts.append(part)
+            total += len(part)
+    except zstandard.ZstdError:
+        return None
+    if total > raw_limit or total == 0:
+        return None
+    raw = b"".join(parts)
+    return raw if hashlib.sha256(raw).hexdigest() == digest else None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    digest: str
+    outcome: Literal["verified", "missing", "corrupt"]
+    confirmed: Confirmed | None = None
+
+
+def promote_staged(blobs: BlobStore, catalog_id: str, nonce: str, digest: str, raw_limit: int) -> Verdict:
+    """Verify the session's staged copy of ``digest`` and move it to ``chunks/`` without replacing.
+
+    Already verified (someone promoted it first): the existing object stands and the staged copy is
+    dropped. The staged object is removed in every outcome but "missing".
+    """
+    final = chunk_key(catalog_id, digest)
+    staged = staging_chunk_key(nonce, digest)
+    try:
+        blob = blobs.get_bytes(staged, max_bytes=compressed_bound(raw_limit))
+    except NotFound:
+        existing = blobs.head(final)
+        if existing is not None:  # verified by an earlier request of this session, or by another push
+            return Verdict(digest, "verified", Confirmed(existing.size))
+        return Verdict(digest, "missing")
+    except PayloadTooLarge:
+        blobs.delete([staged])
+        return Verdict(digest, "corrupt")
+    raw = raw_if_valid(blob, digest, raw_limit)
+    if raw is None:
+        blobs.delete([staged])
+        log.warning("staged chunk failed verification", extra={"digest": digest[:12], "catalog": catalog_id})
+        return Verdict(digest, "corrupt")
+    if blobs.put_if_absent(final, blob):
+        confirmed = Confirmed(len(blob), len(raw))
+    else:
+        existing = blobs.head(final)
+        confirmed = Confirmed(existing.size if existing else len(blob), len(raw))
+    blobs.delete([staged])
+    return Verdict(digest, "verified", confirmed)
+
+
+def recheck_stored(blobs: BlobStore, catalog_id: str, digest: str, raw_limit: int) -> bool:
+    """Re-verify a stored chunk a client reported; quarantine it if it is really corrupt.
+
+    Returns True if it was quarantined. The client's word alone never removes anything.
+    """
+    final = chunk_key(catalog_id, digest)
+    try:
+        blob = blobs.get_bytes(final, max_bytes=compressed_bound(raw_limit))
+    except NotFound:
+        return False
+    except PayloadTooLarge:
+        blob = b""
+    if blob and raw_if_valid(blob, digest, raw_limit) is not None:
+        return False
+    blobs.put_bytes(quarantine_key(catalog_id, digest), blob)
+    blobs.delete([final])
+    log.warning("stored chunk failed verification; quarantined", extra={"digest": digest[:12], "catalog": catalog_id})
+    return True
