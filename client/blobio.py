@@ -60,6 +60,14 @@ class BlobClient:
                 last = exc
                 log.warning("transfer error, will retry", extra={"what": what, "attempt": attempt + 1})
                 continue
+            if 300 <= response.status_code < 400:
+                # A redirect from storage (S3's 307 for a bucket outside us-east-1 on the global
+                # endpoint, say) is never success: its body is not the object, and a PUT was not stored.
+                where = response.headers.get("location", "")[:120]
+                raise PdcatError(
+                    f"storage answered HTTP {response.status_code} (a redirect{' to ' + where if where else ''}) "
+                    f"for {what}; the catalog's storage endpoint or region is misconfigured"
+                )
             if response.status_code in (401, 403):
                 raise UrlRefused(f"storage refused the URL for {what} (HTTP {response.status_code})")
             if response.status_code >= 500 or response.status_code == 429:

@@ -145,8 +145,10 @@ def test_push_killed_mid_transfer_resumes_with_only_the_missing_chunks(
     assert bg.poll() == -9
     stored = settled(lambda: stored_chunks(embedded_data, cid), "the stored chunk count")
     assert 60 <= stored < total - 20, f"{stored} of {total} chunks stored: the kill came too late to test resuming"
-    pending = chunk_dir(embedded_data, cid).parent / "1.0" / ARCH / "uploads"
-    assert len(listing(pending)) == 1, "the killed push should have left its pending upload index"
+    staging = embedded_data / "blobs" / "objects" / "staging"
+    sessions = listing(staging)
+    assert len(sessions) == 1, "the killed push should have left its upload session's staging area"
+    assert "index.json" in listing(staging / sessions[0]), "the killed push uploaded its index first"
 
     # The catalog lists what is stored, so the rerun sends exactly the rest: no slack is needed
     # (requests still in flight at the kill have landed or vanished by the time the count settles).
@@ -155,7 +157,6 @@ def test_push_killed_mid_transfer_resumes_with_only_the_missing_chunks(
     assert again["uploaded_chunks"] == total - stored, (again["uploaded_chunks"], total, stored)
     assert again["reused_bytes"] > 0 and again["manifest"]["status"] == "ready"
     assert stored_chunks(embedded_data, cid) == total
-    assert listing(pending) == [], "the resumed push left a pending upload index behind"
 
     dest = tmp_path / "vms"
     got = fpdcat.json(*pull_args(cid, dest, "back"))
@@ -194,16 +195,23 @@ def test_pull_killed_mid_transfer_resumes_from_its_journal(
 
 # ---- 3. presigned URLs expire mid-transfer ----------------------------------------------------------
 def _url_refreshes(log: Path) -> dict[str, int]:
-    """Successful ``.../urls`` calls in the server's JSON request log, by kind (push or pull)."""
-    counts = {"push": 0, "pull": 0}
+    """URL requests beyond the first page, in the server's JSON request log, by kind (push or pull).
+
+    A push asks ``/uploads/{id}/chunks`` once for a page (81 chunks are one page) and again only for
+    a refused URL; a pull asks ``…/pull/urls`` once per page and again only after a refusal.
+    """
+    counts = {"push": -1, "pull": -1}
     for line in log.read_text().splitlines():
         try:
             doc = json.loads(line)
         except ValueError:
             continue
         path = str(doc.get("path", ""))
-        if doc.get("message") == "request" and doc.get("status") == 200 and path.endswith("/urls"):
-            counts["pull" if path.endswith("/pull/urls") else "push"] += 1
+        if doc.get("message") == "request" and doc.get("status") == 200:
+            if path.endswith("/pull/urls"):
+                counts["pull"] += 1
+            elif path.endswith("/chunks"):
+                counts["push"] += 1
     return counts
 
 
@@ -217,7 +225,7 @@ def test_urls_expiring_mid_transfer_are_refreshed(fpdcat: Pdcat, cid: str, tmp_p
     server, token = extra_server(
         tmp_path,
         "expiring",
-        {"PDCAT_URL_EXPIRY_SECONDS": "2", "PDCAT_URL_PAGE_SIZE": "500", "PDCAT_LOG_LEVEL": "INFO"},
+        {"PDCAT_URL_EXPIRY_SECONDS": "2", "PDCAT_LOG_LEVEL": "INFO"},
     )
     try:
         fpdcat.env.update({"PDCAT_SERVER": server.url, "PDCAT_TOKEN": token})
