@@ -542,10 +542,11 @@ def cmd_rm(args: argparse.Namespace) -> int:
         raise InvalidInput("--arch needs ID:VERSION")
     with _client(args) as api:
         api.delete(catalog_id, version or None, arch, purge=args.purge)
-    _say(
-        args,
-        f"Removed {args.ref}" + (f" ({arch})" if arch else "") + (" and purged its stored data" if args.purge else ""),
-    )
+    removed = f"Removed {args.ref}" + (f" ({arch})" if arch else "")
+    if args.purge:
+        _say(args, f"{removed} and reclaimed the data no other version uses")
+    else:
+        _say(args, f"{removed}; its data stays in storage until `pdcat gc` reclaims what no other version uses")
     return 0
 
 
