@@ -89,5 +89,8 @@ def read_marks(blobs: BlobStore, nonce: str, *, workers: int = 16) -> SessionMar
         with ThreadPoolExecutor(max(1, min(workers, len(keys)))) as pool:
             for part_named, part_confirmed in pool.map(load, keys):
                 named |= part_named
-                confirmed.update(part_confirmed)
+                for digest, entry in part_confirmed.items():
+                    # a later "already stored" mark knows no raw size: never let it hide a verified one
+                    if entry.raw_size is not None or digest not in confirmed:
+                        confirmed[digest] = entry
     return SessionMarks(frozenset(named), confirmed)
