@@ -8,7 +8,7 @@ EMULATORS := infra/local/emulators
 NODE_STAMP := $(EMULATORS)/node_modules/.installed
 IAC_STAMP := .venv-iac/.installed
 
-.PHONY: demo test unit contract lint typecheck check bench clean
+.PHONY: demo test unit contract lint typecheck check bench clean system-packages
 
 # The demo needs only the client and the embedded server; tests need the clouds' SDKs and the tools too.
 $(BASE_STAMP): pyproject.toml
@@ -31,10 +31,14 @@ $(IAC_STAMP): infra/requirements-iac.txt $(STAMP)
 	@$(BIN)/python tests/infra/iac_tools.py >/dev/null
 	@touch $(IAC_STAMP)
 
+# The system tools tests and bench run (mkfs.xfs, zstd, tar, mount...): installed with apt-get if missing.
+system-packages:
+	@sh infra/local/system_packages.sh
+
 demo: $(BASE_STAMP)
 	@$(BIN)/python infra/local/demo.py
 
-test: $(STAMP) $(NODE_STAMP) $(IAC_STAMP) check
+test: $(STAMP) $(NODE_STAMP) $(IAC_STAMP) system-packages check
 	@$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 unit: $(STAMP)
@@ -51,7 +55,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck
 
-bench: $(STAMP)
+bench: $(STAMP) system-packages
 	@$(BIN)/python bench/run.py
 
 clean:

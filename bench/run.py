@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -105,6 +106,8 @@ class Child:
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0
+    """user + system CPU of the child itself (rusage from ``os.wait4``)."""
 
     @property
     def rss_mib(self) -> float:
@@ -140,6 +143,7 @@ def run_child(argv: Sequence[str], env: dict[str, str], *, cwd: Path = REPO, che
             proc.returncode,
             out.read().decode(errors="replace"),
             err.read().decode(errors="replace"),
+            usage.ru_utime + usage.ru_stime,
         )
     if check and child.returncode != 0:
         raise StepFailed(f"'{' '.join(argv)}' failed (exit {child.returncode}): {child.stderr.strip()[-1500:]}")
@@ -173,6 +177,131 @@ def timed_pipeline(commands: list[list[str]], stdout: Any = subprocess.DEVNULL) 
     if errors:
         raise StepFailed("; ".join(errors))
     return time.monotonic() - started
+
+
+# ---- the embedded server's own CPU and memory, from /proc (no psutil) ------------------------
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (field 3, ``state``, is index 0)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` (one pass over /proc); the server normally has none."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None:
+                parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """user + system CPU seconds of ``pid``: every thread of it, live or finished (the process line of
+    /proc/<pid>/stat sums them), its reaped children (cutime + cstime) and its live descendants."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    ticks = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    for child in _descendants(pid):
+        sub = _stat_fields(child)
+        if sub is not None:
+            ticks += int(sub[11]) + int(sub[12])
+    return ticks / _CLK_TCK
+
+
+def _rss_kib(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE_SIZE // 1024
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _hwm_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+@dataclass
+class ServerUsage:
+    """What the server process spent while a ``with ServerProbe(pid)`` block ran."""
+
+    cpu_seconds: float | None = None
+    wall_seconds: float = 0.0
+    peak_rss_kib: int | None = None
+    peak_rss_method: str = ""
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 3),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "peak_rss_mib": None if self.peak_rss_kib is None else round(self.peak_rss_kib / 1024, 1),
+            "peak_rss_method": self.peak_rss_method,
+        }
+
+
+class ServerProbe:
+    """CPU seconds (delta of /proc/<pid>/stat) and peak RSS of the server during a block.
+
+    Peak RSS: the kernel's high-water mark (VmHWM) after resetting it on entry (``echo 5 >
+    /proc/<pid>/clear_refs``, Linux >= 4.0); if the reset is refused, the largest VmRSS seen by a
+    sampler every 50 ms (it can miss a spike shorter than that). Both cost next to nothing.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid, self.interval = pid, interval
+        self.usage = ServerUsage()
+        self._stop = threading.Event()
+        self._sampled = 0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sampled = max(self._sampled, _rss_kib(self.pid) or 0)
+
+    def __enter__(self) -> ServerUsage:
+        try:
+            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+            self._hwm_reset = True
+        except OSError:
+            self._hwm_reset = False
+        self._sampled = _rss_kib(self.pid) or 0
+        self._cpu0 = process_cpu_seconds(self.pid)
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._sample, name="server-probe", daemon=True)
+        self._thread.start()
+        return self.usage
+
+    def __exit__(self, *exc: object) -> None:
+        cpu1 = process_cpu_seconds(self.pid)
+        self.usage.wall_seconds = time.monotonic() - self._t0
+        self._stop.set()
+        self._thread.join()
+        self._sampled = max(self._sampled, _rss_kib(self.pid) or 0)
+        if self._cpu0 is not None and cpu1 is not None:
+            self.usage.cpu_seconds = cpu1 - self._cpu0
+        hwm = _hwm_kib(self.pid) if self._hwm_reset else None
+        if hwm is not None:
+            self.usage.peak_rss_kib, self.usage.peak_rss_method = max(hwm, self._sampled), "VmHWM, reset before"
+        elif self._sampled:
+            self.usage.peak_rss_kib, self.usage.peak_rss_method = self._sampled, "VmRSS sampled every 50 ms"
 
 
 # ---- the report -------------------------------------------------------------------------------
@@ -265,6 +394,8 @@ class Bench:
         self.cache_available: bool | None = None
         self.pdcat_push_v1: Child | None = None
         self.cache_xfs: tuple[Child, dict[str, Any], Child, dict[str, Any]] | None = None
+        self.server_push: ServerUsage | None = None
+        self.v1_raw_uploaded = 0
 
     # -- plumbing --
     def start_server(self) -> None:
@@ -291,6 +422,23 @@ class Bench:
         )
         self.env = env
         self.r.say(f"embedded catalog at {self.server.url} (data in {self.work / 'catalog'})")
+
+    def probe_server(self) -> ServerProbe:
+        """Measure ``pdcat serve`` (CPU, peak RSS) during a block; settle first, so no writeback is in it."""
+        settle()
+        return ServerProbe(self.server.process.pid)
+
+    def raw_bytes(self, catalog_id: str, version: str) -> int:
+        """Raw (uncompressed) bytes of the unique chunks of a committed version, from its index."""
+        import httpx
+
+        from core.pack import PackIndex
+
+        with self.api() as api:
+            answer = api.pull(catalog_id, version, ARCH)
+        r = httpx.get(answer["index_url"], timeout=120)
+        r.raise_for_status()
+        return PackIndex.from_bytes(r.content).data_size
 
     def pdcat(self, *args: str, env: dict[str, str] | None = None) -> Child:
         settle()
@@ -350,9 +498,11 @@ class Bench:
         with self.r.step("baseline") as rec, self.api() as api:
             work = self.work / "baseline"
             work.mkdir()
-            settle()
-            p = baseline.push(api, self.bundle, work, "bench-baseline", "1", ARCH)
+            with self.probe_server() as server:
+                p = baseline.push(api, self.bundle, work, "bench-baseline", "1", ARCH)
             rec["push"] = {
+                "server": server.json(),
+                "excluded_verify_seconds": round(p.verify_seconds, 3),
                 "pack_bytes": p.pack_bytes,
                 "md5": p.md5,
                 "pack_seconds": round(p.pack_seconds, 3),
@@ -363,7 +513,8 @@ class Bench:
             self.r.say(
                 f"baseline push: tar | gzip -5 | md5 -> {mib(p.pack_bytes)} in {p.pack_seconds:.2f}s, "
                 f"2-way upload {p.upload_seconds:.2f}s = {p.seconds:.2f}s "
-                f"(sha256 of the halves for the catalog index, {p.hash_seconds:.2f}s, not counted)"
+                f"(sha256 of the halves for the catalog index, {p.hash_seconds:.2f}s, and the catalog's "
+                f"/verify of them, {p.verify_seconds:.2f}s, not counted; server CPU {server.cpu_seconds:.2f}s)"
             )
             p.pack_path.unlink()
             dest = work / "out"
@@ -386,30 +537,47 @@ class Bench:
 
     def pdcat_full(self) -> None:
         with self.r.step("pdcat_push_v1") as rec:
-            c = self.pdcat("push", str(self.bundle), "--catalog", CATALOG, "--version", "1", "--arch", ARCH, "--json")
+            with self.probe_server() as server:
+                c = self.pdcat(
+                    "push", str(self.bundle), "--catalog", CATALOG, "--version", "1", "--arch", ARCH, "--json"
+                )
             out = c.json()
+            # raw bytes that went up = unique chunks of the index minus those the catalog already had
+            raw_uploaded = self.raw_bytes(CATALOG, "1") - int(out.get("reused_bytes") or 0)
             rec.update(
                 wall_seconds=round(c.seconds, 3),
                 reported_seconds=out.get("seconds"),
                 rss_mib=round(c.rss_mib, 1),
+                client_cpu_seconds=round(c.cpu_seconds, 3),
                 uploaded_bytes=out["uploaded_bytes"],
+                uploaded_raw_bytes=raw_uploaded,
                 uploaded_chunks=out["uploaded_chunks"],
                 chunks=out["chunks"],
+                server=server.json(),
             )
+            if server.cpu_seconds is not None and raw_uploaded:
+                rec["server"]["cpu_seconds_per_gb"] = round(server.cpu_seconds / (raw_uploaded / 1e9), 3)
         self.pdcat_push_v1 = c
+        self.server_push = server
         self.v1_uploaded = int(out["uploaded_bytes"])
+        self.v1_raw_uploaded = raw_uploaded
         self.r.say(
             f"pdcat push v1: {c.seconds:.2f}s wall ({out.get('seconds')}s inside), "
-            f"{out['uploaded_chunks']}/{out['chunks']} chunks, {mib(out['uploaded_bytes'])} sent, "
-            f"peak RSS {c.rss_mib:.0f} MiB"
+            f"{out['uploaded_chunks']}/{out['chunks']} chunks, {mib(out['uploaded_bytes'])} sent "
+            f"({mib(raw_uploaded)} raw), peak RSS {c.rss_mib:.0f} MiB, client CPU {c.cpu_seconds:.2f}s; "
+            f"server CPU {server.cpu_seconds:.2f}s, server peak RSS "
+            + ("?" if server.peak_rss_kib is None else f"{server.peak_rss_kib / 1024:.0f} MiB")
         )
 
         with self.r.step("pdcat_pull_cold") as rec:
             self.clear(self.work / "cache")
             dest = self.work / "d1"
-            c = self.pull(f"{CATALOG}:1", dest)
+            with self.probe_server() as server:
+                c = self.pull(f"{CATALOG}:1", dest)
             out = c.json()
             rec.update(
+                server=server.json(),
+                client_cpu_seconds=round(c.cpu_seconds, 3),
                 wall_seconds=round(c.seconds, 3),
                 reported_seconds=out.get("seconds"),
                 rss_mib=round(c.rss_mib, 1),
@@ -632,6 +800,38 @@ class Bench:
                     "ceiling = tar --sparse | zstd -T0 -3 > /dev/null (no hashing, no upload)",
                 )
             )
+        usage = self.server_push
+        if usage is not None and usage.cpu_seconds is not None and self.v1_raw_uploaded and self.pdcat_push_v1:
+            gb = self.v1_raw_uploaded / 1e9
+            per_gb = usage.cpu_seconds / gb
+            client = self.pdcat_push_v1.cpu_seconds
+            m.append(
+                Metric(
+                    "server CPU s per GB pushed",
+                    f"{per_gb:.2f} s/GB",
+                    "-",
+                    None,
+                    "(not judged)",
+                    None,
+                    f"`pdcat serve` (all threads) used {usage.cpu_seconds:.2f}s user+system CPU during push v1 "
+                    f"({usage.cpu_seconds / usage.wall_seconds:.2f} cores on average over {usage.wall_seconds:.2f}s) "
+                    f"for {gb:.3f} GB (10^9 bytes) of raw chunk data uploaded ({mib(self.v1_uploaded)} "
+                    f"compressed): receiving, verifying (read, decompress, sha256) and promoting every chunk, "
+                    f"and committing; the pdcat client used {client:.2f}s ({client / gb:.2f} s/GB)",
+                )
+            )
+            if usage.peak_rss_kib is not None:
+                m.append(
+                    Metric(
+                        "server peak RSS during push",
+                        f"{usage.peak_rss_kib / 1024:.0f} MiB",
+                        "-",
+                        None,
+                        "(not judged)",
+                        None,
+                        f"{usage.peak_rss_method}; the whole server process, not only what the push added",
+                    )
+                )
         if hasattr(self, "v2"):
             _, out, mut, cells = self.v2
             ratio = out["uploaded_bytes"] / self.v1_uploaded
@@ -742,7 +942,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         packages = sorted({REQUIRED_TOOLS[t] for t in missing})
         named = ", ".join(f"{t} (Debian package {REQUIRED_TOOLS[t]})" for t in missing)
         print(f"bench: missing tool(s): {named}", file=sys.stderr)
-        print(f"bench: install with: apt-get install -y {' '.join(packages)}", file=sys.stderr)
+        print(
+            f"bench: install with: sh infra/local/system_packages.sh (as root; `make bench` runs it), or"
+            f" apt-get install -y {' '.join(packages)}",
+            file=sys.stderr,
+        )
         return 2
     parent = Path(args.workdir) if args.workdir else Path(tempfile.gettempdir())
     parent.mkdir(parents=True, exist_ok=True)

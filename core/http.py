@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from core.errors import InvalidInput, MethodNotAllowed, NotFound, PayloadTooLarge, PdcatError
+from core.limits import API_BODY_BUDGET_BYTES
 from core.rbac import ANONYMOUS, Principal
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
 log = logging.getLogger("pdcat.http")
 
 API_PREFIX = "/api/v1"
-MAX_BODY = 1024 * 1024  # every API body stays under 1 MiB, whatever the VM size (ADR 002)
+MAX_BODY = API_BODY_BUDGET_BYTES  # every API body stays under 1 MiB, whatever the VM size (ADR 002)
 _PARAM = re.compile(r"\{([a-z_]+)\}")
 
 

@@ -485,7 +485,6 @@ class CatalogService:
         nonce = secrets.token_urlsafe(12)
         upload_id = _upload_id(key, nonce)
         session = UploadSession(upload_id, now_iso(), who.subject, staging_index_key(nonce), 0, force)
-        self._write_session_meta(nonce, key, declared, meta)
 
         stored = self.store.get(key)
         if stored is None:
@@ -521,6 +520,9 @@ class CatalogService:
                 self.store.replace(replacement, stored.etag)
             except Conflict:
                 raise Conflict(f"{key} is being pushed by someone else right now") from None
+        # Written once the session exists, so a refused push leaves nothing behind; until it lands, the
+        # session's requests answer 404 and gc judges the staging area by its age alone.
+        self._write_session_meta(nonce, key, declared, meta)
         log.info("push started", extra={"manifest": str(key), "by": who.subject, "chunk_size": declared.chunk_size})
         return {
             "upload_id": upload_id,

@@ -13,6 +13,8 @@ and Python worker do between the socket and the user's function:
 - build ``func.HttpRequest`` with the URL the host builds (``{scheme}://{host}{path}{query}``, the
   path re-escaped like ``PathString.ToUriComponent``), the query (blank values dropped, repeats
   joined with ``,``), lower-case headers, route values and the raw body;
+- refuse a request body over the host's size limit (100 MB, ``core/limits.py``) with a bare 413
+  before anything else, from its Content-Length first, never reading more than the limit;
 - call the user function and turn its answer into HTTP with the worker's own converter
   (``HttpResponseConverter``, which adds the default Content-Type); an exception is an empty 500.
 
@@ -42,6 +44,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote
 
+from core.limits import FUNCTIONS_REQUEST_BYTES
+
 if TYPE_CHECKING:
     from infra.local.servers import RunningProcess
 
@@ -58,8 +62,9 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[2]
 APP_DIR = REPO / "azure_app"
-MAX_REQUEST_BODY = 100 * 1024 * 1024
-"""The Functions host's default request size limit (``FUNCTIONS_REQUEST_BODY_SIZE_LIMIT``)."""
+MAX_REQUEST_BODY = FUNCTIONS_REQUEST_BYTES
+"""The Functions host's default request size limit (``FUNCTIONS_REQUEST_BODY_SIZE_LIMIT``): a larger
+request is refused with a bare 413 before the app runs."""
 
 log = logging.getLogger("pdcat.azure_host")
 
@@ -302,7 +307,7 @@ class FunctionsHost:
             bindings = json.loads(fn.get_function_json())["bindings"]
             trigger = next((b for b in bindings if b.get("type") == "httpTrigger"), None)
             if trigger is None:
-                log.warning("function %s has no HTTP trigger; this local host serves HTTP triggers only", fn)
+                log.info("function %s is not HTTP-triggered: this local host skips it", fn.get_function_name())
                 continue
             name = fn.get_function_name() or "function"
             user_function = fn.get_user_function()
@@ -333,6 +338,9 @@ class FunctionsHost:
         host: str = "localhost",
     ) -> HostResponse:
         """One request: ``target`` is the request target exactly as sent (raw path and query)."""
+        headers = list(headers)
+        if too_large(headers) or len(body) > MAX_REQUEST_BODY:
+            return HostResponse(413, [("Content-Length", "0")], b"")
         raw_path, _, raw_query = target.partition("?")
         try:
             path = kestrel_path(raw_path)
@@ -394,6 +402,18 @@ class FunctionsHost:
 _LOADED: dict[Path, FunctionsHost] = {}
 
 
+def too_large(headers: Iterable[tuple[str, str]]) -> bool:
+    """Whether a Content-Length header announces a body over the host's limit."""
+    for name, value in headers:
+        if name.lower() == "content-length":
+            try:
+                if int(value.strip()) > MAX_REQUEST_BODY:
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
 # --- over HTTP --------------------------------------------------------------------------------------
 
 
@@ -411,6 +431,9 @@ def wsgi_app(functions_host: FunctionsHost) -> Callable[[dict[str, Any], Callabl
             if environ.get(key):
                 headers.append((name, str(environ[key])))
         length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length > MAX_REQUEST_BODY:  # refused from the header alone: the body is never read
+            start_response("413 Payload Too Large", [("Content-Length", "0"), ("Connection", "close")])
+            return [b""]
         body = environ["wsgi.input"].read(length) if length > 0 else b""
         answer = functions_host.handle(
             str(environ.get("REQUEST_METHOD", "GET")),
@@ -437,7 +460,7 @@ def serve(functions_host: FunctionsHost, host: str, port: int) -> None:
         host=host,
         port=port,
         threads=16,
-        max_request_body_size=MAX_REQUEST_BODY,
+        max_request_body_size=MAX_REQUEST_BODY,  # a larger request: 413 from its head, its body never buffered
         recv_bytes=256 * 1024,
         send_bytes=256 * 1024,
         inbuf_overflow=128 * 1024 * 1024,

@@ -181,19 +181,26 @@ def start_moto(
     )  # fmt: skip
 
 
-def start_chalice_local(env: dict[str, str], log_dir: Path, *, timeout: float = 60.0) -> RunningProcess:
-    """The AWS frontend as ``chalice local`` (the unchanged app, converted requests), on loopback."""
+def start_chalice_local(
+    env: dict[str, str], log_dir: Path, *, timeout: float = 60.0, project_dir: Path | None = None
+) -> RunningProcess:
+    """The AWS frontend as ``chalice local`` (the unchanged app, converted requests), on loopback.
+
+    Run through ``apigw_limits.py``: ``chalice local`` whose gateway enforces API Gateway's and Lambda's
+    limits (10 MB request, 6 MB invocation payload each way, 29 s), as the cloud does.
+    ``project_dir`` is another Chalice project (the harness's own tests); it must answer /api/v1/health.
+    """
     port = free_port()
-    exe = Path(sys.executable).with_name("chalice")
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"chalice-{port}.log"
     process = subprocess.Popen(
-        [str(exe), "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO / "aws_app",
+        [sys.executable, str(Path(__file__).with_name("apigw_limits.py")),
+         "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=project_dir or REPO / "aws_app",
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
         env={**os.environ, "AWS_DEFAULT_REGION": "us-east-1", **env},
-    )
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     return wait_until_ready(
         process, url, log_path, "chalice local",
