@@ -3,16 +3,17 @@
 Every path of the contract (``core.api.route_shapes``) is registered and handed, unchanged, to the
 one router in ``core``: this module converts Chalice's request into ``core.http.Request`` and the
 answer back, nothing else. The service and its adapters are built on the first request, so importing
-this module (the Lambda cold start) stays cheap.
+this module (the Lambda cold start) stays cheap. Garbage collection runs on a schedule (``gc``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 from urllib.parse import quote
 
-from chalice import Chalice, Response
+from chalice import Chalice, Rate, Response
 from chalicelib.bootstrap import router
 
 from core.api import route_shapes
@@ -69,3 +70,27 @@ for _pattern in [*route_shapes(), *_FALLBACKS]:
     app.route(_pattern, methods=_METHODS, name=_name, content_types=["application/json", "text/plain"])(
         _handler(_pattern)
     )
+
+
+# Garbage collection (docs/adr-002-storage-protocol-v2.md): one step an hour, a page of catalog ids
+# within the budget, its cursor kept in storage. The budget leaves a third of the function's time
+# (at least 10 s) for the catalog in progress when it runs out: 600 s under a 900 s timeout.
+@app.schedule(Rate(1, unit=Rate.HOURS), name="gc")
+def collect_garbage(event: Any) -> None:
+    from chalicelib.dynamo_store import DynamoManifestStore
+    from chalicelib.s3_blobs import S3BlobStore
+
+    from core.config import load_settings
+    from core.gc import run_scheduled
+    from core.logs import configure_logging
+
+    configure_logging(load_settings().log_level)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    store = DynamoManifestStore(
+        os.environ["PDCAT_TABLE"], region=region, host=os.environ.get("PDCAT_DYNAMODB_ENDPOINT") or None
+    )
+    blobs = S3BlobStore(
+        os.environ["PDCAT_BUCKET"], region=region, endpoint_url=os.environ.get("PDCAT_S3_ENDPOINT") or None
+    )
+    remaining = getattr(getattr(event, "context", None), "get_remaining_time_in_millis", lambda: 900_000)() / 1000
+    run_scheduled(store, blobs, budget_seconds=min(600.0, remaining - max(10.0, remaining / 3)))

@@ -9,10 +9,13 @@ as Kestrel decoded it: Kestrel leaves an encoded ``/`` (``%2F``) encoded, so an 
 an id stays inside that id and cannot change the route. The catch-all route parameter is not used
 (it is already decoded). Nothing heavy is imported here: the service, its adapters and the Azure SDKs
 are built on the first request (``azurelib.bootstrap``), so the cold start stays cheap.
+
+A timer-triggered function (``gc``) runs a step of garbage collection every hour.
 """
 
 from __future__ import annotations
 
+import os
 from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
@@ -45,3 +48,19 @@ def to_http_response(answer: Response) -> func.HttpResponse:
 @app.route(route="{*path}")
 def api(req: func.HttpRequest) -> func.HttpResponse:
     return to_http_response(dispatch(to_core_request(req)))
+
+
+# Garbage collection (docs/adr-002-storage-protocol-v2.md): one step an hour, a page of catalog ids
+# within the budget, its cursor kept in storage. host.json's functionTimeout is 5 minutes: the budget
+# leaves a minute for the catalog in progress when it runs out.
+@app.function_name("gc")
+@app.timer_trigger(schedule="0 17 * * * *", arg_name="timer", run_on_startup=False)
+def collect_garbage(timer: func.TimerRequest) -> None:
+    from azurelib.bootstrap import _configure_logs, _stores, load_azure_settings
+
+    from core.config import load_settings
+    from core.gc import run_scheduled
+
+    _configure_logs(load_settings(os.environ).log_level)
+    store, _, blobs = _stores(load_azure_settings(os.environ))
+    run_scheduled(store, blobs, budget_seconds=240.0)

@@ -224,3 +224,13 @@ class CatalogClient:
     def import_pack(self, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", "/catalog/import", json=body)
         return result
+
+    # ---- administration -------------------------------------------------------------------
+    def gc(self, *, dry_run: bool, cursor: str | None = None, grace_seconds: float | None = None) -> dict[str, Any]:
+        """One step of garbage collection (``POST /admin/gc``); call again with ``next_cursor`` until it
+        is None. Counts only: the answer never names a catalog id."""
+        body: dict[str, Any] = {"dry_run": dry_run, "cursor": cursor}
+        if grace_seconds is not None:
+            body["grace_seconds"] = grace_seconds
+        result: dict[str, Any] = self.request("POST", "/admin/gc", json=body)
+        return result

@@ -581,6 +581,49 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     return 0
 
 
+_GC_COUNTS = ("catalogs", "chunks_deleted", "chunk_bytes_deleted", "staged_deleted", "staged_bytes_deleted",
+              "sessions_aborted")  # fmt: skip
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Every step of one garbage-collection walk, summed into one line (or one JSON object)."""
+    if args.grace is not None and args.grace < 0:
+        raise InvalidInput("--grace must be 0 seconds or more")
+    totals = dict.fromkeys(_GC_COUNTS, 0)
+    cursor: str | None = None
+    steps = 0
+    with _client(args) as api:
+        while True:
+            answer = api.gc(dry_run=args.dry_run, cursor=cursor, grace_seconds=args.grace)
+            steps += 1
+            for name in _GC_COUNTS:
+                totals[name] += int(answer.get(name) or 0)
+            following = answer.get("next_cursor")
+            if not following:
+                break
+            if following == cursor:
+                raise PdcatError("the catalog's garbage collection did not move on; try again later")
+            cursor = str(following)
+    if args.json:
+        print_json({"dry_run": args.dry_run, "steps": steps, **totals})
+        return 0
+    verb = "would be reclaimed" if args.dry_run else "reclaimed"
+    line = (
+        f"gc: {_plural(totals['chunks_deleted'], 'chunk')} ({human_size(totals['chunk_bytes_deleted'])}) and "
+        f"{_plural(totals['staged_deleted'], 'staged object')} ({human_size(totals['staged_bytes_deleted'])}) "
+        f"{verb} in {_plural(totals['catalogs'], 'catalog')}"
+    )
+    if totals["sessions_aborted"]:
+        aborted = "would be aborted" if args.dry_run else "aborted"
+        line += f"; {_plural(totals['sessions_aborted'], 'abandoned upload')} {aborted}"
+    _say(args, line)
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     overrides = {"max_bytes": args.max_size, "keep_free_bytes": args.keep_free}
     budget = replace(budget_from_env(), **{k: v for k, v in overrides.items() if v is not None})
@@ -776,6 +819,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--max-size", type=int, help="(prune) budget in bytes (default: PDCAT_CACHE_MAX_BYTES)")
     c.add_argument("--keep-free", type=int, help="(prune) bytes of disk to keep free (default 5 GiB)")
     c.set_defaults(func=cmd_cache)
+
+    c = command("gc", "Reclaim storage nothing references (chunks, staged uploads); needs the delete claim",
+                json_flag=True)  # fmt: skip
+    c.add_argument("--dry-run", action="store_true", help="only count what would be reclaimed")
+    c.add_argument("--grace", type=float, metavar="SECONDS", help="keep anything younger (default: the catalog's, 1 h)")
+    c.set_defaults(func=cmd_gc)
 
     c = command("apikey", "Create, list or revoke API keys", json_flag=True)
     c.add_argument("action", choices=("create", "ls", "revoke"))

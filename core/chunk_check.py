@@ -91,13 +91,14 @@ def promote_staged(blobs: BlobStore, catalog_id: str, nonce: str, digest: str, r
 def recheck_stored(blobs: BlobStore, catalog_id: str, digest: str, raw_limit: int) -> bool:
     """Re-verify a stored chunk a client reported; quarantine it if it is really corrupt.
 
-    Returns True if it was quarantined. The client's word alone never removes anything.
+    Returns True if it was quarantined, or is not in ``chunks/`` at all (quarantined before, or never
+    there): either way the next push uploads it again. The client's word alone never removes anything.
     """
     final = chunk_key(catalog_id, digest)
     try:
         blob = blobs.get_bytes(final, max_bytes=compressed_bound(raw_limit))
     except NotFound:
-        return False
+        return True
     except PayloadTooLarge:
         blob = b""
     if blob and raw_if_valid(blob, digest, raw_limit) is not None:

@@ -505,12 +505,10 @@ class CatalogService:
             if current.upload is not None and current.upload.started_by != who.subject and not force:
                 # Resuming is for the pusher; taking over someone else's push must be explicit.
                 raise Conflict(f"{key} is being pushed by someone else right now; push with force to take over")
-            if current.is_deleted:  # a tombstone: a new version under the same identity, same access rules
-                replacement = replace(
-                    self._new_manifest(key, who, upload=session, **meta),
-                    required_roles=meta.get("required_roles", current.required_roles),
-                    required_claims=meta.get("required_claims", current.required_claims),
-                )
+            if current.is_deleted:
+                # A tombstone stays one (invisible, its access rules kept) until the commit: an aborted
+                # or abandoned push over it must not lose it.
+                replacement = current.touched(upload=session)
             else:
                 changes: dict[str, Any] = {"upload": session}
                 if not current.is_ready:
@@ -563,9 +561,10 @@ class CatalogService:
         stored = self.store.get(key)
         if stored is None or stored.manifest.upload is None or stored.manifest.upload.upload_id != upload_id:
             raise NotFound("no such upload (it was committed, aborted or replaced by a newer push)")
-        # The pusher keeps their session even if the roles they pushed with hide the manifest from them.
-        own = stored.manifest.upload.started_by == who.subject
-        if not own and not can_see(who, stored.manifest.required_roles, stored.manifest.required_claims):
+        # A session belongs to whoever began it: another publisher takes a push over only by beginning
+        # its own (with force), never by using this one. The pusher keeps it even if the roles they
+        # pushed with hide the manifest from them.
+        if stored.manifest.upload.started_by != who.subject:
             raise NotFound("no such upload (it was committed, aborted or replaced by a newer push)")
         session = stored.manifest.upload
         nonce = nonce_of_staging_key(session.index_key)
@@ -655,8 +654,15 @@ class CatalogService:
         final = index.with_stored_sizes({d: confirmed[d].stored_size for d in needed})
         self.blobs.put_bytes(index_key(manifest.key.prefix), final.canonical_bytes())
         at = now_iso()
+        base = manifest
+        if manifest.is_deleted:  # a new version over a tombstone: a fresh manifest, the access rules kept
+            base = replace(
+                self._new_manifest(manifest.key, who),
+                required_roles=manifest.required_roles,
+                required_claims=manifest.required_claims,
+            )
         ready = replace(
-            manifest,
+            base,
             **parse_metadata(open_session.metadata),
             **_pack_fields(final),
             status=STATUS_READY,
@@ -675,7 +681,7 @@ class CatalogService:
     def abort(self, who: Principal, upload_id: str) -> None:
         open_session = self._session(who, upload_id)
         manifest, etag = open_session.manifest, open_session.etag
-        if manifest.is_ready or manifest.revoked:  # a revoked identity stays burned
+        if manifest.is_ready or manifest.revoked or manifest.is_deleted:  # a revoked identity stays burned
             self.store.replace(manifest.touched(upload=None), etag)
         else:
             self.store.delete(manifest.key, etag)

@@ -360,8 +360,15 @@ def _refs(value: Any) -> set[str]:
 
 
 def check_role(template: Template) -> None:
-    """Only the table, its two indexes, the bucket and the log group; no wildcard resource or action."""
-    role_name = template["Resources"]["APIHandler"]["Properties"]["Role"]["Fn::GetAtt"][0]
+    """Every function's role (the API's, the scheduled collector's): only the table, its two indexes, the
+    bucket and the log group; no wildcard resource or action."""
+    functions = [r for r in template["Resources"].values() if r["Type"] == "AWS::Serverless::Function"]
+    assert len(functions) >= 2, "the API handler and the scheduled garbage collector"
+    for function in functions:
+        _check_function_role(template, function["Properties"]["Role"]["Fn::GetAtt"][0])
+
+
+def _check_function_role(template: Template, role_name: str) -> None:
     role = _resource(template, role_name, "AWS::IAM::Role")
     assert "ManagedPolicyArns" not in role, "no managed policies: they name resources of the whole account"
     gsis = {g["IndexName"] for g in template["Resources"]["CatalogTable"]["Properties"]["GlobalSecondaryIndexes"]}
