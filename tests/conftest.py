@@ -2,7 +2,8 @@
 
 ``backend`` is parametrised by name: the embedded server (``pdcat serve`` as a child process); the AWS
 frontend served by ``chalice local`` (``aws-http``) and in-process through ``chalice.test.Client``
-(``aws-inproc``), both over DynamoDB and S3 on a real moto server; the Azure frontend under the small
+(``aws-inproc``), both over DynamoDB on a real moto server and S3 on a real SeaweedFS server (which,
+unlike moto, checks SigV4 signatures, expiry and conditional writes); the Azure frontend under the small
 local Functions host (``azure-http``) and in-process (``azure-inproc``), both over the Cosmos DB emulator
 and Azurite. Backends reached over a socket (not ``*-inproc``) also serve the end-to-end suite, which
 runs the real ``pdcat`` command. If a server cannot start, the fixture raises: a test never skips
@@ -127,9 +128,15 @@ def _file_writer(root: Path, url: str) -> Callable[[str, bytes], None]:
 
 
 def _s3_writer(env: dict[str, str]) -> Callable[[str, bytes], None]:
+    import boto3
     from chalicelib.s3_blobs import S3BlobStore
 
-    return S3BlobStore(env["PDCAT_BUCKET"], region="us-east-1", endpoint_url=env["PDCAT_S3_ENDPOINT"]).put_bytes
+    session = boto3.Session(
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )  # fmt: skip
+    store = S3BlobStore(env["PDCAT_BUCKET"], region="us-east-1", endpoint_url=env["PDCAT_S3_ENDPOINT"], session=session)
+    return store.put_bytes
 
 
 def _azure_writer(env: dict[str, str]) -> Callable[[str, bytes], None]:
@@ -145,6 +152,7 @@ def _azure_writer(env: dict[str, str]) -> Callable[[str, bytes], None]:
     return write
 
 
+# moto (DynamoDB) takes any credentials; SeaweedFS (S3) is started with an identity for exactly these.
 AWS_TEST_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -158,6 +166,7 @@ class LocalInfra:
     def __init__(self, tmp: pytest.TempPathFactory) -> None:
         self._tmp = tmp
         self._moto: RunningProcess | None = None
+        self._seaweed: RunningProcess | None = None
         self._cosmos: RunningProcess | None = None
         self._azurite: RunningProcess | None = None
 
@@ -166,6 +175,19 @@ class LocalInfra:
         if self._moto is None:
             self._moto = start_moto(self._tmp.mktemp("moto"), serial=True)
         return self._moto
+
+    @property
+    def seaweed(self) -> RunningProcess:
+        """SeaweedFS, the S3 of the AWS backends (one bucket each); moto serves their DynamoDB only."""
+        if self._seaweed is None:
+            from infra.local.seaweed import start_seaweed
+
+            self._seaweed = start_seaweed(
+                self._tmp.mktemp("seaweed"),
+                access_key_id=AWS_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                secret_access_key=AWS_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            )
+        return self._seaweed
 
     @property
     def cosmos(self) -> RunningProcess:
@@ -184,38 +206,42 @@ class LocalInfra:
         return self._azurite
 
     def stop(self) -> None:
-        for process in (self._moto, self._cosmos, self._azurite):
+        for process in (self._moto, self._seaweed, self._cosmos, self._azurite):
             if process is not None:
                 process.stop()
 
 
-def _aws_env(moto: RunningProcess) -> dict[str, str]:
-    """A fresh table and bucket on moto, and the environment the AWS frontend reads them from."""
+def _aws_env(moto: RunningProcess, seaweed: RunningProcess) -> dict[str, str]:
+    """A fresh table on moto and bucket on SeaweedFS, and the environment the AWS frontend reads them from."""
     sys.path.insert(0, str(REPO / "aws_app"))
     import boto3
     from chalicelib.dynamo_store import create_table
     from chalicelib.s3_blobs import S3BlobStore
 
     name = f"pdcat-{uuid.uuid4().hex[:12]}"
-    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+    session = boto3.Session(
+        aws_access_key_id=AWS_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=AWS_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
     for key, value in AWS_TEST_CREDENTIALS.items():
         os.environ.setdefault(key, value)
     create_table(name, region="us-east-1", host=moto.url)
-    S3BlobStore(name, region="us-east-1", endpoint_url=moto.url, session=session).create_bucket()
+    S3BlobStore(name, region="us-east-1", endpoint_url=seaweed.url, session=session).create_bucket()
     return {
         **AWS_TEST_CREDENTIALS,
         "PDCAT_TABLE": name,
         "PDCAT_BUCKET": name,
         "PDCAT_DYNAMODB_ENDPOINT": moto.url,
-        "PDCAT_S3_ENDPOINT": moto.url,
+        "PDCAT_S3_ENDPOINT": seaweed.url,
         "PDCAT_JWT_SECRET": TEST_JWT_SECRET,
         "PDCAT_LOG_LEVEL": "WARNING",
     }
 
 
 def _aws_http(tmp: Path, infra: LocalInfra) -> Backend:
-    """The Chalice app under ``chalice local``, with DynamoDB and S3 on a real moto server."""
-    env = _aws_env(infra.moto)
+    """The Chalice app under ``chalice local``, with DynamoDB on a real moto server and S3 on SeaweedFS."""
+    env = _aws_env(infra.moto, infra.seaweed)
     server = start_chalice_local(env, tmp / "chalice")
     return Backend(
         "aws-http", server.url, TEST_JWT_SECRET, supports_password_login=False, processes=[server],
@@ -227,7 +253,7 @@ def _aws_inproc(tmp: Path, infra: LocalInfra) -> Backend:
     """The same app in this process through ``chalice.test.Client``; its bootstrap reads os.environ."""
     from tests.aws_inprocess import ChaliceTransport
 
-    env = _aws_env(infra.moto)
+    env = _aws_env(infra.moto, infra.seaweed)
     os.environ.update(env)
     return Backend(
         "aws-inproc", "http://aws.inprocess", TEST_JWT_SECRET, supports_password_login=False,

@@ -1,7 +1,11 @@
 """The S3 :class:`~core.ports.BlobStore`: presigned SigV4 URLs, listing, small objects, batch delete.
 
-Works with AWS S3 and any S3-compatible endpoint (MinIO, moto, ...) through ``endpoint_url``; a
-custom endpoint uses path-style addressing (``http://host/<bucket>/<key>``), AWS picks its own.
+Works with AWS S3 and any S3-compatible endpoint (SeaweedFS, MinIO, ...) through ``endpoint_url``; a
+custom endpoint uses path-style addressing (``http://host/<bucket>/<key>``). Without one, every
+request and presigned URL goes to the bucket's *regional* endpoint, virtual-hosted
+(``https://<bucket>.s3.<region>.amazonaws.com/<key>``; path style on it for bucket names with dots),
+never the global ``s3.amazonaws.com``, which answers a bucket outside us-east-1 with a redirect that
+a presigned URL cannot follow.
 
 * URLs are always SigV4 (``Config(signature_version="s3v4")``): without it boto3 still signs SigV2
   URLs for some set-ups, which carry ``AWSAccessKeyId`` and cannot live longer than the credentials.
@@ -11,6 +15,11 @@ custom endpoint uses path-style addressing (``http://host/<bucket>/<key>``), AWS
   that never touches S3 does not pay for it.
 * Every botocore error is translated in one place (:func:`_translate_errors`) into core errors;
   messages name the operation and the S3 error code only, never credentials or request details.
+* ``put_if_absent`` is PutObject with ``If-None-Match: *``: S3 answers 412 when the key exists and
+  never replaces it, so of racing writers exactly one gets True. A 409 (``ConditionalRequestConflict``,
+  another conditional write in flight) is retried; its outcome is then a 201 or a 412.
+* ``get_bytes(max_bytes=...)`` refuses an object whose ``Content-Length`` is larger before reading
+  its body, and never reads more than ``max_bytes + 1`` bytes of it anyway.
 * ``calls`` counts API requests by operation name (one per call or page; retries and presigns are
   not counted), so a test can check that listing 2,500 keys costs 3 ``ListObjectsV2`` calls and
   no ``HeadObject``.
@@ -24,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from core.errors import InvalidInput, NotFound, PdcatError, Unavailable
+from core.errors import InvalidInput, NotFound, PayloadTooLarge, PdcatError, Unavailable
 from core.local.file_blobs import MAX_EXPIRES_IN, validate_key
 
 # The prefix rules of the local store (a key, but may be empty or stop mid-segment); private there.
@@ -50,6 +59,9 @@ _DENIED_CODES = frozenset(
     }
 )
 _BUSY_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable"})
+_PRECONDITION_FAILED = "PreconditionFailed"  # 412: If-None-Match: * and the object exists
+_CONDITIONAL_CONFLICT = "ConditionalRequestConflict"  # 409: a concurrent conditional write; retry
+_CONFLICT_RETRIES = 5
 
 
 def _sdk(module: str) -> Any:
@@ -70,12 +82,21 @@ def make_s3_client(
 
     ``session`` is a ``boto3.Session`` (e.g. one holding explicit credentials for tests); without it
     the default credential chain is used (the Lambda role in production).
+
+    Without ``endpoint_url`` the regional endpoint is used, virtual-hosted: botocore would otherwise
+    sign URLs for ``<bucket>.s3.amazonaws.com`` (the global endpoint), which redirects requests for a
+    bucket outside us-east-1, and a redirected presigned request fails.
     """
     boto3 = _sdk("boto3")
+    s3_config = (
+        {"addressing_style": "path"}
+        if endpoint_url
+        else {"addressing_style": "virtual", "us_east_1_regional_endpoint": "regional"}
+    )
     config = _sdk("botocore.config").Config(
         signature_version="s3v4",
         region_name=region,
-        s3={"addressing_style": "path" if endpoint_url else "auto"},
+        s3=s3_config,
         retries={"max_attempts": max_attempts, "mode": "standard"},
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
@@ -117,6 +138,12 @@ def _translate_errors(operation: str, key: str | None = None) -> Iterator[None]:
         raise Unavailable(f"{what} failed: storage endpoint unreachable ({type(exc).__name__})") from exc
     except (sdk.NoCredentialsError, sdk.PartialCredentialsError) as exc:
         raise Unavailable(f"{what} failed: no storage credentials configured") from exc
+
+
+def _epoch(value: Any) -> float | None:
+    """``LastModified`` (a timezone-aware ``datetime`` from botocore) as epoch seconds."""
+    timestamp = getattr(value, "timestamp", None)
+    return float(timestamp()) if callable(timestamp) else None
 
 
 def _check_expires(expires_in: object) -> int:
@@ -220,19 +247,61 @@ class S3BlobStore(BlobStore):
             pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": PAGE_SIZE})
             for page in pages:
                 for item in page.get("Contents", ()):
-                    yield BlobInfo(str(item["Key"]), int(item["Size"]))
+                    yield BlobInfo(str(item["Key"]), int(item["Size"]), _epoch(item.get("LastModified")))
+
+    def head(self, key: str) -> BlobInfo | None:
+        key = validate_key(key)
+        try:
+            with _translate_errors("head", key):
+                response = self._client().head_object(Bucket=self.bucket, Key=key)
+        except NotFound:
+            return None
+        return BlobInfo(key, int(response["ContentLength"]), _epoch(response.get("LastModified")))
 
     def put_bytes(self, key: str, data: bytes) -> None:
         key = validate_key(key)
         with _translate_errors("put", key):
             self._client().put_object(Bucket=self.bucket, Key=key, Body=bytes(data))
 
-    def get_bytes(self, key: str) -> bytes:
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """PutObject with ``If-None-Match: *``. True if written; False on 412 (an object exists).
+
+        Should a retried request find the object its own lost first attempt wrote, the answer is
+        False: the object is there and was not replaced, which is all a caller may rely on.
+        """
         key = validate_key(key)
+        body = bytes(data)
+        sdk = _sdk("botocore.exceptions")
+        for attempt in range(_CONFLICT_RETRIES + 1):
+            with _translate_errors("conditional put", key):
+                try:
+                    self._client().put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+                    return True
+                except sdk.ClientError as exc:
+                    code, status = _error_code(exc)
+                    if code == _PRECONDITION_FAILED or status == 412:
+                        return False
+                    if (code == _CONDITIONAL_CONFLICT or status == 409) and attempt < _CONFLICT_RETRIES:
+                        continue
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        key = validate_key(key)
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
+            raise InvalidInput("max_bytes must be a non-negative integer")
         with _translate_errors("get", key):
             response = self._client().get_object(Bucket=self.bucket, Key=key)
             with response["Body"] as body:
-                return bytes(body.read())
+                if max_bytes is None:
+                    return bytes(body.read())
+                if int(response.get("ContentLength", 0) or 0) > max_bytes:
+                    # closing an unread body drops the connection instead of downloading the rest
+                    raise PayloadTooLarge(f"object {key!r} is larger than {max_bytes} bytes")
+                data = bytes(body.read(max_bytes + 1))
+        if len(data) > max_bytes:
+            raise PayloadTooLarge(f"object {key!r} is larger than {max_bytes} bytes")
+        return data
 
     def delete(self, keys: Iterable[str]) -> None:
         checked = [validate_key(key) for key in keys]  # validate them all before deleting any

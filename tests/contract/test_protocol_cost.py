@@ -2,8 +2,8 @@
 (docs/adr-002-storage-protocol-v2.md, "Cost independent of the catalog").
 
 Service level, in process: ``CatalogService`` over counting proxies of its two ports, over the
-embedded adapters (SQLite + ``FileBlobStore``) and the AWS adapters (DynamoDB + ``S3BlobStore``, both
-on a moto server, as ``tests/conftest.py``'s ``LocalInfra`` runs them; SeaweedFS is not wired in yet).
+embedded adapters (SQLite + ``FileBlobStore``) and the AWS adapters (DynamoDB on a moto server,
+``S3BlobStore`` on SeaweedFS, as ``tests/conftest.py``'s ``LocalInfra`` runs them).
 The client's presigned PUTs and GETs are stood in for by writes and reads on the *uncounted* adapter:
 the catalog does not pay for them.
 
@@ -186,6 +186,19 @@ def _embedded(tmp: Path) -> Adapters:
 
 
 @pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProcess]:
+    from infra.local.seaweed import start_seaweed
+
+    server = start_seaweed(
+        tmp_path_factory.mktemp("seaweed-cost"), access_key_id="testing", secret_access_key="testing"
+    )  # raises if it cannot start
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProcess]:
     server = start_moto(tmp_path_factory.mktemp("moto-cost"), serial=True)  # raises if it cannot start
     try:
@@ -194,8 +207,9 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProcess]:
         server.stop()
 
 
-def _aws(moto: RunningProcess, tmp: Path, *, s3: bool = True) -> Adapters:
-    """DynamoDB and S3 on moto; with ``s3=False`` the blobs are files (the DynamoDB half alone)."""
+def _aws(moto: RunningProcess, tmp: Path, seaweed: RunningProcess | None = None) -> Adapters:
+    """DynamoDB on moto and S3 on SeaweedFS; without ``seaweed`` the blobs are files (the DynamoDB
+    half alone)."""
     sys.path.insert(0, str(REPO / "aws_app"))
     import boto3
     from chalicelib.dynamo_store import DynamoApiKeyStore, DynamoManifestStore, create_table
@@ -205,9 +219,9 @@ def _aws(moto: RunningProcess, tmp: Path, *, s3: bool = True) -> Adapters:
     create_table(name, region="us-east-1", host=moto.url)
     store = DynamoManifestStore(name, region="us-east-1", host=moto.url)
     blobs: BlobStore
-    if s3:
+    if seaweed is not None:
         session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
-        s3_blobs = S3BlobStore(name, region="us-east-1", endpoint_url=moto.url, session=session)
+        s3_blobs = S3BlobStore(name, region="us-east-1", endpoint_url=seaweed.url, session=session)
         s3_blobs.create_bucket()
         blobs = s3_blobs
     else:
@@ -217,14 +231,15 @@ def _aws(moto: RunningProcess, tmp: Path, *, s3: bool = True) -> Adapters:
 
 @pytest.fixture(params=["embedded", "aws", "dynamodb-files"])
 def adapters(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Adapters:
-    """``embedded``: SQLite + files. ``aws``: DynamoDB + S3 on moto. ``dynamodb-files``: DynamoDB with the
+    """``embedded``: SQLite + files. ``aws``: DynamoDB on moto + S3 on SeaweedFS. ``dynamodb-files``: DynamoDB with the
     file blob store, so the store's half of the AWS adapters is measured on its own as well."""
     if request.param == "embedded":
         return _embedded(tmp_path)
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    return _aws(request.getfixturevalue("moto"), tmp_path, s3=request.param == "aws")
+    seaweed = request.getfixturevalue("seaweed") if request.param == "aws" else None
+    return _aws(request.getfixturevalue("moto"), tmp_path, seaweed)
 
 
 # ---- driving the service as the client would -------------------------------------------------------------
