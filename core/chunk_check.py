@@ -17,7 +17,7 @@ from core.marks import Confirmed
 from core.ports import BlobStore
 from core.storage_layout import chunk_key, quarantine_key, staging_chunk_key
 
-__all__ = ["Verdict", "compressed_bound", "promote_staged", "raw_if_valid", "recheck_stored"]
+__all__ = ["Verdict", "compressed_bound", "promote_staged", "raw_size_if_valid", "recheck_stored"]
 
 log = logging.getLogger("pdcat.verify")
 
@@ -27,26 +27,29 @@ def compressed_bound(raw_limit: int) -> int:
     return raw_limit + (raw_limit >> 7) + 1024
 
 
-def raw_if_valid(blob: bytes, digest: str, raw_limit: int) -> bytes | None:
-    """The raw bytes if ``blob`` is a zstd frame of at most ``raw_limit`` bytes hashing to ``digest``."""
+def raw_size_if_valid(blob: bytes, digest: str, raw_limit: int) -> int | None:
+    """The raw size if ``blob`` is zstd of 1 to ``raw_limit`` bytes hashing to ``digest``; else None.
+
+    Streamed: the raw bytes are hashed as they come out and never held whole, so a request verifying
+    several chunks holds only their compressed forms.
+    """
     import zstandard  # loaded on first verification: frontends' cold start stays free of it
 
+    hasher = hashlib.sha256()
+    total = 0
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
-        parts: list[bytes] = []
-        total = 0
         while total <= raw_limit:
             part = reader.read(min(1 << 20, raw_limit + 1 - total))
             if not part:
                 break
-            parts.append(part)
+            hasher.update(part)
             total += len(part)
     except zstandard.ZstdError:
         return None
-    if total > raw_limit or total == 0:
+    if total > raw_limit or total == 0 or hasher.hexdigest() != digest:
         return None
-    raw = b"".join(parts)
-    return raw if hashlib.sha256(raw).hexdigest() == digest else None
+    return total
 
 
 @dataclass(frozen=True)
@@ -74,16 +77,16 @@ def promote_staged(blobs: BlobStore, catalog_id: str, nonce: str, digest: str, r
     except PayloadTooLarge:
         blobs.delete([staged])
         return Verdict(digest, "corrupt")
-    raw = raw_if_valid(blob, digest, raw_limit)
-    if raw is None:
+    raw_size = raw_size_if_valid(blob, digest, raw_limit)
+    if raw_size is None:
         blobs.delete([staged])
         log.warning("staged chunk failed verification", extra={"digest": digest[:12], "catalog": catalog_id})
         return Verdict(digest, "corrupt")
     if blobs.put_if_absent(final, blob):
-        confirmed = Confirmed(len(blob), len(raw))
+        confirmed = Confirmed(len(blob), raw_size)
     else:
         existing = blobs.head(final)
-        confirmed = Confirmed(existing.size if existing else len(blob), len(raw))
+        confirmed = Confirmed(existing.size if existing else len(blob), raw_size)
     blobs.delete([staged])
     return Verdict(digest, "verified", confirmed)
 
@@ -101,7 +104,7 @@ def recheck_stored(blobs: BlobStore, catalog_id: str, digest: str, raw_limit: in
         return True
     except PayloadTooLarge:
         blob = b""
-    if blob and raw_if_valid(blob, digest, raw_limit) is not None:
+    if blob and raw_size_if_valid(blob, digest, raw_limit) is not None:
         return False
     blobs.put_bytes(quarantine_key(catalog_id, digest), blob)
     blobs.delete([final])

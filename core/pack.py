@@ -42,7 +42,9 @@ __all__ = [
 FORMAT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024  # see docs/adr-001-chunk-size.md
 MIN_CHUNK_SIZE = 4096
-MAX_CHUNK_SIZE = 1024 * 1024 * 1024
+# The server verifies a chunk in memory (core.chunk_check), a few at a time per request: 64 MiB keeps
+# that bounded on a Lambda or a Function (docs/adr-002-storage-protocol-v2.md).
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
 MAX_FILES = 100_000
 MAX_PATH = 1024
 MAX_DEPTH = 64
