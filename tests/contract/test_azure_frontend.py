@@ -43,14 +43,20 @@ from infra.local.cosmos_emulator import COSMOS_EMULATOR_KEY, start_cosmos
 from infra.local.servers import REPO, RunningProcess
 from tests.azure_inprocess import AzureFunctionsTransport
 from tests.contract.helpers import (
+    Pack,
+    ask_chunks,
     assert_error,
     begin_push,
     build_pack,
     commit,
     download_chunk,
-    manifest_path,
+    fetch_index,
+    index_bytes,
     plain,
     pull,
+    pull_urls,
+    put_index,
+    verify,
 )
 
 SECRET = "azure-frontend-tests-" + uuid.uuid4().hex
@@ -164,8 +170,10 @@ def test_wrong_methods_get_the_contracts_405_with_allow(api: httpx.Client) -> No
 
 def test_an_encoded_slash_stays_inside_the_id(api: httpx.Client) -> None:
     cid = f"s-{uuid.uuid4().hex[:10]}"
-    r = api.post(f"{manifest_path(cid, '1.0', 'x86_64')}/push", json={"index": {"chunk_size": 4096, "files": []}})
+    empty = Pack({"chunk_size": 4096, "files": []})
+    r = begin_push(api, cid, "1.0", "x86_64", empty)
     assert r.status_code == 201, r.text
+    put_index(r.json(), index_bytes(empty))
     assert commit(api, r.json()["upload_id"]).status_code == 200
     # Decoded before routing, these would read and delete that manifest; as sent, the id is "<cid>/1.0".
     assert_error(api.get(f"/catalog/{cid}%2F1.0/x86_64"), 400, "invalid_input")
@@ -182,19 +190,38 @@ def test_push_commit_pull_moves_bytes_through_sas_urls(api: httpx.Client) -> Non
     assert r.status_code == 201, r.text
     session = r.json()
     assert session["put_headers"] == PUT_HEADERS  # the catalog tells the client what Put Blob needs
-    assert {m["digest"] for m in session["missing"]} == set(pack.chunks)
-    for digest, url in session["urls"].items():
+    index_url = session["index_url"]
+    assert "sig=" in index_url and AZURITE_KEY not in index_url and "/staging/" in index_url
+    assert plain.put(index_url, content=index_bytes(pack)).status_code == 400  # no blob type: refused
+    put_index(session, index_bytes(pack))
+
+    asked = ask_chunks(api, session["upload_id"], pack.digests)
+    assert asked.status_code == 200, asked.text
+    chunks = asked.json()
+    assert chunks["stored"] == [] and chunks["put_headers"] == PUT_HEADERS
+    assert set(chunks["urls"]) == set(pack.chunks)
+    for digest, url in chunks["urls"].items():
         assert "sig=" in url and AZURITE_KEY not in url
+        assert "/staging/" in url and "/catalogs/" not in url  # only the server writes verified chunks
         assert plain.put(url, content=b"x").status_code == 400  # a SAS PUT without the blob type is refused
         stored = plain.put(url, content=zstandard.ZstdCompressor().compress(pack.chunks[digest]), headers=PUT_HEADERS)
         assert stored.status_code == 201, stored.text
+    verdict = verify(api, session["upload_id"], pack.digests)
+    assert verdict.status_code == 200, verdict.text
+    assert sorted(verdict.json()["verified"]) == sorted(pack.chunks), verdict.json()
     manifest = commit(api, session["upload_id"]).json()
     assert manifest["status"] == "ready" and manifest["catalog_id"] == cid
 
     answer = pull(api, cid, "latest", "arm64")
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    urls: dict[str, str] = body["urls"]
+    assert body["format"] == "chunks" and "sig=" in body["index_url"]
+    index = fetch_index(body)  # checked against the manifest's pack digest
+    assert {f["path"] for f in index["files"]} == set(files)
+    assert plain.put(body["index_url"], content=b"{}", headers=PUT_HEADERS).status_code == 403  # read-only SAS
+    page = pull_urls(api, cid, "1.0", "arm64", pack.digests)
+    assert page.status_code == 200, page.text
+    urls: dict[str, str] = page.json()["urls"]
     assert set(urls) == set(pack.chunks)
     for digest, url in urls.items():
         assert download_chunk(url) == pack.chunks[digest]

@@ -22,7 +22,20 @@ from core.auth import issue_token
 from core.local.file_blobs import FileBlobStore
 from core.ports import BlobStore
 from infra.local.servers import RunningServer, start_embedded
-from tests.contract.helpers import assert_error, begin_push, build_pack, plain, pull, push_pack, raw_request
+from tests.contract.helpers import (
+    ask_chunks,
+    assert_error,
+    begin_push,
+    build_pack,
+    fetch_index,
+    index_bytes,
+    plain,
+    pull,
+    pull_urls,
+    push_pack,
+    put_index,
+    raw_request,
+)
 from tests.contract.test_ports import PresignedUrlContract
 
 
@@ -52,15 +65,30 @@ def _blocks(*seeds: int) -> bytes:
     return b"".join(hashlib.sha256(f"blob-{s}".encode()).digest() * 128 for s in seeds)
 
 
+def _get_urls(client: httpx.Client, cid: str, version: str) -> dict[str, str]:
+    """A pull: the index from storage, then a GET URL per chunk."""
+    answer = pull(client, cid, version, "x86_64").json()
+    digests = sorted({c["digest"] for f in fetch_index(answer)["files"] for c in f["chunks"]})
+    found: dict[str, str] = pull_urls(client, cid, version, "x86_64", digests).json()["urls"]
+    return found
+
+
+def _put_url(client: httpx.Client, cid: str, version: str, data: bytes) -> tuple[str, str]:
+    """A pending push's staging PUT URL for its one chunk: (digest, url)."""
+    pending = build_pack({"disk": data})
+    session = begin_push(client, cid, version, "x86_64", pending).json()
+    put_index(session, index_bytes(pending))
+    ((digest, url),) = ask_chunks(client, session["upload_id"], pending.digests).json()["urls"].items()
+    return digest, url
+
+
 @pytest.fixture
 def urls(publisher, cid) -> dict[str, str]:
     """A committed two-chunk version's GET URLs and a pending push's PUT URL, all freshly signed."""
     a, b = _blocks(1), _blocks(2)
     push_pack(publisher, cid, "1.0", "x86_64", {"disk": a + b})
-    gets = pull(publisher, cid, "1.0", "x86_64").json()["urls"]
-    pending = build_pack({"disk": _blocks(3)})
-    session = begin_push(publisher, cid, "2.0", "x86_64", pending).json()
-    ((put_digest, put_url),) = session["urls"].items()
+    gets = _get_urls(publisher, cid, "1.0")
+    put_digest, put_url = _put_url(publisher, cid, "2.0", _blocks(3))
     return {
         "get_a": gets[hashlib.sha256(a).hexdigest()],
         "get_b": gets[hashlib.sha256(b).hexdigest()],
@@ -117,11 +145,14 @@ def test_a_url_for_one_key_does_not_open_another(urls, publisher, cid):
     # the same digest in another catalog id is another key
     other_catalog = urlsplit(get_a).path.replace(f"/catalogs/{cid}/", f"/catalogs/{cid}-other/")
     assert_error(plain.get(_with_path(get_a, other_catalog)), 403, "forbidden")
-    # a PUT URL for one chunk cannot write another chunk or the index
+    # a staging PUT URL for one chunk cannot write another chunk, its own verified key or the index
     put = urls["put"]
+    assert "/blobs/staging/" in urlsplit(put).path, put
     index_path = f"/blobs/catalogs/{cid}/1.0/x86_64/index.json"
     assert_error(plain.put(_with_path(put, index_path), content=b"{}"), 403, "forbidden")
     assert_error(plain.put(_with_path(put, b_path), content=b"x"), 403, "forbidden")
+    own_chunk = f"/blobs/catalogs/{cid}/chunks/{urls['put_digest']}"
+    assert_error(plain.put(_with_path(put, own_chunk), content=b"x"), 403, "forbidden")
     assert plain.get(get_b).status_code == 200
     assert pull(publisher, cid, "1.0", "x86_64").status_code == 200
 
@@ -165,9 +196,8 @@ def test_an_expired_url_is_403(tmp_path: Path):
         token = issue_token(secret, "publisher", ["PUBLISHER"])[0]
         with httpx.Client(base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}) as c:
             push_pack(c, "expiry", "1.0", "x86_64", {"disk": _blocks(9)})
-            get_url = next(iter(pull(c, "expiry", "1.0", "x86_64").json()["urls"].values()))
-            session = begin_push(c, "expiry", "2.0", "x86_64", build_pack({"disk": _blocks(10)})).json()
-            put_url = next(iter(session["urls"].values()))
+            get_url = next(iter(_get_urls(c, "expiry", "1.0").values()))
+            _, put_url = _put_url(c, "expiry", "2.0", _blocks(10))
             assert plain.get(get_url).status_code == 200
             deadline = int(dict(parse_qsl(urlsplit(get_url).query))["expires"])
             time.sleep(max(0.0, deadline - time.time()) + 1.0)

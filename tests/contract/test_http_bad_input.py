@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 
 import pytest
 
-from tests.contract.helpers import assert_error, build_pack, push_empty
+from core.limits import API_BODY_BUDGET_BYTES
+from tests.contract.helpers import (
+    Pack,
+    assert_error,
+    begin_push,
+    build_pack,
+    commit,
+    declaration,
+    push_empty,
+    put_index,
+)
 
-EMPTY_INDEX = {"chunk_size": 4096, "files": []}
+EMPTY = Pack({"chunk_size": 4096, "files": []})
+EMPTY_DECLARATION = declaration(EMPTY)
 DIGEST = "ab" * 32
 
 
@@ -21,7 +34,9 @@ def _json_routes(cid: str) -> list[tuple[str, str]]:
         ("DELETE", m + "/roles"),
         ("PATCH", m + "/claims"),
         ("POST", m + "/pull/urls"),
+        ("POST", m + "/pull/report"),
         ("POST", "/catalog/import"),
+        ("POST", "/admin/gc"),
         ("POST", "/auth/api-keys"),
     ]
 
@@ -36,10 +51,11 @@ def test_bodies_that_are_not_a_json_object_are_400(su, cid, body):
     for method, path in _json_routes(cid):
         r = su.request(method, path, content=body, headers={"Content-Type": "application/json"})
         assert_error(r, 400, "invalid_input")
-    r = su.post(f"/catalog/{cid}/2.0/x86_64/push", json={"index": EMPTY_INDEX})
+    r = begin_push(su, cid, "2.0", "x86_64", EMPTY)
+    assert r.status_code == 201, r.text
     upload_id = r.json()["upload_id"]
-    assert_error(su.post(f"/uploads/{upload_id}/commit", content=body), 400, "invalid_input")
-    assert_error(su.post(f"/uploads/{upload_id}/urls", content=body), 400, "invalid_input")
+    for route in ("commit", "chunks", "verify"):
+        assert_error(su.post(f"/uploads/{upload_id}/{route}", content=body), 400, "invalid_input")
 
 
 def test_wrongly_typed_push_fields_are_400(publisher, cid):
@@ -58,12 +74,30 @@ def test_wrongly_typed_push_fields_are_400(publisher, cid):
         {"vm_type": "docker"},
         {"minimum_requirements": [1, 2]},
         {"minimum_requirements": {"cpu": "2"}},
+        # the declaration of the index (protocol v2)
+        {"index_digest": None},
+        {"index_digest": "x"},
+        {"index_digest": DIGEST.upper()},
+        {"index_size": 0},
+        {"index_size": -1},
+        {"index_size": "12"},
+        {"index_size": True},
+        {"index_size": 1 << 40},
+        {"chunk_size": 1000},
+        {"chunk_size": 0},
+        {"chunk_size": 4096 * 3 + 1},
+        {"chunk_size": "4096"},
+        {"chunk_size": True},
+        {"index": EMPTY.index},  # a v1 client's body
     ):
-        assert_error(publisher.post(push, json={"index": EMPTY_INDEX, **extra}), 400, "invalid_input")
+        assert_error(publisher.post(push, json={**EMPTY_DECLARATION, **extra}), 400, "invalid_input")
+    for field in EMPTY_DECLARATION:
+        partial = {k: v for k, v in EMPTY_DECLARATION.items() if k != field}
+        assert_error(publisher.post(push, json=partial), 400, "invalid_input")
     # nothing was created by any of them
     assert_error(publisher.get(f"/catalog/{cid}/1.0/x86_64"), 404, "not_found")
     limits = {"description": "x" * 4096, "tags": [f"t{i}" for i in range(64)]}
-    ok = publisher.post(push, json={"index": EMPTY_INDEX, **limits})
+    ok = publisher.post(push, json={**EMPTY_DECLARATION, **limits})
     assert ok.status_code == 201, ok.text
 
 
@@ -117,8 +151,18 @@ def _file(path: str = "f", **kw: object) -> dict:
     ids=lambda v: str(v)[:40],
 )
 def test_invalid_pack_indexes_are_400(publisher, cid, index):
-    body = {} if index is None else {"index": index}
-    assert_error(publisher.post(f"/catalog/{cid}/1.0/x86_64/push", json=body), 400, "invalid_input")
+    """The index travels through storage: an invalid one is refused when the server reads it, at commit."""
+    if index is None:
+        assert_error(publisher.post(f"/catalog/{cid}/1.0/x86_64/push", json={}), 400, "invalid_input")
+        return
+    data = json.dumps(index).encode()
+    declared = {"index_digest": hashlib.sha256(data).hexdigest(), "index_size": len(data), "chunk_size": 4096}
+    r = publisher.post(f"/catalog/{cid}/1.0/x86_64/push", json=declared)
+    assert r.status_code == 201, r.text
+    put_index(r.json(), data)
+    assert_error(commit(publisher, r.json()["upload_id"]), 400, "invalid_input")
+    shown = publisher.get(f"/catalog/{cid}/1.0/x86_64").json()
+    assert (shown["status"], shown["upload_in_progress"]) == ("uploading", True)
 
 
 @pytest.mark.parametrize(
@@ -150,7 +194,7 @@ def test_invalid_identities_in_paths_are_4xx(backend, path):
     headers = {"Authorization": f"Bearer {backend.token('root', roles=['SUPER_USER'])}"}
     for method, suffix in (("GET", ""), ("DELETE", ""), ("PATCH", "/taint"), ("POST", "/pull"), ("POST", "/push")):
         full = "/api/v1" + path + suffix
-        body = b'{"index": {"chunk_size": 4096, "files": []}}'
+        body = json.dumps(EMPTY_DECLARATION).encode()
         r = backend.raw(method, full, headers=headers, body=body)
         assert r.status_code in (400, 404, 405), (method, full, r.status_code, r.text)
         if backend.name.startswith("azure") and "%00" in path:
@@ -162,11 +206,11 @@ def test_invalid_identities_in_paths_are_4xx(backend, path):
 
 
 def test_push_identity_rules(publisher, cid):
-    body = {"index": EMPTY_INDEX}
+    body = EMPTY_DECLARATION
     assert_error(publisher.post(f"/catalog/{cid}/latest/x86_64/push", json=body), 400, "invalid_input")
     assert_error(publisher.post(f"/catalog/{cid}/LATEST/x86_64/push", json=body), 400, "invalid_input")
     assert_error(publisher.post(f"/catalog/{cid}/1.0/sparc/push", json=body), 400, "invalid_input")
-    assert_error(publisher.post(f"/catalog/{cid}/1.0/x86_64/push", json={"index": build_pack({}).index, "force": None}),
+    assert_error(publisher.post(f"/catalog/{cid}/1.0/x86_64/push", json={**declaration(build_pack({})), "force": None}),
                  400, "invalid_input")  # fmt: skip
     assert_error(publisher.patch(f"/catalog/{cid}/latest/x86_64/taint"), (400, 404))
     assert_error(publisher.post(f"/catalog/{cid}/1.0/sparc/pull"), 400, "invalid_input")
@@ -194,6 +238,9 @@ def test_unknown_routes_are_404(backend, su):
         ("POST", "/catalog/{cid}/1.0/x86_64/metadata", {"PUT"}),
         ("GET", "/uploads/abc", {"DELETE"}),
         ("GET", "/uploads/abc/commit", {"POST"}),
+        ("GET", "/uploads/abc/chunks", {"POST"}),
+        ("PUT", "/uploads/abc/verify", {"POST"}),
+        ("GET", "/catalog/{cid}/1.0/x86_64/pull/report", {"POST"}),
         ("POST", "/health", {"GET"}),
         ("DELETE", "/openapi.json", {"GET"}),
         ("PUT", "/auth/api-keys", {"GET", "POST"}),
@@ -205,9 +252,13 @@ def test_wrong_method_is_405_with_allow(su, cid, method, path, allowed):
     assert {m.strip() for m in r.headers["Allow"].split(",")} >= allowed
 
 
-def test_body_larger_than_64_mib_is_413(backend, su, cid):
-    body = b"x" * (65 * 1024 * 1024)
+def test_body_larger_than_the_api_budget_is_413(backend, su, cid):
+    """pdcat's own cap (1 MiB, far under every platform's limit, so the app answers it in the one error
+    shape everywhere; the platforms' own refusals of larger bodies are test_platform_limits.py's)."""
+    body = b"x" * (API_BODY_BUDGET_BYTES + 1)
     r = su.post(f"/catalog/{cid}/1.0/x86_64/push", content=body, headers={"Content-Type": "application/json"})
+    assert_error(r, 413, "payload_too_large")
+    r = su.post("/uploads/bm90LWFuLXVwbG9hZA/chunks", content=body, headers={"Content-Type": "application/json"})
     assert_error(r, 413, "payload_too_large")
     assert su.get("/health").status_code == 200
     assert_error(su.get(f"/catalog/{cid}/1.0/x86_64"), 404, "not_found")

@@ -132,7 +132,8 @@ def test_a_pdpack_is_imported_without_moving_a_byte_and_pulled_through_one_url(b
     r = pull(user, cid, "latest", ARCH)
     assert r.status_code == 200, r.text
     answer = r.json()
-    assert set(answer) == {"manifest", "pack", "expires_at"}
+    assert set(answer) == {"format", "manifest", "pack", "expires_at"}
+    assert answer["format"] == "pdpack"  # no index_url: the pack is one object
     assert answer["manifest"]["version"] == "24.04"
     assert answer["manifest"]["download_count"] == 1
     assert answer["manifest"]["last_downloaded_by"] == "ursula-user"
@@ -299,4 +300,9 @@ def test_openapi_documents_the_pdpack_import_and_pull(backend):
     assert body["properties"]["format"]["enum"] == ["pdcat", "pdpack"]
     pulled = doc["paths"]["/api/v1/catalog/{id}/{version}/{arch}/pull"]["post"]["responses"]["200"]
     assert pulled["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PullAnswer"}
-    assert doc["components"]["schemas"]["PdpackDownload"]["properties"]["format"] == {"const": "pdpack"}
+    answer = doc["components"]["schemas"]["PullAnswer"]
+    assert answer["properties"]["format"]["enum"] == ["chunks", "pdpack"]
+    assert {"index_url", "pack"} <= set(answer["properties"])
+    urls = doc["paths"]["/api/v1/catalog/{id}/{version}/{arch}/pull/urls"]["post"]["responses"]["200"]
+    assert urls["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/UrlsAnswer"}
+    assert "pack" in doc["components"]["schemas"]["UrlsAnswer"]["properties"]

@@ -7,14 +7,20 @@ import uuid
 import pytest
 
 from tests.contract.helpers import (
+    Pack,
     assert_error,
     begin_push,
     build_pack,
     commit,
+    declaration,
+    index_bytes,
     push_empty,
     push_pack,
-    upload_chunks,
+    put_index,
+    send_chunks,
 )
+
+EMPTY = Pack({"chunk_size": 4096, "files": []})
 
 # version -> (required_roles, required_claims)
 RESTRICTIONS: dict[str, tuple[list[str], list[str]]] = {
@@ -148,8 +154,10 @@ def test_latest_only_considers_visible_versions(backend, cid):
 def test_missing_claims_are_403(backend, cid, role):
     with backend.http(roles=["SUPER_USER"], subject="root") as su:
         push_pack(su, cid, "1.0", "x86_64", {"f": b"x"})
-        upload = su.post(f"/catalog/{cid}/2.0/x86_64/push", json={"index": {"chunk_size": 4096, "files": []}})
+        upload = begin_push(su, cid, "2.0", "x86_64", EMPTY)
+        assert upload.status_code == 201, upload.text
         upload_id = upload.json()["upload_id"]
+    digests = {"digests": ["ab" * 32]}
     m = f"/catalog/{cid}/1.0/x86_64"
     with backend.http(roles=[role], subject="limited") as c:
         # the claim is checked before anything else: even a missing manifest answers 403
@@ -164,10 +172,11 @@ def test_missing_claims_are_403(backend, cid, role):
         assert_error(c.post("/auth/api-keys", json={}), 403, "forbidden")
         assert_error(c.delete("/auth/api-keys/0000000000000000"), 403, "forbidden")
         if role == "USER":
-            assert_error(c.post(m + "/push", json={"index": {"chunk_size": 4096, "files": []}}), 403, "forbidden")
+            assert_error(c.post(m + "/push", json=declaration(EMPTY)), 403, "forbidden")
             assert_error(c.post(f"/catalog/{cid}/3.0/x86_64/push", json={}), 403, "forbidden")
             assert_error(c.post(f"/uploads/{upload_id}/commit", json={}), 403, "forbidden")
-            assert_error(c.post(f"/uploads/{upload_id}/urls", json={"digests": []}), 403, "forbidden")
+            assert_error(c.post(f"/uploads/{upload_id}/chunks", json=digests), 403, "forbidden")
+            assert_error(c.post(f"/uploads/{upload_id}/verify", json=digests), 403, "forbidden")
             assert_error(c.delete(f"/uploads/{upload_id}"), 403, "forbidden")
             assert_error(c.patch(m + "/tags", json={"tags": ["x"]}), 403, "forbidden")
             assert_error(c.request("DELETE", m + "/tags", json={"tags": ["x"]}), 403, "forbidden")
@@ -190,6 +199,8 @@ def test_pull_claim_is_checked_by_the_server(backend, cid):
         assert c.get(f"/catalog/{cid}/1.0/x86_64").status_code == 200
         assert_error(c.post(f"/catalog/{cid}/1.0/x86_64/pull"), 403, "forbidden")
         assert_error(c.post(f"/catalog/{cid}/1.0/x86_64/pull/urls", json={"digests": []}), 403, "forbidden")
+        report = {"digests": ["ab" * 32]}
+        assert_error(c.post(f"/catalog/{cid}/1.0/x86_64/pull/report", json=report), 403, "forbidden")
     with backend.http(claims=["PULL_CATALOG_MANIFEST"], subject="puller") as c:
         assert_error(c.get(f"/catalog/{cid}/1.0/x86_64"), 403, "forbidden")
         assert_error(c.get("/catalog"), 403, "forbidden")
@@ -233,7 +244,10 @@ def test_a_pusher_may_restrict_a_version_to_roles_they_do_not_hold(backend, cid)
         with backend.http(roles=["PUBLISHER"], subject="other") as other:
             assert_error(begin_push(other, cid, "1.0", "x86_64", pack), 409, "conflict")
             assert_error(commit(other, second.json()["upload_id"]), 404, "not_found")
-        upload_chunks(second.json()["urls"], pack.chunks, second.json()["put_headers"])
+            other_chunks = other.post(f"/uploads/{second.json()['upload_id']}/chunks", json={"digests": pack.digests})
+            assert_error(other_chunks, 404, "not_found")
+        put_index(second.json(), index_bytes(pack))
+        send_chunks(ci, second.json()["upload_id"], pack)
         done = commit(ci, second.json()["upload_id"])
         assert done.status_code == 200, done.text
         assert done.json()["required_roles"] == ["QA"]

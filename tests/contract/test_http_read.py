@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.contract.helpers import assert_error, push_empty, push_pack
+from tests.contract.helpers import Pack, assert_error, begin_push, push_empty, push_pack
 
-# DESIGN §8 plus the routes core adds (whoami, API keys, URL refreshes): the public contract.
+# DESIGN §8 plus the routes core adds (whoami, API keys, URL pages, storage protocol v2's chunk
+# questions, verification, corrupt-chunk reports and garbage collection): the public contract.
 CONTRACT_ROUTES = {
     ("GET", "/api/v1/health"),
     ("GET", "/api/v1/openapi.json"),
@@ -36,9 +37,12 @@ CONTRACT_ROUTES = {
     ("POST", "/api/v1/catalog/{id}/{version}/{arch}/push"),
     ("POST", "/api/v1/catalog/{id}/{version}/{arch}/pull"),
     ("POST", "/api/v1/catalog/{id}/{version}/{arch}/pull/urls"),
-    ("POST", "/api/v1/uploads/{upload_id}/urls"),
+    ("POST", "/api/v1/catalog/{id}/{version}/{arch}/pull/report"),
+    ("POST", "/api/v1/uploads/{upload_id}/chunks"),
+    ("POST", "/api/v1/uploads/{upload_id}/verify"),
     ("POST", "/api/v1/uploads/{upload_id}/commit"),
     ("DELETE", "/api/v1/uploads/{upload_id}"),
+    ("POST", "/api/v1/admin/gc"),
 }
 PASSWORD_LOGIN_ROUTE = ("POST", "/api/v1/auth/token")
 
@@ -94,7 +98,10 @@ def test_every_documented_route_is_served(backend, su, cid):
             concrete = concrete.replace("{" + name + "}", value)
         assert "{" not in concrete, path
         for method in ops:
-            r = su.request(method.upper(), concrete, json={} if method in ("post", "put", "patch") else None)
+            body = {} if method in ("post", "put", "patch") else None
+            if concrete == "/admin/gc":
+                body = {"dry_run": True}  # a real sweep would hold leases other tests' pushes must wait for
+            r = su.request(method.upper(), concrete, json=body)
             assert r.status_code != 405, (method, path, r.text)
             assert r.status_code < 500, (method, path, r.text)
             assert "Traceback" not in r.text
@@ -183,8 +190,8 @@ def test_latest_resolves_per_architecture_to_newest_usable(admin, cid):
     assert admin.patch(f"/catalog/{cid}/2.0/x86_64/untaint").status_code == 200
     assert admin.get(f"/catalog/{cid}/latest/x86_64").json()["id"] == v2["id"]
     # a version still being uploaded is not usable either
-    r = admin.post(f"/catalog/{cid}/3.0/x86_64/push", json={"index": {"chunk_size": 4096, "files": []}})
-    assert r.status_code == 201
+    r = begin_push(admin, cid, "3.0", "x86_64", Pack({"chunk_size": 4096, "files": []}))
+    assert r.status_code == 201, r.text
     assert admin.get(f"/catalog/{cid}/latest/x86_64").json()["id"] == v2["id"]
 
 

@@ -4,21 +4,41 @@ from __future__ import annotations
 
 import hashlib
 
+import httpx
+
+from core.pack import PackIndex
 from tests.contract.helpers import (
+    ask_chunks,
     assert_error,
     begin_push,
     build_pack,
     commit,
+    fetch_index,
+    index_bytes,
     plain,
     pull,
+    pull_urls,
     push_pack,
+    put_index,
     race,
     upload_chunks,
+    verify,
 )
 
 
 def _blocks(*seeds: int) -> bytes:
     return b"".join(hashlib.sha256(f"state-{s}".encode()).digest() * 128 for s in seeds)
+
+
+def _chunk_urls(client: httpx.Client, cid: str, version: str, arch: str) -> dict[str, str]:
+    """Pull a version: its index from storage (checked against the manifest), then a GET URL per chunk."""
+    r = pull(client, cid, version, arch)
+    assert r.status_code == 200, r.text
+    digests = list(PackIndex.parse(fetch_index(r.json())).unique_digests())
+    urls = pull_urls(client, cid, version, arch, digests)
+    assert urls.status_code == 200, urls.text
+    found: dict[str, str] = urls.json()["urls"]
+    return found
 
 
 def test_taint_untaint_rules(admin, cid):
@@ -109,12 +129,74 @@ def test_delete_a_version_removes_every_architecture(admin, cid):
     assert_error(admin.delete(f"/catalog/{cid}/latest"), (400, 404))
 
 
+def test_delete_leaves_a_tombstone_that_only_someone_who_could_see_it_pushes_again(backend, publisher, admin, cid):
+    tag = f"tomb-{cid}"
+    first = build_pack({"d": _blocks(10)})
+    push_pack(publisher, cid, "1.0", "x86_64", first, tags=[tag])
+    push_pack(publisher, cid, "2.0", "x86_64", {"d": _blocks(11)}, tags=[tag])
+    m = f"/catalog/{cid}/1.0/x86_64"
+    assert admin.delete(m).status_code == 204
+
+    # the tombstone is invisible to every read and every action
+    assert_error(publisher.get(m), 404, "not_found")
+    assert_error(publisher.get(f"/catalog/{cid}/1.0"), 404, "not_found")
+    assert [x["version"] for x in publisher.get(f"/catalog/{cid}").json()["items"]] == ["2.0"]
+    listed = publisher.get("/catalog", params={"tag": tag, "limit": "1000"}).json()
+    assert [x["version"] for x in listed["items"]] == ["2.0"]
+    assert publisher.get(f"/catalog/{cid}/latest/x86_64").json()["version"] == "2.0"
+    assert_error(pull(publisher, cid, "1.0", "x86_64"), 404, "not_found")
+    assert_error(pull_urls(publisher, cid, "1.0", "x86_64", first.digests), 404, "not_found")
+    assert_error(admin.patch(m + "/taint"), 404, "not_found")
+    assert_error(admin.put(m + "/metadata", json={"description": "x"}), 404, "not_found")
+    assert_error(admin.delete(m), 404, "not_found")
+
+    # the same publisher pushes it again, without force; the chunks were kept (no purge)
+    again = build_pack({"d": _blocks(10), "e": _blocks(12)})
+    r = begin_push(publisher, cid, "1.0", "x86_64", again)
+    assert r.status_code == 201, r.text
+    session = r.json()
+    put_index(session, index_bytes(again))
+    asked = ask_chunks(publisher, session["upload_id"], again.digests).json()
+    assert asked["stored"] == first.digests
+    assert list(asked["urls"]) == [hashlib.sha256(_blocks(12)).hexdigest()]
+    upload_chunks(asked["urls"], again.chunks, asked["put_headers"])
+    assert verify(publisher, session["upload_id"], list(asked["urls"])).json()["missing"] == []
+    done = commit(publisher, session["upload_id"])
+    assert done.status_code == 200, done.text
+    back = done.json()
+    assert (back["status"], back["download_count"], back["created_by"]) == ("ready", 0, "paul-publisher")
+    assert publisher.get(m).json() == back
+    assert set(_chunk_urls(publisher, cid, "1.0", "x86_64")) == set(again.chunks)
+    listed = publisher.get("/catalog", params={"tag": tag, "limit": "1000"}).json()
+    assert sorted(x["version"] for x in listed["items"]) == ["2.0"]  # the tags went with the old version
+    assert sorted(x["version"] for x in publisher.get(f"/catalog/{cid}").json()["items"]) == ["1.0", "2.0"]
+
+    # a tombstone keeps its access rules: who could not see the version cannot take its identity...
+    with backend.http(roles=["SUPER_USER"], subject="root") as su:
+        push_pack(su, cid, "3.0", "x86_64", {"d": b"qa"}, required_roles=["QA"])
+        assert su.delete(f"/catalog/{cid}/3.0/x86_64").status_code == 204
+        # ...and a revoked identity stays burned after delete
+        push_pack(su, cid, "4.0", "x86_64", {"d": b"burned"})
+        assert su.patch(f"/catalog/{cid}/4.0/x86_64/revoke").status_code == 200
+        assert su.delete(f"/catalog/{cid}/4.0/x86_64").status_code == 204
+        burned = build_pack({"d": b"again"})
+        assert_error(begin_push(su, cid, "4.0", "x86_64", burned), 410, "revoked")
+        assert_error(begin_push(su, cid, "4.0", "x86_64", burned, force=True), 410, "revoked")
+        body = {"catalog_id": cid, "version": "4.0", "architecture": "x86_64"}
+        assert_error(su.post("/catalog/import", json=body), 410, "revoked")
+    assert_error(begin_push(publisher, cid, "3.0", "x86_64", build_pack({"d": b"x"})), 409, "conflict")
+    with backend.http(roles=["PUBLISHER", "QA"], subject="quinn-qa") as qa:
+        replaced = push_pack(qa, cid, "3.0", "x86_64", {"d": b"qa again"})
+        assert replaced["required_roles"] == ["QA"]
+    assert_error(publisher.get(f"/catalog/{cid}/3.0/x86_64"), 404, "not_found")
+
+
 def test_delete_with_purge_removes_only_unshared_chunks(admin, cid):
     shared, only_v1, only_v2 = _blocks(1), _blocks(2), _blocks(3)
     v1 = build_pack({"disk": shared + only_v1})
     push_pack(admin, cid, "1.0", "x86_64", v1)
     push_pack(admin, cid, "2.0", "x86_64", {"disk": shared + only_v2})
-    urls = pull(admin, cid, "1.0", "x86_64").json()["urls"]
+    urls = _chunk_urls(admin, cid, "1.0", "x86_64")
     shared_digest = hashlib.sha256(shared).hexdigest()
     only_v1_digest = hashlib.sha256(only_v1).hexdigest()
     assert set(urls) == {shared_digest, only_v1_digest}
@@ -126,9 +208,7 @@ def test_delete_with_purge_removes_only_unshared_chunks(admin, cid):
     assert gone.status_code == 404, gone.status_code
     kept = plain.get(urls[shared_digest])
     assert kept.status_code == 200
-    after = pull(admin, cid, "2.0", "x86_64")
-    assert after.status_code == 200
-    for digest, url in after.json()["urls"].items():
+    for digest, url in _chunk_urls(admin, cid, "2.0", "x86_64").items():
         assert plain.get(url).status_code == 200, digest
     # the purged version's stored index is gone too: nothing left to import
     body = {"catalog_id": cid, "version": "1.0", "architecture": "x86_64"}
@@ -138,7 +218,7 @@ def test_delete_with_purge_removes_only_unshared_chunks(admin, cid):
 
 def test_delete_without_purge_keeps_the_chunks(admin, cid):
     push_pack(admin, cid, "1.0", "x86_64", {"disk": _blocks(4)})
-    urls = pull(admin, cid, "1.0", "x86_64").json()["urls"]
+    urls = _chunk_urls(admin, cid, "1.0", "x86_64")
     assert admin.delete(f"/catalog/{cid}", params={"purge": "false"}).status_code == 204
     for url in urls.values():
         assert plain.get(url).status_code == 200
@@ -147,8 +227,8 @@ def test_delete_without_purge_keeps_the_chunks(admin, cid):
 def test_purge_of_a_whole_catalog_id(admin, cid):
     push_pack(admin, cid, "1.0", "x86_64", {"disk": _blocks(5)})
     push_pack(admin, cid, "2.0", "arm64", {"disk": _blocks(6)})
-    urls = list(pull(admin, cid, "1.0", "x86_64").json()["urls"].values())
-    urls += list(pull(admin, cid, "2.0", "arm64").json()["urls"].values())
+    urls = list(_chunk_urls(admin, cid, "1.0", "x86_64").values())
+    urls += list(_chunk_urls(admin, cid, "2.0", "arm64").values())
     assert admin.delete(f"/catalog/{cid}", params={"purge": "true"}).status_code == 204
     for url in urls:
         assert plain.get(url).status_code == 404
@@ -268,11 +348,18 @@ def test_purge_keeps_chunks_an_upload_in_progress_relies_on(admin, cid):
     push_pack(admin, cid, "1.0", "x86_64", {"disk": shared + old_only})
     pending = build_pack({"disk": shared + new_only})
     session = begin_push(admin, cid, "2.0", "x86_64", pending).json()
-    assert [m["digest"] for m in session["missing"]] == [hashlib.sha256(new_only).hexdigest()]
+    put_index(session, index_bytes(pending))
+    asked = ask_chunks(admin, session["upload_id"], pending.digests).json()
+    new_digest = hashlib.sha256(new_only).hexdigest()
+    assert asked["stored"] == [hashlib.sha256(shared).hexdigest()]
+    assert list(asked["urls"]) == [new_digest]
     assert admin.delete(f"/catalog/{cid}/1.0", params={"purge": "true"}).status_code == 204
     # the pending push was told not to send the shared chunk: it must still be there to commit
-    upload_chunks(session["urls"], pending.chunks, session["put_headers"])
+    upload_chunks(asked["urls"], pending.chunks, asked["put_headers"])
+    assert verify(admin, session["upload_id"], [new_digest]).json()["verified"] == [new_digest]
     done = commit(admin, session["upload_id"])
     assert done.status_code == 200, done.text
-    for url in pull(admin, cid, "2.0", "x86_64").json()["urls"].values():
+    urls = _chunk_urls(admin, cid, "2.0", "x86_64")
+    assert set(urls) == set(pending.chunks)
+    for url in urls.values():
         assert plain.get(url).status_code == 200
