@@ -305,7 +305,7 @@ def test_rm_arch_version_id_and_purge(pdcat: Pdcat, cid: str, tmp_path: Path) ->
 
     assert "Removed" in pdcat.ok("rm", f"{a}:1.0", "--arch", "aarch64").out
     pdcat.ok("rm", b)
-    assert "purged" in pdcat.ok("rm", c, "--purge").out
+    assert "reclaimed" in pdcat.ok("rm", c, "--purge").out
     remaining = {(i["catalog_id"], i["version"], i["architecture"]) for i in pdcat.json("ls")["items"]}
     assert remaining & {(a, "1.0", "arm64"), (b, "1.0", ARCH), (b, "2.0", ARCH), (c, "1.0", ARCH)} == set()
     assert (a, "1.0", ARCH) in remaining

@@ -145,10 +145,14 @@ def test_push_killed_mid_transfer_resumes_with_only_the_missing_chunks(
     assert bg.poll() == -9
     stored = settled(lambda: stored_chunks(embedded_data, cid), "the stored chunk count")
     assert 60 <= stored < total - 20, f"{stored} of {total} chunks stored: the kill came too late to test resuming"
-    staging = embedded_data / "blobs" / "objects" / "staging"
-    sessions = listing(staging)
+    staging = embedded_data / "blobs" / "objects" / "staging"  # shared by every test on this server
+    sessions = [
+        d
+        for d in staging.iterdir()
+        if (d / "meta.json").is_file() and json.loads((d / "meta.json").read_text())["catalog_id"] == cid
+    ]
     assert len(sessions) == 1, "the killed push should have left its upload session's staging area"
-    assert "index.json" in listing(staging / sessions[0]), "the killed push uploaded its index first"
+    assert "index.json" in listing(sessions[0]), "the killed push uploaded its index first"
 
     # The catalog lists what is stored, so the rerun sends exactly the rest: no slack is needed
     # (requests still in flight at the kill have landed or vanished by the time the count settles).
