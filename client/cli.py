@@ -10,6 +10,7 @@ import getpass
 import logging
 import os
 import platform
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -554,8 +555,8 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     with _client(args) as api:
         if args.action == "create":
             body: dict[str, Any] = {"roles": args.role, "claims": args.claim, "expires_in_days": args.days}
-            if args.subject:
-                body["subject"] = args.subject
+            if args.service_account:
+                body["service_account"] = args.service_account
             if args.description:
                 body["description"] = args.description
             created = api.create_api_key(**body)
@@ -829,7 +830,11 @@ def _parser() -> argparse.ArgumentParser:
     c = command("apikey", "Create, list or revoke API keys", json_flag=True)
     c.add_argument("action", choices=("create", "ls", "revoke"))
     c.add_argument("key_id", nargs="?")
-    c.add_argument("--subject")
+    c.add_argument(
+        "--service-account",
+        metavar="NAME",
+        help="mint the key for a robot, acting as svc:<you>/NAME (default: the key acts as you)",
+    )
     c.add_argument("--role", action="append", default=[])
     c.add_argument("--claim", action="append", default=[])
     c.add_argument("--days", type=int, default=90)
@@ -843,10 +848,48 @@ class _WarningFormatter(logging.Formatter):
         return f"pdcat: {record.levelname.lower()}: {record.getMessage()}"
 
 
+# The parts of a presigned URL that authorise it: S3's SigV4 signature, credential scope and session
+# token, an Azure SAS's ``sig``, the embedded store's ``signature``. The name may follow a raw or a
+# percent-encoded ``?``/``&`` (a URL quoted inside another one); the value ends at the next parameter.
+_SIGNED_PARAM = re.compile(
+    r"((?:[?&]|%26|%3F)(?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|sig|signature)(?:=|%3D))"
+    r"(?:(?!%26)[^&\s\"'<>#\\])*",
+    re.IGNORECASE,
+)
+
+
+def mask_signatures(text: str) -> str:
+    """``text`` with the secret part of every presigned URL replaced by ``***`` (the rest kept)."""
+    return _SIGNED_PARAM.sub(r"\1***", text)
+
+
+class _MaskSignatures(logging.Filter):
+    """On the CLI's handler: no log line (pdcat's, httpx's or httpcore's, exceptions included) ever
+    shows a presigned URL's signature, so ``--debug`` output can be pasted into a bug report."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: the handler reports it, with nothing formatted
+            return True
+        record.msg, record.args = mask_signatures(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_signatures(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_signatures(record.stack_info)
+        return True
+
+
 def _configure_logging(debug: bool) -> None:
-    """Warnings (retries, re-fetched chunks) as short prefixed lines; everything with --debug."""
+    """Warnings (retries, re-fetched chunks) as short prefixed lines; everything with --debug.
+
+    Either way, presigned URLs are logged without their signatures (``_MaskSignatures``).
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s") if debug else _WarningFormatter())
+    handler.addFilter(_MaskSignatures())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)

@@ -7,6 +7,7 @@ generated from it (``core.openapi``), so what is documented is what is served.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from core.errors import InvalidInput
@@ -15,41 +16,22 @@ from core.identity import ManifestKey, normalize_architecture, normalize_catalog
 from core.openapi import openapi_document
 from core.rbac import Claim, Principal
 from core.service import CatalogService
-from core.wire import SCHEMAS
+from core.wire import MAX_LIST_LIMIT, SCHEMAS, ref
 
-__all__ = ["TokenIssuer", "build_router", "build_routes", "route_shapes"]
+__all__ = ["ApiRoute", "TokenIssuer", "build_router", "build_routes", "route_shapes"]
 
 TokenIssuer = Callable[[str, str], dict[str, Any]]
 """(username, password) -> {"token", "expires_at"}; only the embedded server has one."""
 
-_LIST_BODY = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}}}
-_STRINGS = {"type": "array", "items": {"type": "string"}}
-IMPORT_BODY: dict[str, Any] = {
-    "type": "object",
-    "required": ["catalog_id", "version", "architecture"],
-    "properties": {
-        "catalog_id": {"type": "string"},
-        "version": {"type": "string"},
-        "architecture": {"type": "string"},
-        "format": {
-            "type": "string",
-            "enum": ["pdcat", "pdpack"],
-            "default": "pdcat",
-            "description": "pdcat: an index and chunks already in storage. pdpack: the original product's "
-            "<catalog_id>/<name>.pdpack and <name>.meta (name = NormalizeString('<id>-<arch>-<version>')); "
-            "metadata not given here comes from the .meta",
-        },
-        "description": {"type": "string"},
-        "tags": _STRINGS,
-        "required_roles": _STRINGS,
-        "required_claims": _STRINGS,
-        "minimum_requirements": {
-            "type": "object",
-            "properties": {name: {"type": "integer"} for name in ("cpu", "memory_mb", "disk_mb")},
-        },
-        "vm_type": {"type": "string", "enum": ["pvm", "macvm"]},
-    },
-}
+_PURGE = {"type": "boolean", "default": False}
+
+
+@dataclass(frozen=True)
+class ApiRoute(Route):
+    """A route of this contract that also declares what the OpenAPI document says of its parameters."""
+
+    query: tuple[tuple[str, dict[str, Any], str], ...] = ()  # (name, JSON Schema, description)
+    latest: bool = False  # its {version} path parameter also accepts 'latest'
 
 
 def _key(call: Call) -> ManifestKey:
@@ -191,11 +173,19 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
         return Response.json(s.revoke_api_key(call.principal, call.params["key_id"]).to_public())
 
     m = "/catalog/{id}/{version}/{arch}"
-    lists = {"type": "object"}
+    purge = (("purge", _PURGE, "true: also remove the stored data at once (gc for this catalog id)"),)
     routes: list[Route] = [
-        Route("GET", "/health", health, "Liveness check", auth=False, tag="meta"),
-        Route("GET", "/openapi.json", openapi, "This document", auth=False, tag="meta"),
-        Route("GET", "/auth/whoami", whoami, "Who the credentials belong to", responses=(200, 401), tag="auth"),
+        Route("GET", "/health", health, "Liveness check", auth=False, tag="meta", answer="Health"),
+        Route("GET", "/openapi.json", openapi, "This document", auth=False, tag="meta", answer="OpenApiDocument"),
+        Route(
+            "GET",
+            "/auth/whoami",
+            whoami,
+            "Who the credentials belong to",
+            responses=(200, 401),
+            tag="auth",
+            answer="Whoami",
+        ),
         Route(
             "GET",
             "/auth/api-keys",
@@ -204,6 +194,7 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             claim=Claim.MANAGE_API_KEYS,
             responses=(200, 401, 403),
             tag="auth",
+            answer="ApiKeyList",
         ),
         Route(
             "POST",
@@ -211,18 +202,10 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             create_key,
             "Create an API key (the key is shown once)",
             claim=Claim.MANAGE_API_KEYS,
-            body={
-                "type": "object",
-                "properties": {
-                    "subject": {"type": "string"},
-                    "roles": {"type": "array", "items": {"type": "string"}},
-                    "claims": {"type": "array", "items": {"type": "string"}},
-                    "expires_in_days": {"type": "integer"},
-                    "description": {"type": "string"},
-                },
-            },
+            body=SCHEMAS["ApiKeyRequest"],
             responses=(201, 400, 401, 403),
             tag="auth",
+            answer="ApiKeyCreated",
         ),
         Route(
             "DELETE",
@@ -232,14 +215,22 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             claim=Claim.MANAGE_API_KEYS,
             responses=(200, 401, 403, 404),
             tag="auth",
+            answer="ApiKey",
         ),
-        Route(
+        ApiRoute(
             "GET",
             "/catalog",
             list_catalog,
             "List visible manifests, paginated",
             claim=Claim.LIST,
             responses=(200, 400, 401, 403),
+            answer="ManifestPage",
+            query=(
+                ("tag", {"anyOf": [ref("Tag"), {"const": ""}]}, "only manifests with this tag"),
+                ("architecture", {"anyOf": [ref("Architecture"), {"const": ""}]}, "only this architecture"),
+                ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT, "default": 100}, "page size"),
+                ("cursor", {"type": "string"}, "the next_cursor of the previous page, exactly as received"),
+            ),
         ),
         Route(
             "POST",
@@ -248,8 +239,9 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             "Register a pack that already sits in storage: a pdcat index and chunks, or (format 'pdpack') "
             "the original product's <catalog_id>/<name>.pdpack and .meta",
             claim=Claim.IMPORT,
-            body=IMPORT_BODY,
-            responses=(201, 400, 401, 403, 404, 409, 422),
+            body=SCHEMAS["ImportRequest"],
+            responses=(201, 400, 401, 403, 404, 409, 410, 422),
+            answer="Manifest",
         ),
         Route(
             "GET",
@@ -258,56 +250,81 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             "Every visible version of a catalog id",
             claim=Claim.LIST,
             responses=(200, 400, 401, 403, 404),
+            answer="ManifestList",
         ),
-        Route(
+        ApiRoute(
             "DELETE",
             "/catalog/{id}",
             delete,
             "Delete every visible version (purge=true removes stored data)",
             claim=Claim.DELETE,
             responses=(204, 400, 401, 403, 404),
+            query=purge,
         ),
-        Route(
+        ApiRoute(
             "GET",
             "/catalog/{id}/{version}",
             get_version,
             "Every architecture of one version ('latest' allowed)",
             claim=Claim.LIST,
             responses=(200, 400, 401, 403, 404),
+            answer="ManifestList",
+            latest=True,
         ),
-        Route(
+        ApiRoute(
             "DELETE",
             "/catalog/{id}/{version}",
             delete,
             "Delete one version, every architecture",
             claim=Claim.DELETE,
             responses=(204, 400, 401, 403, 404),
+            query=purge,
         ),
-        Route(
+        ApiRoute(
             "GET",
             m,
             get_manifest,
             "One manifest ('latest' allowed)",
             claim=Claim.LIST,
             responses=(200, 400, 401, 403, 404),
+            answer="Manifest",
+            latest=True,
         ),
-        Route("DELETE", m, delete, "Delete one manifest", claim=Claim.DELETE, responses=(204, 400, 401, 403, 404)),
+        ApiRoute(
+            "DELETE",
+            m,
+            delete,
+            "Delete one manifest",
+            claim=Claim.DELETE,
+            responses=(204, 400, 401, 403, 404),
+            query=purge,
+        ),
         Route(
             "PATCH",
             m + "/taint",
             taint,
             "Taint: refuse pulls until untainted",
             claim=Claim.TAINT,
-            responses=(200, 401, 403, 404, 409, 410),
+            responses=(200, 400, 401, 403, 404, 409, 410),
+            answer="Manifest",
         ),
-        Route("PATCH", m + "/untaint", untaint, "Untaint", claim=Claim.TAINT, responses=(200, 401, 403, 404, 409, 410)),
+        Route(
+            "PATCH",
+            m + "/untaint",
+            untaint,
+            "Untaint",
+            claim=Claim.TAINT,
+            responses=(200, 400, 401, 403, 404, 409, 410),
+            answer="Manifest",
+        ),
         Route(
             "PATCH",
             m + "/revoke",
             revoke,
             "Revoke, permanently",
             claim=Claim.REVOKE,
-            responses=(200, 401, 403, 404, 410),
+            responses=(200, 400, 401, 403, 404, 409, 410),
+            answer="Manifest",
         ),
         Route(
             "PATCH",
@@ -315,8 +332,9 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             list_editor("required_roles", "roles", True),
             "Add required roles",
             claim=Claim.UPDATE,
-            body=lists,
-            responses=(200, 400, 401, 403, 404),
+            body=SCHEMAS["RolesRequest"],
+            responses=(200, 400, 401, 403, 404, 409),
+            answer="Manifest",
         ),
         Route(
             "DELETE",
@@ -324,8 +342,9 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             list_editor("required_roles", "roles", False),
             "Remove required roles",
             claim=Claim.UPDATE,
-            body=lists,
-            responses=(200, 400, 401, 403, 404),
+            body=SCHEMAS["RolesRequest"],
+            responses=(200, 400, 401, 403, 404, 409),
+            answer="Manifest",
         ),
         Route(
             "PATCH",
@@ -333,8 +352,9 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             list_editor("required_claims", "claims", True),
             "Add required claims",
             claim=Claim.UPDATE,
-            body=lists,
-            responses=(200, 400, 401, 403, 404),
+            body=SCHEMAS["ClaimsRequest"],
+            responses=(200, 400, 401, 403, 404, 409),
+            answer="Manifest",
         ),
         Route(
             "DELETE",
@@ -342,8 +362,9 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             list_editor("required_claims", "claims", False),
             "Remove required claims",
             claim=Claim.UPDATE,
-            body=lists,
-            responses=(200, 400, 401, 403, 404),
+            body=SCHEMAS["ClaimsRequest"],
+            responses=(200, 400, 401, 403, 404, 409),
+            answer="Manifest",
         ),
         Route(
             "PATCH",
@@ -351,8 +372,9 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             list_editor("tags", "tags", True),
             "Add tags",
             claim=Claim.UPDATE,
-            body=lists,
-            responses=(200, 400, 401, 403, 404),
+            body=SCHEMAS["TagsRequest"],
+            responses=(200, 400, 401, 403, 404, 409),
+            answer="Manifest",
         ),
         Route(
             "DELETE",
@@ -360,8 +382,9 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             list_editor("tags", "tags", False),
             "Remove tags",
             claim=Claim.UPDATE,
-            body=lists,
-            responses=(200, 400, 401, 403, 404),
+            body=SCHEMAS["TagsRequest"],
+            responses=(200, 400, 401, 403, 404, 409),
+            answer="Manifest",
         ),
         Route(
             "PUT",
@@ -369,8 +392,9 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             metadata,
             "Replace the metadata fields present in the body",
             claim=Claim.UPDATE,
-            body={"type": "object"},
-            responses=(200, 400, 401, 403, 404),
+            body=SCHEMAS["MetadataRequest"],
+            responses=(200, 400, 401, 403, 404, 409),
+            answer="Manifest",
         ),
         Route(
             "POST",
@@ -382,15 +406,16 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             responses=(201, 400, 401, 403, 409, 410),
             answer="PushAnswer",
         ),
-        Route(
+        ApiRoute(
             "POST",
             m + "/pull",
             pull,
             "Pull: the manifest and a presigned GET URL of its index (format 'chunks'), or one presigned "
             "'pack' URL for an imported original-format pack (format 'pdpack'); counts a download",
             claim=Claim.PULL,
-            responses=(200, 401, 403, 404, 409, 410),
+            responses=(200, 400, 401, 403, 404, 409, 410),
             answer="PullAnswer",
+            latest=True,
         ),
         Route(
             "POST",
@@ -399,7 +424,7 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             "Presigned GET URLs for a page of this version's chunks (for an original-format pack: a fresh "
             "'pack' URL, asked without digests)",
             claim=Claim.PULL,
-            body={"type": "object", "properties": {"digests": SCHEMAS["UrlsRequest"]["properties"]["digests"]}},
+            body=SCHEMAS["UrlsRequest"],
             responses=(200, 400, 401, 403, 404, 409, 410),
             answer="UrlsAnswer",
         ),
@@ -439,10 +464,17 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             commit,
             "Commit an upload: every chunk of the index must be verified; writes the index",
             claim=Claim.PUSH,
+            body=SCHEMAS["CommitRequest"],
             responses=(200, 400, 401, 403, 404, 409),
+            answer="Manifest",
         ),
         Route(
-            "DELETE", "/uploads/{upload_id}", abort, "Abort an upload", claim=Claim.PUSH, responses=(204, 401, 403, 404)
+            "DELETE",
+            "/uploads/{upload_id}",
+            abort,
+            "Abort an upload",
+            claim=Claim.PUSH,
+            responses=(204, 400, 401, 403, 404, 409),
         ),
         Route(
             "POST",
@@ -463,11 +495,13 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
                 "POST",
                 "/auth/token",
                 token,
-                "Exchange a username and password for a token (embedded server)",
+                "Exchange a username and password for a token (embedded server); 429 with Retry-After while "
+                "the user name or the caller's address is locked out after failed attempts",
                 auth=False,
-                body={"type": "object", "required": ["username", "password"]},
-                responses=(200, 400, 401),
+                body=SCHEMAS["TokenRequest"],
+                responses=(200, 400, 401, 429),
                 tag="auth",
+                answer="TokenAnswer",
             ),
         )
     return routes

@@ -19,6 +19,7 @@ __all__ = [
     "ALL_CLAIMS",
     "ANONYMOUS",
     "ROLE_CLAIMS",
+    "SERVICE_ACCOUNT_PREFIX",
     "Claim",
     "Principal",
     "Role",
@@ -45,6 +46,9 @@ class Role(StrEnum):
     ADMIN = "ADMIN"
     SUPER_USER = "SUPER_USER"
 
+
+SERVICE_ACCOUNT_PREFIX = "svc:"
+"""Subjects of API keys minted for a service account (``svc:<creator>/<name>``); no token may claim one."""
 
 ALL_CLAIMS: frozenset[str] = frozenset(c.value for c in Claim)
 _USER = frozenset({Claim.LIST.value, Claim.PULL.value})

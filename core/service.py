@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterable
@@ -55,10 +57,11 @@ from core.pdpack_meta import (
     pack_file_key,
 )
 from core.ports import ApiKeyRecord, ApiKeyStore, BlobStore, ManifestQuery, ManifestStore, Stored
-from core.rbac import Claim, Principal, can_see, require
+from core.rbac import SERVICE_ACCOUNT_PREFIX, Claim, Principal, can_see, require
 from core.storage_layout import (
     chunk_key,
     index_key,
+    is_nonce,
     nonce_of_staging_key,
     staging_chunk_key,
     staging_index_key,
@@ -132,6 +135,40 @@ class _OpenSession:
     nonce: str
     declared: _Declared
     metadata: dict[str, Any]
+    dedup: bool = True  # may the pusher learn which chunks are stored already (see _may_dedup)
+    decoy: bool = False  # a push to a hidden identity: works like a session, never commits
+
+
+def _open_session(stored: Stored, session: UploadSession, nonce: str, doc: dict[str, Any]) -> _OpenSession:
+    declared = _Declared(str(doc["index_digest"]), int(doc["index_size"]), int(doc["chunk_size"]))
+    return _OpenSession(
+        stored.manifest,
+        stored.etag,
+        session,
+        nonce,
+        declared,
+        doc.get("metadata") or {},
+        dedup=bool(doc.get("dedup", True)),
+        decoy=bool(doc.get("decoy", False)),
+    )
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where a new registration goes: a free key, over a visible tombstone, or nowhere (decoy)."""
+
+    tombstone: Stored | None = None
+    decoy: bool = False
+
+
+def _sees(who: Principal, manifest: Manifest) -> bool:
+    """The manifest's access rules admit this caller (tombstones keep theirs)."""
+    return can_see(who, manifest.required_roles, manifest.required_claims)
+
+
+def _own_session(who: Principal, manifest: Manifest) -> bool:
+    """The pusher keeps their session even if the roles they pushed with hide the manifest from them."""
+    return manifest.upload is not None and manifest.upload.started_by == who.subject
 
 
 def _digest_list(digests: object, limit: int) -> list[str]:
@@ -181,6 +218,13 @@ def _upload_id(key: ManifestKey, nonce: str) -> str:
     return _b64([key.catalog_id, key.version, key.architecture, nonce])
 
 
+def _upload_nonce(upload_id: str) -> str | None:
+    data = _unb64(upload_id)
+    if isinstance(data, list) and len(data) == 4 and isinstance(data[3], str) and is_nonce(data[3]):
+        return data[3]
+    return None
+
+
 def _parse_upload_id(upload_id: str) -> ManifestKey:
     data = _unb64(upload_id)
     if not (isinstance(data, list) and len(data) == 4 and all(isinstance(x, str) for x in data)):
@@ -226,6 +270,28 @@ def _pack_fields(index: PackIndex) -> dict[str, Any]:
             file_count=len(index.files),
         ),
     }
+
+
+_SERVICE_ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _api_key_subject(who: Principal, body: dict[str, Any]) -> str:
+    """Who a new key acts as: its creator, or a service account of the creator's, named
+    ``svc:<creator>/<name>``. Token subjects may not start with ``svc:`` (core.auth), and the
+    creator is part of the name, so no user and no other creator can ever claim it."""
+    if "subject" in body:
+        raise InvalidInput(
+            "an API key acts as its creator; for a robot, give service_account NAME instead of subject "
+            f"(it acts as {SERVICE_ACCOUNT_PREFIX}<you>/NAME)"
+        )
+    name = body.get("service_account")
+    if name is None:
+        return who.subject
+    if not isinstance(name, str) or not _SERVICE_ACCOUNT.fullmatch(name):
+        raise InvalidInput(
+            "service_account must be 1-64 characters of A-Z a-z 0-9 . _ - (starting with a letter or digit)"
+        )
+    return f"{SERVICE_ACCOUNT_PREFIX}{who.subject}/{name}"
 
 
 def _visible_to(who: Principal, manifest: Manifest) -> bool:
@@ -274,27 +340,30 @@ class CatalogService:
         limit: int = 100,
         cursor: str | None = None,
     ) -> tuple[list[Manifest], str | None]:
-        """One page of visible manifests. Invisible ones are skipped, so pages fill from later rows."""
+        """One page of visible manifests. Invisible ones are skipped, so pages fill from later rows.
+
+        A ``next_cursor`` is given only when at least one more visible manifest follows (one is read
+        ahead): a cursor leading to an empty page would tell that hidden ones lie beyond.
+        """
         require(who, Claim.LIST)
         after = decode_cursor(cursor) if cursor else None
         items: list[Manifest] = []
-        batch = max(limit, 100)
+        batch = max(limit + 1, 100)
         exhausted = False
-        while not exhausted and len(items) < limit:
+        while not exhausted and len(items) <= limit:
             page = self.store.query(
                 ManifestQuery(catalog_id=catalog_id, tag=tag, architecture=architecture, after=after, limit=batch)
             )
-            consumed = 0
             for manifest in page:
-                consumed += 1
                 after = manifest.key
                 if _visible_to(who, manifest):
                     items.append(manifest)
-                    if len(items) == limit:
+                    if len(items) > limit:
                         break
-            exhausted = len(page) < batch and consumed == len(page)
-        next_cursor = None if exhausted or not items else encode_cursor(items[-1].key)
-        return items, next_cursor
+            exhausted = len(page) < batch
+        if len(items) > limit:
+            return items[:limit], encode_cursor(items[limit - 1].key)
+        return items, None
 
     def versions(self, who: Principal, catalog_id: str, version: str | None = None) -> list[Manifest]:
         """Every visible manifest of a catalog id (optionally of one version, or ``latest``)."""
@@ -487,6 +556,13 @@ class CatalogService:
         session = UploadSession(upload_id, now_iso(), who.subject, staging_index_key(nonce), 0, force)
 
         stored = self.store.get(key)
+        if stored is not None and not _own_session(who, stored.manifest) and not _sees(who, stored.manifest):
+            # Hidden from this caller: answer exactly as for a free identity. The decoy session works
+            # like a real one (index, chunks, verify) but never commits: its commit answers the 409 of a
+            # lost race, so what the caller learns costs a whole upload and proves nothing.
+            self._write_session_meta(nonce, key, declared, meta, owner=who.subject, decoy=True, dedup=False)
+            log.warning("push to a hidden identity: decoy session", extra={"manifest": str(key), "by": who.subject})
+            return self._push_answer(key, upload_id, nonce)
         if stored is None:
             manifest = self._new_manifest(key, who, upload=session, **meta)
             try:
@@ -495,9 +571,6 @@ class CatalogService:
                 raise Conflict(f"{key} is being pushed by someone else right now") from None
         else:
             current = stored.manifest
-            resuming = current.upload is not None and current.upload.started_by == who.subject
-            if not resuming and not can_see(who, current.required_roles, current.required_claims):
-                raise Conflict(f"{key} already exists")
             if current.revoked:
                 raise Gone(f"{key} was revoked; a revoked version cannot be pushed again")
             if current.is_ready and not force:
@@ -520,8 +593,12 @@ class CatalogService:
                 raise Conflict(f"{key} is being pushed by someone else right now") from None
         # Written once the session exists, so a refused push leaves nothing behind; until it lands, the
         # session's requests answer 404 and gc judges the staging area by its age alone.
-        self._write_session_meta(nonce, key, declared, meta)
+        dedup = self._may_dedup(who, key.catalog_id)
+        self._write_session_meta(nonce, key, declared, meta, owner=who.subject, dedup=dedup)
         log.info("push started", extra={"manifest": str(key), "by": who.subject, "chunk_size": declared.chunk_size})
+        return self._push_answer(key, upload_id, nonce)
+
+    def _push_answer(self, key: ManifestKey, upload_id: str, nonce: str) -> PushAnswer:
         return {
             "upload_id": upload_id,
             "catalog_id": key.catalog_id,
@@ -543,8 +620,27 @@ class CatalogService:
             **fields,
         )
 
-    def _write_session_meta(self, nonce: str, key: ManifestKey, declared: _Declared, meta: dict[str, Any]) -> None:
+    def _may_dedup(self, who: Principal, catalog_id: str) -> bool:
+        """Whether this pusher may learn which chunks the catalog id already holds: only if it can see
+        every version of it, tombstones included (a hidden version's content must not be probed by
+        asking which digests are stored). One store query per 500 versions, never a storage listing."""
+        return all(_sees(who, m) for m in self.store.iter_all(catalog_id))
+
+    def _write_session_meta(
+        self,
+        nonce: str,
+        key: ManifestKey,
+        declared: _Declared,
+        meta: dict[str, Any],
+        *,
+        owner: str,
+        dedup: bool,
+        decoy: bool = False,
+    ) -> None:
         doc = {
+            "owner": owner,
+            "dedup": dedup,
+            "decoy": decoy,
             "catalog_id": key.catalog_id,
             "version": key.version,
             "architecture": key.architecture,
@@ -560,6 +656,8 @@ class CatalogService:
         key = _parse_upload_id(upload_id)
         stored = self.store.get(key)
         if stored is None or stored.manifest.upload is None or stored.manifest.upload.upload_id != upload_id:
+            if stored is not None and not _sees(who, stored.manifest):
+                return self._decoy_session(who, key, upload_id, stored)
             raise NotFound("no such upload (it was committed, aborted or replaced by a newer push)")
         # A session belongs to whoever began it: another publisher takes a push over only by beginning
         # its own (with force), never by using this one. The pusher keeps it even if the roles they
@@ -574,8 +672,19 @@ class CatalogService:
             doc = json.loads(self.blobs.get_bytes(staging_meta_key(nonce), max_bytes=1 << 20))
         except NotFound:
             raise NotFound("no such upload (its staging area was collected; push again)") from None
-        declared = _Declared(str(doc["index_digest"]), int(doc["index_size"]), int(doc["chunk_size"]))
-        return _OpenSession(stored.manifest, stored.etag, session, nonce, declared, doc.get("metadata") or {})
+        return _open_session(stored, session, nonce, doc)
+
+    def _decoy_session(self, who: Principal, key: ManifestKey, upload_id: str, stored: Stored) -> _OpenSession:
+        """The session a push to a hidden identity was given (see ``push_begin``); 404 otherwise."""
+        nonce = _upload_nonce(upload_id)
+        doc = None
+        if nonce is not None:
+            with contextlib.suppress(NotFound, PayloadTooLarge, ValueError):
+                doc = json.loads(self.blobs.get_bytes(staging_meta_key(nonce), max_bytes=1 << 20))
+        if nonce is None or not isinstance(doc, dict) or not doc.get("decoy") or doc.get("owner") != who.subject:
+            raise NotFound("no such upload (it was committed, aborted or replaced by a newer push)")
+        session = UploadSession(upload_id, "", who.subject, staging_index_key(nonce), 0)
+        return _open_session(stored, session, nonce, doc)
 
     def _refuse_during_gc(self, open_session: _OpenSession, digests: list[str]) -> None:
         """Name the digests first, then look at the lease: a sweep either sees this mark or blocks us."""
@@ -589,9 +698,11 @@ class CatalogService:
         wanted = _digest_list(digests, CHUNK_PAGE)
         self._refuse_during_gc(open_session, wanted)
         catalog_id = open_session.manifest.catalog_id
-        heads = _parallel(lambda d: self.blobs.head(chunk_key(catalog_id, d)), wanted)
-        stored = {d: Confirmed(info.size) for d, info in zip(wanted, heads, strict=True) if info is not None}
-        write_confirmed(self.blobs, open_session.nonce, stored)
+        stored: dict[str, Confirmed] = {}
+        if open_session.dedup:
+            heads = _parallel(lambda d: self.blobs.head(chunk_key(catalog_id, d)), wanted)
+            stored = {d: Confirmed(info.size) for d, info in zip(wanted, heads, strict=True) if info is not None}
+            write_confirmed(self.blobs, open_session.nonce, stored)
         expiry = self.settings.url_expiry_seconds
         return {
             "stored": list(stored),
@@ -651,6 +762,8 @@ class CatalogService:
         wrong = [d for d, size in needed.items() if confirmed[d].raw_size not in (None, size)]
         if wrong:
             raise Conflict(f"{len(wrong)} chunk(s) do not have the size the index gives them (e.g. {wrong[0][:12]})")
+        if open_session.decoy:
+            raise Conflict(f"{manifest.key} changed while committing; push again")
         final = index.with_stored_sizes({d: confirmed[d].stored_size for d in needed})
         self.blobs.put_bytes(index_key(manifest.key.prefix), final.canonical_bytes())
         at = now_iso()
@@ -680,6 +793,9 @@ class CatalogService:
 
     def abort(self, who: Principal, upload_id: str) -> None:
         open_session = self._session(who, upload_id)
+        if open_session.decoy:
+            self.blobs.delete([staging_meta_key(open_session.nonce)])
+            return
         manifest, etag = open_session.manifest, open_session.etag
         if manifest.is_ready or manifest.revoked or manifest.is_deleted:  # a revoked identity stays burned
             self.store.replace(manifest.touched(upload=None), etag)
@@ -812,40 +928,51 @@ class CatalogService:
         meta = parse_metadata(body)
         if fmt == PACK_FORMAT_PDPACK:
             return self._import_pdpack(who, key, meta)
-        tombstone = self._free_identity(who, key)
+        slot = self._free_identity(who, key)
         try:
+            if slot.decoy:  # the hidden version's data is not this caller's to read: as if none were there
+                raise NotFound(index_key(key.prefix))
             index = PackIndex.from_bytes(self.blobs.get_bytes(index_key(key.prefix), max_bytes=MAX_INDEX_BYTES))
         except NotFound:
             raise NotFound(f"no pack index in storage at {index_key(key.prefix)}") from None
         final = index.with_stored_sizes(self._verified_sizes(key.catalog_id, index))
         manifest = self._new_manifest(key, who, status=STATUS_READY, pushed_at=now_iso(), **_pack_fields(final), **meta)
-        self._create_over(manifest, tombstone)
+        self._create_over(manifest, slot)
         return manifest
 
-    def _free_identity(self, who: Principal, key: ManifestKey) -> Stored | None:
+    def _free_identity(self, who: Principal, key: ManifestKey) -> _Slot:
         """Whether ``key`` may be registered anew: free, or a tombstone the caller can see and that
-        was not revoked (returned, to be replaced conditionally)."""
+        was not revoked (kept, to be replaced conditionally). Taken by a version hidden from the
+        caller: a decoy slot, so the answer is the one a free identity gets (nothing is stored)."""
         stored = self.store.get(key)
         if stored is None:
-            return None
+            return _Slot()
         m = stored.manifest
-        if not m.is_deleted or not can_see(who, m.required_roles, m.required_claims):
+        if not _sees(who, m):
+            log.warning("import to a hidden identity", extra={"manifest": str(key), "by": who.subject})
+            return _Slot(decoy=True)
+        if not m.is_deleted:
             raise Conflict(f"{key} already exists")
         if m.revoked:
             raise Gone(f"{key} was revoked; a revoked version cannot be registered again")
-        return stored
+        return _Slot(tombstone=stored)
 
-    def _create_over(self, manifest: Manifest, tombstone: Stored | None) -> None:
-        if tombstone is None:
-            self.store.create(manifest)
+    def _create_over(self, manifest: Manifest, slot: _Slot) -> None:
+        if slot.decoy:
             return
-        keep = tombstone.manifest
+        if slot.tombstone is None:
+            try:
+                self.store.create(manifest)
+            except Conflict:
+                raise Conflict(f"{manifest.key} already exists") from None
+            return
+        keep = slot.tombstone.manifest
         try:
             self.store.replace(
                 replace(manifest, required_roles=keep.required_roles, required_claims=keep.required_claims)
                 if not (manifest.required_roles or manifest.required_claims)
                 else manifest,
-                tombstone.etag,
+                slot.tombstone.etag,
             )
         except Conflict:
             raise Conflict(f"{manifest.key} already exists") from None
@@ -866,9 +993,11 @@ class CatalogService:
         Metadata comes from the ``.meta`` unless the request gives it. The ``.meta``'s sizes are not
         trusted for the stored size (some versions of the original write MiB): the listing is.
         """
-        tombstone = self._free_identity(who, key)
+        slot = self._free_identity(who, key)
         mkey = meta_key(key.catalog_id, key.architecture, key.version)
         try:
+            if slot.decoy:  # the hidden version's files are not this caller's to read: as if none were there
+                raise NotFound(mkey)
             raw = self.blobs.get_bytes(mkey)
         except NotFound:
             raise NotFound(f"no .meta in storage at {mkey} (the original keeps it next to the .pdpack)") from None
@@ -925,7 +1054,7 @@ class CatalogService:
             ),
             storage_prefix=catalog_folder(key.catalog_id),
         )
-        self._create_over(manifest, tombstone)
+        self._create_over(manifest, slot)
         log.info("pdpack imported", extra={"manifest": str(key), "by": who.subject, "pack": pkey})
         return manifest
 
@@ -944,9 +1073,10 @@ class CatalogService:
                 raise Forbidden(
                     f"an API key cannot carry more than its creator: {', '.join(sorted(extra_roles | extra_claims))}"
                 )
-        subject = body.get("subject", who.subject)
-        if not isinstance(subject, str) or not 0 < len(subject) <= 128:
-            raise InvalidInput("subject must be a string of 1-128 characters")
+        subject = _api_key_subject(who, body)
+        unknown = set(body) - {"roles", "claims", "service_account", "expires_in_days", "description"}
+        if unknown:
+            raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
         days = body.get("expires_in_days", 90)
         if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= self.settings.max_api_key_days:
             raise InvalidInput(f"expires_in_days must be an integer from 1 to {self.settings.max_api_key_days}")

@@ -62,6 +62,12 @@ def test_token_attacks_are_401(backend, cid):
         "expired": _bearer(jwt.encode(_payload(iat=now - 7200, exp=now - 3600), backend.jwt_secret, "HS256")),
         "not yet valid": _bearer(jwt.encode(_payload(nbf=now + 3600), backend.jwt_secret, "HS256")),
         "no exp": _bearer(jwt.encode({"sub": "mallory", "roles": ["SUPER_USER"]}, backend.jwt_secret, "HS256")),
+        # time claims are JSON numbers: pyjwt alone coerces strings and booleans with int()
+        "exp a string": _bearer(jwt.encode(_payload(exp=str(now + 600)), backend.jwt_secret, "HS256")),
+        "nbf a string": _bearer(jwt.encode(_payload(nbf=str(now - 60)), backend.jwt_secret, "HS256")),
+        "iat a string": _bearer(jwt.encode(_payload(iat=str(now)), backend.jwt_secret, "HS256")),
+        "nbf a bool": _bearer(jwt.encode(_payload(nbf=False), backend.jwt_secret, "HS256")),
+        "iat a bool": _bearer(jwt.encode(_payload(iat=True), backend.jwt_secret, "HS256")),
         "no sub": _bearer(jwt.encode(_payload(sub=None), backend.jwt_secret, "HS256")),
         "roles not a list": _bearer(jwt.encode(_payload(roles={"a": 1}), backend.jwt_secret, "HS256")),
         "alg none": _bearer(f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(_payload())}."),
@@ -162,10 +168,10 @@ def test_api_keys_lifecycle(backend, admin, cid):
 
 
 def test_an_api_key_with_publisher_rights_can_push(backend, admin, cid):
-    key = admin.post("/auth/api-keys", json={"roles": ["PUBLISHER"], "subject": "ci-bot"}).json()["key"]
+    key = admin.post("/auth/api-keys", json={"roles": ["PUBLISHER"], "service_account": "ci-bot"}).json()["key"]
     with backend.http(anonymous=True, headers={"X-Api-Key": key}) as k:
         pushed = push_empty(k, cid, "1.0")
-        assert pushed["created_by"] == "ci-bot"
+        assert pushed["created_by"] == "svc:alice-admin/ci-bot"
         assert_error(k.delete(f"/catalog/{cid}/1.0/x86_64"), 403, "forbidden")
 
 
@@ -200,9 +206,10 @@ def test_api_key_bad_input_is_400(admin):
         {"expires_in_days": 100000},
         {"expires_in_days": "7"},
         {"expires_in_days": True},
-        {"subject": ""},
-        {"subject": 5},
-        {"subject": "x" * 200},
+        {"subject": "carol"},
+        {"service_account": ""},
+        {"service_account": 5},
+        {"service_account": "x" * 200},
         {"description": 5},
         {"description": "x" * 5000},
     ):
