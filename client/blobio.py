@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import httpx
 
-from core.errors import PdcatError, Unavailable
+from core.errors import NotFound, PdcatError, Unavailable
 
-__all__ = ["BlobClient", "RetriesExceeded", "UrlBook", "UrlRefused"]
+__all__ = ["BlobClient", "BlobMissing", "RetriesExceeded", "UrlBook", "UrlRefused"]
 
 log = logging.getLogger("pdcat.transfer")
 
@@ -28,6 +28,11 @@ class RetriesExceeded(Unavailable):
 
 class UrlRefused(PdcatError):
     """Storage refused the URL (expired or not valid any more): get a fresh one and try again."""
+
+
+class BlobMissing(NotFound):
+    """Storage has no object at a (validly signed) URL: it was deleted, e.g. by ``rm --purge`` or gc.
+    Not retried: waiting does not bring it back."""
 
 
 class BlobClient:
@@ -73,6 +78,8 @@ class BlobClient:
             if response.status_code >= 500 or response.status_code == 429:
                 last = Unavailable(f"storage answered HTTP {response.status_code} for {what}")
                 continue
+            if response.status_code == 404:
+                raise BlobMissing(f"storage answered HTTP 404 (no such object) for {what}")
             if response.status_code >= 400:
                 raise PdcatError(f"storage answered HTTP {response.status_code} for {what}")
             return response

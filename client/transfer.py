@@ -48,7 +48,7 @@ from client.packer import (
     write_chunk,
 )
 from client.pool import run_bounded
-from core.errors import Conflict, InvalidInput, PdcatError, Unavailable
+from core.errors import Conflict, Gone, InvalidInput, NotFound, PdcatError, Unavailable
 from core.identity import ManifestKey
 from core.pack import DEFAULT_CHUNK_SIZE, Chunk, FileEntry, PackIndex
 from core.wire import CHUNK_PAGE, MAX_INDEX_BYTES, VERIFY_PAGE
@@ -297,6 +297,7 @@ def push(
     progress.start("indexing", sum(size for size, _ in fingerprints.values()))
     index = build_index(root, config.chunk_size, workers=config.workers, on_progress=progress.advance)
     progress.finish()
+    PackIndex.parse(index.to_json())  # the catalog's own rules (sizes, counts), before a byte is sent
 
     index_bytes = index.canonical_bytes()
     body: dict[str, Any] = {
@@ -478,6 +479,12 @@ def download(
         except (ChunkCorrupt, InvalidInput):
             _discard(partial, journal)  # resuming cannot fix bad data in storage or a bad index
             raise
+        except (NotFound, Gone) as exc:
+            # The version went away mid-pull (rm, rm --purge, revoke): storage has no chunk at a
+            # signed URL (404), or the catalog no longer hands out URLs for it (404/410). A resume
+            # could never finish, so nothing is kept. Network errors and 5xx stay resumable.
+            _discard(partial, journal)
+            raise _vanished(key, exc) from exc
         finally:
             if journal_file is not None:
                 with contextlib.suppress(OSError):  # a full disk must not replace the real error
@@ -486,6 +493,14 @@ def download(
         os.rename(partial, final)
         journal.unlink(missing_ok=True)
         return stats
+
+
+def _vanished(key: tuple[str, str, str], exc: NotFound | Gone) -> PdcatError:
+    """The one line a pull says when its version was deleted, purged or revoked under it."""
+    what = f"{key[0]}:{key[1]} ({key[2]})"
+    if isinstance(exc, Gone):
+        return Gone(f"{what} was revoked while pulling; the partial download was removed")
+    return NotFound(f"{what} was deleted or purged while pulling ({exc.message}); the partial download was removed")
 
 
 def _reported(api: CatalogClient, key: tuple[str, str, str], digest: str, exc: ChunkCorrupt) -> ChunkCorrupt:

@@ -41,8 +41,17 @@ _ROLE = re.compile(r"[A-Z0-9][A-Z0-9_.:-]{0,127}")
 
 
 def _text(value: object, what: str) -> str:
+    """The raw text of an identity part, refused unless it is ASCII.
+
+    The check comes before any ``strip``/``lower``/``upper``: Unicode case mapping folds some
+    non-ASCII letters into ASCII ones (the Kelvin sign U+212A lower-cases to ``k``, the dotless i
+    U+0131 and the long s U+017F upper-case to ``I`` and ``S``), so a folded id, tag or role could name
+    another one while looking different. Every backend refuses such a value alike, with a 400.
+    """
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string")
+    if not value.isascii():
+        raise InvalidInput(f"invalid {what} {value[:64]!r}: only ASCII letters, digits and punctuation are allowed")
     return value.strip()
 
 

@@ -27,7 +27,10 @@ from core.errors import InvalidInput
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "FORMAT_VERSION",
+    "MAX_CHUNKS",
     "MAX_CHUNK_SIZE",
+    "MAX_FILE_SIZE",
+    "MAX_PACK_SIZE",
     "MIN_CHUNK_SIZE",
     "Chunk",
     "FileEntry",
@@ -46,6 +49,19 @@ MIN_CHUNK_SIZE = 4096
 # that bounded on a Lambda or a Function (docs/adr-002-storage-protocol-v2.md).
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
 MAX_FILES = 100_000
+# Bounds on what an index may declare, so no index (hostile or corrupt) can make a server or a client
+# allocate, plan or pre-size absurdly (a client plans its free space and pre-sizes sparse files from
+# these figures before it downloads a byte):
+# - a file holds at most 16 TiB: the largest file ext4 stores with 4 KiB blocks (where `pdcat serve`
+#   and Linux pulls write), and far above any virtual disk file a Parallels bundle holds (disks are
+#   split into .hds files; a VM disk of a few TiB is already extreme);
+# - a pack holds at most 64 TiB in all (a few such disks);
+# - an index names at most 10 million chunks: 40 TiB of data at the default 4 MiB grid, and about a
+#   gigabyte of index JSON (a server reads at most core.wire.MAX_INDEX_BYTES of it anyway), so the
+#   client's per-chunk bookkeeping stays within a laptop's memory.
+MAX_FILE_SIZE = 16 * 1024**4
+MAX_PACK_SIZE = 64 * 1024**4
+MAX_CHUNKS = 10_000_000
 MAX_PATH = 1024
 MAX_DEPTH = 64
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -210,7 +226,19 @@ class PackIndex:
             raise InvalidInput("the pack index needs a 'files' list")
         if len(raw_files) > MAX_FILES:
             raise InvalidInput(f"a pack holds at most {MAX_FILES} files")
-        files = tuple(_parse_file(f, chunk_size) for f in raw_files)
+        parsed: list[FileEntry] = []
+        total_size = 0
+        total_chunks = 0
+        for raw in raw_files:
+            entry = _parse_file(raw, chunk_size, MAX_CHUNKS - total_chunks)
+            total_size += entry.size
+            total_chunks += len(entry.chunks)
+            if total_size > MAX_PACK_SIZE:
+                raise InvalidInput(
+                    f"the pack is larger than {MAX_PACK_SIZE} bytes (64 TiB) in all, at {entry.path[:80]!r}"
+                )
+            parsed.append(entry)
+        files = tuple(parsed)
         _check_nesting(files)
         index = cls(chunk_size, files)
         if "size" in doc and doc["size"] != index.size:
@@ -243,7 +271,8 @@ def _int(value: object, what: str) -> int:
     return value
 
 
-def _parse_file(raw: object, chunk_size: int) -> FileEntry:
+def _parse_file(raw: object, chunk_size: int, chunks_left: int) -> FileEntry:
+    """One entry of ``files``; ``chunks_left``: how many chunk entries the index may still name."""
     if not isinstance(raw, dict):
         raise InvalidInput("every entry of 'files' must be an object")
     path = validate_relative_path(raw.get("path"))
@@ -268,9 +297,15 @@ def _parse_file(raw: object, chunk_size: int) -> FileEntry:
     if kind != FILE:
         raise InvalidInput(f"{path!r}: type must be file, dir or symlink (devices and sockets are refused)")
     size = _int(raw.get("size"), f"size of {path}")
+    if size > MAX_FILE_SIZE:
+        raise InvalidInput(
+            f"{path[:80]!r} declares {size} bytes; a file in a pack holds at most {MAX_FILE_SIZE} (16 TiB)"
+        )
     raw_chunks = raw.get("chunks", [])
     if not isinstance(raw_chunks, list):
         raise InvalidInput(f"chunks of {path!r} must be a list")
+    if len(raw_chunks) > chunks_left:
+        raise InvalidInput(f"{path[:80]!r} takes the index past {MAX_CHUNKS} chunk entries, the most a pack may name")
     chunks: list[Chunk] = []
     last_end = 0
     for rc in raw_chunks:

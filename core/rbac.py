@@ -77,7 +77,14 @@ class Principal:
 
     @classmethod
     def of(cls, subject: str, roles: Iterable[str] = (), claims: Iterable[str] = (), via: str = "token") -> Principal:
-        return cls(subject, frozenset(r.upper() for r in roles), frozenset(c.upper() for c in claims), via)
+        # Only ASCII names: Unicode case mapping folds some letters into ASCII ones ("admın" upper-cases
+        # to "ADMIN"), so a non-ASCII role from an identity provider is dropped, never folded.
+        return cls(
+            subject,
+            frozenset(r.upper() for r in roles if r.isascii()),
+            frozenset(c.upper() for c in claims if c.isascii()),
+            via,
+        )
 
     @property
     def is_super_user(self) -> bool:

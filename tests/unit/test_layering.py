@@ -52,6 +52,7 @@ def test_public_names_are_pinned() -> None:
         "ALL_CLAIMS",
         "ANONYMOUS",
         "ROLE_CLAIMS",
+        "SERVICE_ACCOUNT_PREFIX",
         "Claim",
         "Principal",
         "Role",

@@ -67,3 +67,12 @@ def test_admin_holds_every_claim() -> None:
 )
 def test_visibility(who: Principal, roles: list[str], claims: list[str], visible: bool) -> None:
     assert can_see(who, roles, claims) is visible
+
+
+def test_non_ascii_role_names_from_a_token_are_dropped_not_folded() -> None:
+    from core.rbac import Principal
+
+    # "admın" (dotless i) upper-cases to "ADMIN": folding it would grant the role
+    who = Principal.of("eve", roles=["adm\u0131n", "user"], claims=["\u212aeep"])
+    assert who.roles == frozenset({"USER"})
+    assert who.claims == frozenset()
