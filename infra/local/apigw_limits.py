@@ -30,6 +30,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from chalice.config import Config
 from chalice.local import LocalGateway, LocalGatewayException
@@ -113,6 +114,12 @@ class LimitedLocalGateway(LocalGateway):
 
     def _generate_lambda_event(self, method: str, path: str, headers: Any, body: bytes | None) -> Any:
         event = super()._generate_lambda_event(method, path, headers, body)
+        # API Gateway hands Lambda its path parameters percent-decoded ("%6Bt" arrives as "kt");
+        # chalice's local gateway passes them as they were sent, so an app tested here would see
+        # another value than in the cloud.
+        params = event.get("pathParameters")
+        if params:
+            event["pathParameters"] = {name: unquote(value) for name, value in params.items()}
         if event_bytes(event) > LAMBDA_PAYLOAD_BYTES:
             raise PayloadTooLargeError()
         return event

@@ -131,6 +131,16 @@ def test_a_kelvin_sign_catalog_id_is_refused_not_folded_into_the_ascii_one(backe
     assert [m["version"] for m in su.get(f"/catalog/{ascii_id}").json()["items"]] == ["1.0"]
 
 
+def test_a_percent_encoded_ascii_id_names_the_same_version_on_every_backend(backend, su, cid: str) -> None:
+    """API Gateway decodes path parameters before Lambda sees them; the AWS harnesses do too, so an
+    encoded letter or dot means what it means on the embedded server and on Azure."""
+    push_empty(su, cid, "1.0")
+    encoded_id = "%" + format(ord(cid[0]), "02X") + cid[1:]
+    for path in (f"/catalog/{encoded_id}/1.0/x86_64", f"/catalog/{cid}/1%2E0/x86_64", f"/catalog/{encoded_id}"):
+        r = _raw(backend, "GET", path)
+        assert r.status_code == 200, (path, r.status_code, r.text[:300])
+
+
 @pytest.mark.parametrize(
     ("where", "value"),
     [
