@@ -12,7 +12,8 @@ same RBAC afterwards:
 
 Every failure a caller can cause is :class:`Unauthenticated` with a short message that never
 contains the credential; an identity provider we cannot reach is :class:`Unavailable` (503), because
-the caller's credential may be perfectly fine.
+the caller's credential may be perfectly fine. Password logins (the embedded server's users) are
+slowed down by :class:`LoginThrottle` (429 with a retry time).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import binascii
 import hashlib
 import hmac
 import logging
+import math
 import re
 import secrets
 import threading
@@ -34,17 +36,19 @@ from typing import TYPE_CHECKING
 
 import jwt
 
-from core.errors import Unauthenticated, Unavailable
+from core.errors import TooManyRequests, Unauthenticated, Unavailable
 from core.ports import ApiKeyRecord, ApiKeyStore
-from core.rbac import Principal
+from core.rbac import SERVICE_ACCOUNT_PREFIX, Principal
 
 if TYPE_CHECKING:
     from jwt.types import Options
 
 __all__ = [
     "API_KEY_PREFIX",
+    "MIN_HS_SECRET_BYTES",
     "AuthConfig",
     "Authenticator",
+    "LoginThrottle",
     "TokenVerifier",
     "hash_password",
     "hash_secret",
@@ -59,6 +63,12 @@ log = logging.getLogger(__name__)
 API_KEY_PREFIX = "pdcat_"
 _API_KEY_RE = re.compile(r"pdcat_([0-9a-f]{16})_([A-Za-z0-9_-]{43})", re.ASCII)
 _HS_ALGORITHMS = ("HS256",)
+# RFC 7518 §3.2: an HS256 key must be at least as long as the hash output. Anything shorter is
+# refused at start-up, whatever the backend: a short or guessable secret lets anyone mint tokens.
+MIN_HS_SECRET_BYTES = 32
+# NumericDate claims (RFC 7519 §2): JSON numbers. pyjwt coerces strings and booleans with int(), so a
+# string "exp" would otherwise be accepted; we check the types ourselves.
+_TIME_CLAIMS = ("exp", "nbf", "iat")
 # Header alg -> the JWK key type that may verify it. The JWK's own algorithm must match too.
 _JWKS_ALGORITHMS: dict[str, str] = {"RS256": "RSA", "ES256": "EC"}
 # Real JWTs are a few KiB at most; a bound keeps garbage from costing base64/JSON work.
@@ -100,6 +110,8 @@ class AuthConfig:
     def __post_init__(self) -> None:
         if bool(self.jwt_secret) == bool(self.jwks_url):
             raise ValueError("AuthConfig needs exactly one of jwt_secret or jwks_url")
+        if self.jwt_secret and len(self.jwt_secret.encode("utf-8", "surrogatepass")) < MIN_HS_SECRET_BYTES:
+            raise ValueError(f"AuthConfig.jwt_secret must be at least {MIN_HS_SECRET_BYTES} bytes")
         if self.jwks_url and not self.jwks_url.lower().startswith(("https://", "http://")):
             raise ValueError("AuthConfig.jwks_url must be an http(s) URL")
         if self.leeway_seconds < 0:
@@ -177,6 +189,9 @@ class TokenVerifier:
             raise Unauthenticated("invalid token") from exc
         if not isinstance(payload, dict):
             raise Unauthenticated("malformed token")
+        for name in _TIME_CLAIMS:
+            if name in payload and not _is_numeric_date(payload[name]):
+                raise Unauthenticated(f"token claim {name!r} must be a number")
         return payload
 
     def _jwks_key(self, token: str) -> jwt.PyJWK:
@@ -221,9 +236,19 @@ class TokenVerifier:
         subject = _lookup(payload, cfg.subject_field)
         if not isinstance(subject, str) or not subject.strip():
             raise Unauthenticated(f"token is missing the {cfg.subject_field!r} claim")
+        if subject.strip().lower().startswith(SERVICE_ACCOUNT_PREFIX):
+            # svc:<creator>/<name> belongs to API keys a creator minted: no token may act as one
+            raise Unauthenticated(f"a token's subject may not start with {SERVICE_ACCOUNT_PREFIX!r}")
         roles = _string_list(_lookup(payload, cfg.roles_field), cfg.roles_field)
         claims = _string_list(_lookup(payload, cfg.claims_field), cfg.claims_field)
         return Principal.of(subject.strip(), roles, claims, via="token")
+
+
+def _is_numeric_date(value: object) -> bool:
+    """A JSON number: ``int`` or finite ``float``, and not ``bool`` (which is an ``int`` to Python)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value)
 
 
 @contextmanager
@@ -409,6 +434,95 @@ def _bearer_token(value: str) -> str:
     if not token:
         raise Unauthenticated("empty bearer token")
     return token
+
+
+@dataclass
+class _Strikes:
+    failures: int = 0
+    last_failure: float = 0.0
+    locked_until: float = 0.0
+
+
+class LoginThrottle:
+    """Exponential backoff for password guesses, per key (a user name, a client address).
+
+    After ``max_failures`` failures in a row, each close to the last (within ``window_seconds``,
+    counted from the end of the last lockout), the key is locked for ``lockout_seconds``; every
+    further failure doubles the lockout, up to ``max_lockout_seconds``. While locked, :meth:`check`
+    raises :class:`TooManyRequests` with the seconds left, before any password is looked at, so a
+    locked key costs no hashing. :meth:`succeeded` forgets a key. Unknown user names are tracked like
+    known ones (a lockout says nothing about who exists). Keys are stored hashed and at most
+    ``max_keys`` are kept: the quiet ones go first, then the oldest.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_failures: int = 5,
+        window_seconds: float = 900.0,
+        lockout_seconds: float = 1.0,
+        max_lockout_seconds: float = 900.0,
+        max_keys: int = 10_000,
+        what: str = "this account",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_failures < 1 or lockout_seconds <= 0 or max_lockout_seconds < lockout_seconds or max_keys < 1:
+            raise ValueError("LoginThrottle needs max_failures >= 1, 0 < lockout_seconds <= max_lockout_seconds")
+        self._max_failures = max_failures
+        self._window = window_seconds
+        self._lockout = lockout_seconds
+        self._max_lockout = max_lockout_seconds
+        self._max_keys = max_keys
+        self._what = what
+        self._clock = clock
+        self._strikes: dict[bytes, _Strikes] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(key: str) -> bytes:
+        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+    def check(self, key: str) -> None:
+        """Raise :class:`TooManyRequests` (with ``retry_after``) while ``key`` is locked."""
+        with self._lock:
+            strikes = self._strikes.get(self._key(key))
+            left = 0.0 if strikes is None else strikes.locked_until - self._clock()
+        if left > 0:
+            raise TooManyRequests(
+                f"too many failed logins for {self._what}: try again in {math.ceil(left)} s",
+                retry_after=math.ceil(left),
+            )
+
+    def failed(self, key: str) -> None:
+        """Count one failure; lock the key once it has failed too often."""
+        now = self._clock()
+        hashed = self._key(key)
+        with self._lock:
+            strikes = self._strikes.get(hashed)
+            if strikes is None:
+                self._make_room(now)
+                strikes = self._strikes[hashed] = _Strikes()
+            elif now - max(strikes.last_failure, strikes.locked_until) > self._window:
+                strikes.failures = 0  # a quiet window forgives
+            strikes.failures += 1
+            strikes.last_failure = now
+            over = strikes.failures - self._max_failures
+            if over >= 0:
+                lockout = min(self._lockout * 2 ** min(over, 40), self._max_lockout)
+                strikes.locked_until = max(strikes.locked_until, now + lockout)
+
+    def succeeded(self, key: str) -> None:
+        with self._lock:
+            self._strikes.pop(self._key(key), None)
+
+    def _make_room(self, now: float) -> None:
+        if len(self._strikes) < self._max_keys:
+            return
+        quiet = [k for k, v in self._strikes.items() if now - max(v.last_failure, v.locked_until) > self._window]
+        for k in quiet:
+            del self._strikes[k]
+        while len(self._strikes) >= self._max_keys:
+            del self._strikes[next(iter(self._strikes))]
 
 
 def hash_password(password: str) -> str:

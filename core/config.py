@@ -1,6 +1,9 @@
 """Configuration, read from the environment in this one place (cosmicpython ``config.py``).
 
-Each frontend's bootstrap calls :func:`load_settings` once; everything else receives values.
+Each frontend's bootstrap calls :func:`load_settings` once; everything else receives values. Unsafe
+secrets stop the start (:class:`SettingsError`): an app setting that is still an unresolved Key Vault
+reference (Azure hands the literal ``@Microsoft.KeyVault(...)`` text to the app when it cannot read the
+vault), and an HS256 secret shorter than 32 bytes. The error names the setting, never its value.
 """
 
 from __future__ import annotations
@@ -9,10 +12,48 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from core.auth import AuthConfig
+from core.auth import MIN_HS_SECRET_BYTES, AuthConfig
+from core.errors import PdcatError
 from core.service import ServiceSettings
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "SettingsError", "check_jwt_secret", "check_references_resolved", "load_settings"]
+
+# What Azure App Service / Functions leaves in a setting whose reference it could not resolve.
+_UNRESOLVED_REFERENCES = ("@microsoft.keyvault(", "@microsoft.appconfiguration(")
+
+
+class SettingsError(PdcatError, ValueError):
+    """A setting that must not be used: one line naming the setting, never its value.
+
+    A ``ValueError`` too, so callers that already treat bad settings as ``ValueError`` keep working;
+    a ``PdcatError``, so ``pdcat serve`` prints it as one line instead of a traceback.
+    """
+
+    status = 500
+    code = "misconfigured"
+
+
+def check_references_resolved(env: Mapping[str, str]) -> None:
+    """Refuse any ``PDCAT_*`` setting that is still a Key Vault (or App Configuration) reference."""
+    for name in sorted(env):
+        value = env.get(name)
+        if name.startswith("PDCAT_") and isinstance(value, str) and _is_reference(value):
+            raise SettingsError(
+                f"{name} is an unresolved Key Vault reference: the app could not read the secret "
+                "(check the vault, the secret's name and the app identity's access to it)"
+            )
+
+
+def _is_reference(value: str) -> bool:
+    return value.lstrip().lower().startswith(_UNRESOLVED_REFERENCES)
+
+
+def check_jwt_secret(secret: str, name: str = "PDCAT_JWT_SECRET") -> None:
+    """An HS256 secret must be at least :data:`~core.auth.MIN_HS_SECRET_BYTES` bytes."""
+    if _is_reference(secret):
+        raise SettingsError(f"{name} is an unresolved Key Vault reference: the app could not read the secret")
+    if len(secret.encode("utf-8", "surrogatepass")) < MIN_HS_SECRET_BYTES:
+        raise SettingsError(f"{name} is too short: an HS256 secret needs at least {MIN_HS_SECRET_BYTES} bytes")
 
 
 @dataclass(frozen=True)
@@ -31,20 +72,26 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, not {raw!r}") from None
+        raise SettingsError(f"{name} must be an integer, not {raw!r}") from None
     if not minimum <= value <= maximum:
-        raise ValueError(f"{name} must be between {minimum} and {maximum}")
+        raise SettingsError(f"{name} must be between {minimum} and {maximum}")
     return value
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """``PDCAT_JWT_SECRET`` or ``PDCAT_JWKS_URL`` (+ ``PDCAT_JWT_ISSUER``/``AUDIENCE``/field names)."""
+    """``PDCAT_JWT_SECRET`` or ``PDCAT_JWKS_URL`` (+ ``PDCAT_JWT_ISSUER``/``AUDIENCE``/field names).
+
+    Raises :class:`SettingsError` (a ``ValueError``) for a setting that is malformed or unsafe.
+    """
     env = os.environ if env is None else env
+    check_references_resolved(env)
     service = ServiceSettings(
         url_expiry_seconds=_int(env, "PDCAT_URL_EXPIRY_SECONDS", 900, 1, 7 * 24 * 3600),
     )
     secret = env.get("PDCAT_JWT_SECRET") or None
     jwks = env.get("PDCAT_JWKS_URL") or None
+    if secret:
+        check_jwt_secret(secret)  # also with a JWKS URL: the embedded server signs its own tokens with it
     auth = None
     if secret or jwks:
         auth = AuthConfig(

@@ -14,6 +14,7 @@ the stable machine code that the router puts in ``{"error": {"code", "message"}}
     ├── Gone                        410 revoked
     ├── PayloadTooLarge             413 payload_too_large
     ├── Unprocessable               422 unprocessable
+    ├── TooManyRequests             429 too_many_requests (``retry_after``: seconds, for Retry-After)
     └── Unavailable                 503 unavailable   (a backend we depend on is down)
 
 Anything that is not a ``PdcatError`` is a bug: the router logs it and answers a generic 500.
@@ -32,6 +33,7 @@ __all__ = [
     "PayloadTooLarge",
     "PdcatError",
     "Tainted",
+    "TooManyRequests",
     "Unauthenticated",
     "Unavailable",
     "Unprocessable",
@@ -97,6 +99,17 @@ class Unprocessable(PdcatError):
     code = "unprocessable"
 
 
+class TooManyRequests(PdcatError):
+    """Slow down: ``retry_after`` (whole seconds, at least 1) is what ``Retry-After`` should say."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str = "", retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = None if retry_after is None else max(1, int(retry_after))
+
+
 class Unavailable(PdcatError):
     status = 503
     code = "unavailable"
@@ -115,6 +128,7 @@ _BY_CODE: dict[str, type[PdcatError]] = {
         Gone,
         PayloadTooLarge,
         Unprocessable,
+        TooManyRequests,
         Unavailable,
     )
 }
@@ -128,6 +142,7 @@ _BY_STATUS: dict[int, type[PdcatError]] = {
     410: Gone,
     413: PayloadTooLarge,
     422: Unprocessable,
+    429: TooManyRequests,
     503: Unavailable,
 }
 

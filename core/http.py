@@ -45,6 +45,8 @@ class Request:
     query: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    client: str | None = None
+    """The caller's address as the frontend saw it (the embedded server: ``REMOTE_ADDR``), if it knows."""
 
     def header(self, name: str) -> str | None:
         """Case-insensitive header lookup: frontends hand us whatever casing their platform uses."""

@@ -77,8 +77,9 @@ class Principal:
 
     @classmethod
     def of(cls, subject: str, roles: Iterable[str] = (), claims: Iterable[str] = (), via: str = "token") -> Principal:
-        # Only ASCII names: Unicode case mapping folds some letters into ASCII ones ("admın" upper-cases
-        # to "ADMIN"), so a non-ASCII role from an identity provider is dropped, never folded.
+        # Only ASCII names: Unicode case mapping folds some letters into ASCII ones ("adm" + U+0131 +
+        # "n", with a dotless i, upper-cases to "ADMIN"), so a non-ASCII role from an identity
+        # provider is dropped, never folded.
         return cls(
             subject,
             frozenset(r.upper() for r in roles if r.isascii()),

@@ -4,11 +4,16 @@ Configuration comes from the Lambda environment (set by the infrastructure code)
 ``PDCAT_TABLE``, ``PDCAT_BUCKET``, ``AWS_REGION``; ``PDCAT_DYNAMODB_ENDPOINT`` and
 ``PDCAT_S3_ENDPOINT`` point at MinIO/moto or any compatible endpoint; JWT settings as read by
 ``core.config.load_settings`` (``PDCAT_JWT_SECRET`` or ``PDCAT_JWKS_URL`` + issuer/audience).
+
+Settings that must not be used (a secret shorter than 32 bytes, an unresolved secret reference, a
+malformed number) stop the build with one logged line naming the setting, never its value: every
+request then fails, and no token is ever checked against a bad secret.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -16,6 +21,8 @@ if TYPE_CHECKING:
     from core.http import Router
 
 __all__ = ["router"]
+
+log = logging.getLogger("pdcat.aws")
 
 
 @functools.cache
@@ -32,7 +39,12 @@ def router() -> Router:
     from core.rbac import Principal
     from core.service import CatalogService
 
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValueError as exc:
+        configure_logging("WARNING")
+        log.error("the catalog cannot start: %s", exc)
+        raise RuntimeError(f"the catalog cannot start: {exc}") from None
     configure_logging(settings.log_level)
     if settings.auth is None:
         raise RuntimeError("set PDCAT_JWT_SECRET or PDCAT_JWKS_URL: the AWS frontend has no built-in users")

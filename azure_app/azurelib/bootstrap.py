@@ -9,7 +9,10 @@ as environment variables (set by the infrastructure code):
 - ``PDCAT_BLOB_CONTAINER`` and either ``PDCAT_BLOB_CONNECTION_STRING`` (account key: SAS signed with
   it) or ``PDCAT_BLOB_ACCOUNT_URL`` (managed identity: user-delegation SAS).
 - JWT settings as read by ``core.config.load_settings`` (``PDCAT_JWT_SECRET``, or ``PDCAT_JWKS_URL``
-  with issuer and audience). There are no built-in users, so one of the two is required.
+  with issuer and audience). There are no built-in users, so one of the two is required. A ``PDCAT_*``
+  setting that is still ``@Microsoft.KeyVault(...)`` (Functions could not resolve the reference and
+  passes the text itself) or an HS256 secret under 32 bytes is refused: every request answers 500
+  ``misconfigured`` naming the setting, never its value, and no token is checked against it.
 
 The router is built on the first request and kept for the life of the worker process. A failure
 (bad settings, a backend that cannot be reached) is not cached, so the next request tries again.

@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -202,6 +203,53 @@ def test_lambda_logs_json_with_the_request_id_and_no_secret(
     text = stream.getvalue()
     for secret in (SECRET, token, "not-a-jwt", "testing"):
         assert secret not in text
+
+
+KEY_VAULT_REFERENCE = "@Microsoft.KeyVault(VaultName=pdcat-kv-guessable;SecretName=pdcat-jwt-secret)"
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"PDCAT_JWT_SECRET": "Q"}, "PDCAT_JWT_SECRET is too short"),
+        ({"PDCAT_JWT_SECRET": "short-secret-" + "q" * 18}, "PDCAT_JWT_SECRET is too short"),  # 31 bytes
+        ({"PDCAT_JWT_SECRET": KEY_VAULT_REFERENCE}, "PDCAT_JWT_SECRET is an unresolved Key Vault reference"),
+        ({"PDCAT_JWT_SECRET": SECRET, "PDCAT_BUCKET": KEY_VAULT_REFERENCE}, "PDCAT_BUCKET is an unresolved Key"),
+    ],
+)
+def test_unsafe_jwt_secrets_refuse_to_start(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], change: dict[str, str], named: str
+) -> None:
+    """The Lambda never checks a token against a secret under 32 bytes or an unresolved reference: the
+    catalog refuses to start, in one logged line naming the setting and never its value."""
+    monkeypatch.syspath_prepend(str(REPO / "aws_app"))
+    for key in [k for k in os.environ if k.startswith("PDCAT_")]:
+        monkeypatch.delenv(key)
+    for key, value in {"PDCAT_TABLE": "t", "PDCAT_BUCKET": "b", "AWS_DEFAULT_REGION": REGION, **change}.items():
+        monkeypatch.setenv(key, value)
+    import app as lambda_module  # aws_app/app.py, as Lambda imports it
+
+    bad = next(v for v in change.values() if v != SECRET)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyjwt warns about a short HMAC key: that is the point here
+        forged = issue_token(bad, "mallory", ["SUPER_USER"], [], 600)[0]
+    lambda_module.router.cache_clear()
+    try:
+        with pytest.raises(RuntimeError) as refused:
+            lambda_module.router()
+        assert named in str(refused.value) and "\n" not in str(refused.value)
+        assert bad not in str(refused.value)
+        answer = lambda_module.app(
+            _gateway_event("GET", "/api/v1/auth/whoami", {"Authorization": f"Bearer {forged}"}, "gw-bad-1"), None
+        )
+    finally:
+        lambda_module.router.cache_clear()
+        logging.getLogger().handlers.clear()
+    assert answer["statusCode"] == 500
+    logged = capfd.readouterr().err
+    assert named in logged
+    for text in (answer["body"], logged):
+        assert bad not in text and "pdcat-kv-guessable" not in text and forged not in text
 
 
 def test_cold_import_of_the_handler_loads_no_sdk() -> None:

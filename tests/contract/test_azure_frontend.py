@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,56 @@ def test_bad_settings_fail_in_one_clear_line(
     assert r.headers["x-request-id"]
     for secret in SECRETS:
         assert secret not in r.text
+
+
+KEY_VAULT_REFERENCE = "@Microsoft.KeyVault(VaultName=pdcat-kv-guessable;SecretName=pdcat-jwt-secret)"
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"PDCAT_JWT_SECRET": KEY_VAULT_REFERENCE}, "PDCAT_JWT_SECRET is an unresolved Key Vault reference"),
+        ({"PDCAT_JWT_SECRET": "  " + KEY_VAULT_REFERENCE.lower()}, "PDCAT_JWT_SECRET is an unresolved Key Vault"),
+        ({"PDCAT_JWT_AUDIENCE": KEY_VAULT_REFERENCE}, "PDCAT_JWT_AUDIENCE is an unresolved Key Vault reference"),
+        ({"PDCAT_JWT_SECRET": "Q"}, "PDCAT_JWT_SECRET is too short"),
+        ({"PDCAT_JWT_SECRET": "short-secret-" + "q" * 18}, "PDCAT_JWT_SECRET is too short"),  # 31 bytes
+    ],
+)
+def test_unsafe_jwt_secrets_refuse_to_start(
+    app_env: dict[str, str],
+    transport: AzureFunctionsTransport,
+    caplog: pytest.LogCaptureFixture,
+    change: dict[str, str],
+    named: str,
+) -> None:
+    """A Key Vault reference Functions could not resolve reaches the app as its literal text: signing
+    with it would let anyone who guesses the vault's name forge a SUPER_USER token. Refused, as is a
+    secret under 32 bytes, in one line naming the setting and never its value."""
+    env = {**app_env, **change}
+    (value,) = change.values()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyjwt warns about a short HMAC key: that is the point here
+        forged = issue_token(value.strip(), "mallory", ["SUPER_USER"], [], 600)[0]
+    bootstrap = sys.modules["azurelib.bootstrap"]
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.ERROR):
+        for key in [k for k in os.environ if k.startswith("PDCAT_")]:
+            mp.delenv(key)
+        for key, item in env.items():
+            mp.setenv(key, item)
+        bootstrap.router.cache_clear()
+        try:
+            with httpx.Client(base_url="http://azure.inprocess", transport=transport) as client:
+                health = client.get("/api/v1/health")
+                whoami = client.get("/api/v1/auth/whoami", headers={"Authorization": f"Bearer {forged}"})
+        finally:
+            bootstrap.router.cache_clear()
+    for r in (health, whoami):
+        error = assert_error(r, 500, "misconfigured")
+        assert named in error["message"] and "\n" not in error["message"]
+        assert value.strip() not in r.text and "pdcat-kv-guessable" not in r.text and forged not in r.text
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert named in logged
+    assert value.strip() not in logged and "pdcat-kv-guessable" not in logged
 
 
 def test_a_missing_container_is_unavailable_and_retried(

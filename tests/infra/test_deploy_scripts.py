@@ -110,8 +110,92 @@ def test_azure_dry_run_prints_the_deployment_and_never_the_secret(tmp_path: Path
     assert f"--template-file {REPO}/infra/azure/main.bicep" in lines[3]
     assert lines[4].startswith("az functionapp deployment source config-zip --resource-group pdcat-rg")
     assert f"--src {out}/pdcat-azure.zip --build-remote true" in lines[4]
+    # the secret's Key Vault reference must be resolved, or the app would sign with the reference's text
+    assert lines[5].startswith("az rest --method get --url ")
+    assert (
+        "/subscriptions/{subscriptionId}/resourceGroups/pdcat-rg/providers/Microsoft.Web/sites/"
+        "<functionAppName output of the deployment>/config/configreferences/appsettings/PDCAT_JWT_SECRET?api-version="
+    ) in lines[5]
+    assert lines[5].endswith("--query properties.status --output tsv")
     assert '"value": "***"' in done.stdout
     assert not out.exists()
+
+
+def test_azure_dry_run_with_jwks_has_no_reference_to_check(tmp_path: Path) -> None:
+    done = _run(
+        AZURE_DEPLOY,
+        *("--resource-group", "pdcat-rg", "--jwks-url", "https://idp.example/keys", "--dry-run"),
+        *("--out", str(tmp_path / "build")),
+        home=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "az rest" not in done.stdout and "configreferences" not in done.stdout
+
+
+_SIGNED_IN_AZ = """#!/bin/sh
+echo "$*" >> "{log}"
+case "$1" in
+  account) echo "00000000-1111-2222-3333-444444444444" ;;
+  group) ;;
+  deployment) echo '{{"functionAppName": {{"value": "pdcatfn123"}}, "functionAppUrl": {{"value": "https://f.test"}}}}';;
+  functionapp) ;;
+  rest)
+    n=$(($(cat "{state}" 2>/dev/null || echo 0) + 1)); echo "$n" > "{state}"
+    sed -n "${{n}}p" "{statuses}" ;;
+  *) echo "unexpected az $*" >&2; exit 3 ;;
+esac
+"""
+
+
+def _signed_in_az(folder: Path, statuses: list[str]) -> tuple[Path, Path]:
+    """An ``az`` that is signed in and deploys nothing: each ``az rest`` answers the next status."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log, state, answers = folder / "az.log", folder / "rest.count", folder / "statuses"
+    answers.write_text("".join(f"{status}\n" for status in statuses))
+    tool = folder / "az"
+    tool.write_text(_SIGNED_IN_AZ.format(log=log, state=state, statuses=answers))
+    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    return folder, log
+
+
+def test_azure_deploy_waits_for_the_key_vault_reference_to_resolve(tmp_path: Path) -> None:
+    bin_dir, log = _signed_in_az(tmp_path / "bin", ["AccessToKeyVaultDenied", "Initialized", "Resolved"])
+    done = _run(
+        AZURE_DEPLOY,
+        *("--resource-group", "rg", "--jwt-secret-env", "MY_SECRET", "--out", str(tmp_path / "build")),
+        *("--reference-checks", "5", "--reference-interval", "0"),
+        extra={"MY_SECRET": SECRET},
+        path=f"{bin_dir}:/usr/bin:/bin",
+        home=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    rest = [line for line in log.read_text().splitlines() if line.startswith("rest ")]
+    assert len(rest) == 3  # asked until "Resolved", then stopped
+    assert "/sites/pdcatfn123/config/configreferences/appsettings/PDCAT_JWT_SECRET?" in rest[0]
+    assert (
+        "AccessToKeyVaultDenied" in done.stdout
+        and "PDCAT_JWT_SECRET: the Key Vault reference is resolved" in done.stdout
+    )
+    assert SECRET not in done.stdout + done.stderr + log.read_text()
+
+
+def test_azure_deploy_fails_when_the_key_vault_reference_never_resolves(tmp_path: Path) -> None:
+    bin_dir, log = _signed_in_az(tmp_path / "bin", ["AccessToKeyVaultDenied"] * 2 + ["SecretNotFound"])
+    done = _run(
+        AZURE_DEPLOY,
+        *("--resource-group", "rg", "--jwt-secret-env", "MY_SECRET", "--out", str(tmp_path / "build")),
+        *("--reference-checks", "3", "--reference-interval", "0"),
+        extra={"MY_SECRET": SECRET},
+        path=f"{bin_dir}:/usr/bin:/bin",
+        home=tmp_path,
+    )
+    assert done.returncode == 2
+    error = done.stderr.strip()
+    assert error.splitlines() == [error] and "Traceback" not in error  # one line
+    assert "PDCAT_JWT_SECRET is not a resolved Key Vault reference" in error and "SecretNotFound" in error
+    assert "az functionapp restart --resource-group rg --name pdcatfn123" in error
+    assert len([line for line in log.read_text().splitlines() if line.startswith("rest ")]) == 3
+    assert SECRET not in done.stdout + done.stderr + log.read_text()
 
 
 def test_azure_refuses_without_the_cli_login_or_secret(tmp_path: Path) -> None:

@@ -10,13 +10,17 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -30,6 +34,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from core.auth import (
     AuthConfig,
     Authenticator,
+    LoginThrottle,
     TokenVerifier,
     hash_password,
     hash_secret,
@@ -38,7 +43,8 @@ from core.auth import (
     parse_api_key,
     verify_password,
 )
-from core.errors import Conflict, Unauthenticated, Unavailable
+from core.config import SettingsError, load_settings
+from core.errors import Conflict, PdcatError, TooManyRequests, Unauthenticated, Unavailable, error_for_status
 from core.manifest import now_iso
 from core.ports import ApiKeyRecord, ApiKeyStore
 from core.rbac import Principal
@@ -177,6 +183,12 @@ def test_config_needs_exactly_one_key_source() -> None:
         AuthConfig(jwt_secret=SECRET, jwks_url="https://idp.example.test/jwks")
     with pytest.raises(ValueError):
         AuthConfig(jwks_url="file:///etc/passwd")
+
+
+def test_config_refuses_a_short_hs_secret() -> None:
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        AuthConfig(jwt_secret="x" * 31)
+    assert AuthConfig(jwt_secret="é" * 16).jwt_secret  # 32 bytes of UTF-8
 
 
 def test_config_repr_hides_the_secret() -> None:
@@ -596,3 +608,214 @@ def test_verify_only_raises_unauthenticated(
     for verifier in (hs_verifier, jwks_verifier):
         with pytest.raises(Unauthenticated):
             verifier.verify(text)
+
+
+# --------------------------------------------------------------------------- time claims must be numbers
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("kind", ["string", "true", "false", "list"])
+def test_time_claims_that_are_not_numbers_are_refused(
+    hs_verifier: TokenVerifier, jwks_verifier: TokenVerifier, keys: Keys, claim: str, kind: str
+) -> None:
+    """pyjwt coerces with int(): a string exp far in the future was accepted, a bool iat/nbf too."""
+    now = int(time.time())
+    good = {"exp": now + 600, "nbf": now - 10, "iat": now}[claim]
+    value = {"string": str(good), "true": True, "false": False, "list": [good]}[kind]
+    hs_token = jwt.encode(claims_for(**{claim: value}), SECRET, algorithm="HS256")
+    rs_token = jwt.encode(idp_claims(**{claim: value}), keys.rsa, algorithm="RS256", headers={"kid": "rsa1"})
+    for verifier, token in ((hs_verifier, hs_token), (jwks_verifier, rs_token)):
+        with pytest.raises(Unauthenticated):
+            verifier.verify(token)
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+def test_a_string_time_claim_says_so(hs_verifier: TokenVerifier, claim: str) -> None:
+    now = int(time.time())
+    value = str({"exp": now + 600, "nbf": now - 10, "iat": now}[claim])
+    with pytest.raises(Unauthenticated, match=f"'{claim}' must be a number"):
+        hs_verifier.verify(jwt.encode(claims_for(**{claim: value}), SECRET, algorithm="HS256"))
+
+
+def test_fractional_time_claims_are_numbers(
+    hs_verifier: TokenVerifier, jwks_verifier: TokenVerifier, keys: Keys
+) -> None:
+    now = time.time()
+    payload = {"exp": now + 600.5, "nbf": now - 10.25, "iat": now}
+    assert hs_verifier.verify(jwt.encode(claims_for(**payload), SECRET, algorithm="HS256")).subject == "alice"
+    rs = jwt.encode(idp_claims(**payload), keys.rsa, algorithm="RS256", headers={"kid": "rsa1"})
+    assert jwks_verifier.verify(rs).subject == "alice"
+
+
+# --------------------------------------------------------------------------- secrets refused at start-up
+
+KEY_VAULT_REFERENCE = "@Microsoft.KeyVault(VaultName=pdcat-kv-guessable;SecretName=pdcat-jwt-secret)"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PDCAT_JWT_SECRET": "x"}, "PDCAT_JWT_SECRET is too short"),
+        ({"PDCAT_JWT_SECRET": "y" * 31}, "PDCAT_JWT_SECRET is too short"),
+        ({"PDCAT_JWT_SECRET": KEY_VAULT_REFERENCE}, "PDCAT_JWT_SECRET is an unresolved Key Vault reference"),
+        ({"PDCAT_JWT_SECRET": KEY_VAULT_REFERENCE.upper()}, "PDCAT_JWT_SECRET is an unresolved Key Vault"),
+        ({"PDCAT_JWKS_URL": KEY_VAULT_REFERENCE}, "PDCAT_JWKS_URL is an unresolved Key Vault reference"),
+        ({"PDCAT_JWT_SECRET": SECRET, "PDCAT_JWT_ISSUER": KEY_VAULT_REFERENCE}, "PDCAT_JWT_ISSUER is an unresolved"),
+    ],
+)
+def test_load_settings_refuses_unsafe_secrets(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(env)
+    message = str(refused.value)
+    assert named in message and "\n" not in message
+    assert isinstance(refused.value, ValueError) and isinstance(refused.value, PdcatError)
+    for value in env.values():
+        assert value not in message or value == SECRET
+    assert "pdcat-kv-guessable" not in message
+
+
+def test_load_settings_accepts_a_32_byte_secret_and_other_settings_that_mention_key_vault() -> None:
+    settings = load_settings({"PDCAT_JWT_SECRET": "z" * 32, "OTHER": KEY_VAULT_REFERENCE})
+    assert settings.auth is not None and settings.auth.jwt_secret == "z" * 32
+
+
+def _serve(data: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``pdcat serve`` as a user runs it; with a refused secret it must exit before serving anything."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PDCAT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "client.cli", "serve", "--data", str(data), "--port", "0"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PDCAT_JWT_SECRET": "1"}, "PDCAT_JWT_SECRET is too short"),
+        ({"PDCAT_JWT_SECRET": KEY_VAULT_REFERENCE}, "PDCAT_JWT_SECRET is an unresolved Key Vault reference"),
+        ({"PDCAT_ADMIN_PASSWORD": KEY_VAULT_REFERENCE}, "PDCAT_ADMIN_PASSWORD is an unresolved Key Vault reference"),
+    ],
+)
+def test_the_embedded_server_refuses_unsafe_secrets_in_one_line(
+    tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    done = _serve(tmp_path / "catalog", env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "serving on" not in done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+    (value,) = env.values()
+    assert value not in done.stdout + done.stderr and "pdcat-kv-guessable" not in done.stderr
+
+
+def test_the_embedded_server_refuses_a_short_secret_file(tmp_path: Path) -> None:
+    data = tmp_path / "catalog"
+    data.mkdir()
+    (data / "jwt-secret").write_text("tiny\n")
+    done = _serve(data, {})
+    assert done.returncode == 1 and "jwt-secret is too short" in done.stderr, done.stderr
+    assert "tiny" not in done.stderr and "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------- password login backoff
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _locked_for(throttle: LoginThrottle, key: str) -> int | None:
+    try:
+        throttle.check(key)
+    except TooManyRequests as exc:
+        assert exc.status == 429 and exc.code == "too_many_requests"
+        return exc.retry_after
+    return None
+
+
+def test_throttle_locks_after_max_failures_per_key() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(max_failures=5, window_seconds=900, lockout_seconds=2, max_lockout_seconds=60, clock=clock)
+    for _ in range(4):
+        throttle.failed("alice")
+        assert _locked_for(throttle, "alice") is None
+    throttle.failed("alice")
+    assert _locked_for(throttle, "alice") == 2
+    assert _locked_for(throttle, "bob") is None  # per key
+    clock.now += 1.5
+    assert _locked_for(throttle, "alice") == 1  # whole seconds, rounded up
+    clock.now += 0.5
+    assert _locked_for(throttle, "alice") is None  # over
+
+
+def test_throttle_doubles_while_failures_keep_coming() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(max_failures=3, window_seconds=300, lockout_seconds=1, max_lockout_seconds=30, clock=clock)
+    for _ in range(3):
+        throttle.failed("k")
+    seen = [_locked_for(throttle, "k")]
+    for _ in range(7):
+        clock.now += seen[-1] or 0  # the lockout is over: the next guess fails again
+        assert _locked_for(throttle, "k") is None
+        throttle.failed("k")
+        seen.append(_locked_for(throttle, "k"))
+    assert seen == [1, 2, 4, 8, 16, 30, 30, 30]
+
+
+def test_throttle_success_resets_and_a_quiet_window_forgives() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(max_failures=3, window_seconds=60, lockout_seconds=5, clock=clock)
+    throttle.failed("k")
+    throttle.failed("k")
+    throttle.succeeded("k")
+    throttle.failed("k")
+    throttle.failed("k")
+    assert _locked_for(throttle, "k") is None  # the success forgot the first two
+    clock.now += 61
+    throttle.failed("k")
+    assert _locked_for(throttle, "k") is None  # more than a window since the last failure
+    throttle.failed("k")
+    throttle.failed("k")
+    assert _locked_for(throttle, "k") == 5
+
+
+def test_throttle_keeps_a_bounded_number_of_keys() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(max_failures=1, window_seconds=10, lockout_seconds=100, max_keys=50, clock=clock)
+    for i in range(500):
+        throttle.failed(f"user-{i}")
+    assert len(throttle._strikes) <= 50
+    assert _locked_for(throttle, "user-499") == 100
+    assert "user-499" not in repr(throttle._strikes)  # keys are stored hashed
+    throttle.failed("\ud800 lone surrogate")  # any JSON string is a possible user name
+
+
+def test_429_is_a_core_error_the_client_rebuilds() -> None:
+    err = error_for_status(429, "too_many_requests", "slow down")
+    assert isinstance(err, TooManyRequests) and err.status == 429 and err.message == "slow down"
+    assert isinstance(error_for_status(429, None, "slow down"), TooManyRequests)
+    assert TooManyRequests("x", retry_after=0).retry_after == 1
+
+
+def test_a_token_may_not_claim_a_service_account_subject() -> None:
+    """svc:<creator>/<name> is what API keys minted for a robot act as: no token may take it."""
+    import pytest as _pytest
+
+    from core.auth import AuthConfig, TokenVerifier, issue_token
+    from core.errors import Unauthenticated
+
+    secret = "s" * 40
+    verifier = TokenVerifier(AuthConfig(jwt_secret=secret))
+    assert verifier.verify(issue_token(secret, "carol", ["USER"], [], 60)[0]).subject == "carol"
+    for subject in ("svc:alice/ci-bot", "SVC:alice/ci-bot", " svc:x/y"):
+        with _pytest.raises(Unauthenticated, match="svc:"):
+            verifier.verify(issue_token(secret, subject, ["ADMIN"], [], 60)[0])

@@ -72,7 +72,7 @@ def test_visibility(who: Principal, roles: list[str], claims: list[str], visible
 def test_non_ascii_role_names_from_a_token_are_dropped_not_folded() -> None:
     from core.rbac import Principal
 
-    # "admın" (dotless i) upper-cases to "ADMIN": folding it would grant the role
+    # "adm\u0131n" (dotless i) upper-cases to "ADMIN": folding it would grant the role
     who = Principal.of("eve", roles=["adm\u0131n", "user"], claims=["\u212aeep"])
     assert who.roles == frozenset({"USER"})
     assert who.claims == frozenset()
