@@ -81,6 +81,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from core.local.server import LocalServer, WsgiApp, data_dir_default
     from core.logs import configure_logging
 
+    # Everything the server creates (data folder, database and its -wal/-shm, blobs, temp files) is
+    # private to this user, whatever umask it was started with.
+    os.umask(0o077)
     settings = load_settings()
     configure_logging(settings.log_level)
     data = Path(args.data) if args.data else data_dir_default()
@@ -417,9 +420,7 @@ def _finish_pull(args: argparse.Namespace, vm: SetupResult | None, bundle: Path,
         raise PrlctlError(f"pulled and verified {bundle}, but {register_failed}")
 
 
-def _pull_from_storage(
-    args: argparse.Namespace, key: ManifestKey, dest: Path, exe: str | None, setup: VmSetup
-) -> int:
+def _pull_from_storage(args: argparse.Namespace, key: ManifestKey, dest: Path, exe: str | None, setup: VmSetup) -> int:
     """An original-format pack from your own storage: unpacked safely, checksum verified, then registered."""
     from client.recipes import fetch_storage_pack, open_byo
 

@@ -184,7 +184,6 @@ class PackStorage(Protocol):
     def delete(self, key: str) -> None: ...
 
 
-
 # ---- writing -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PackStats:

@@ -2,21 +2,33 @@
 
 First start creates, in the data folder, a JWT secret, a blob-signing key and an ``admin`` user
 (SUPER_USER) whose password is printed once and kept in ``initial-admin-password`` (mode 0600).
+
+Password logins (``POST /auth/token``) back off per user name and per client address
+(:class:`~core.auth.LoginThrottle`: 429 with ``Retry-After``), and an unknown user name costs the same
+scrypt work as a known one.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from core.api import build_router
-from core.auth import AuthConfig, Authenticator, TokenVerifier, hash_password, issue_token, verify_password
-from core.config import Settings, load_settings
-from core.errors import Conflict, Unauthenticated
-from core.http import Request, Router
+from core.auth import (
+    AuthConfig,
+    Authenticator,
+    LoginThrottle,
+    TokenVerifier,
+    hash_password,
+    issue_token,
+    verify_password,
+)
+from core.config import Settings, check_jwt_secret, check_references_resolved, load_settings
+from core.errors import Conflict, TooManyRequests, Unauthenticated
+from core.http import Call, Handler, Request, Response, Router
 from core.local.file_blobs import FileBlobStore
 from core.local.sqlite_store import (
     SqliteApiKeyStore,
@@ -60,6 +72,8 @@ class LocalCatalog:
 def _secret_file(path: Path, make: Any) -> str:
     """Read a secret kept in the data folder, creating it (0600, never group/world readable)."""
     try:
+        if os.stat(path).st_mode & 0o777 != 0o600:  # one written by an older pdcat, or by hand
+            os.chmod(path, 0o600)
         return path.read_text().strip()
     except FileNotFoundError:
         value: str = make()
@@ -77,9 +91,13 @@ def open_local_catalog(
     settings = settings or load_settings()
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
+    if (data_dir / "initial-admin-password").exists():  # an older pdcat's, or copied in by hand
+        os.chmod(data_dir / "initial-admin-password", 0o600)
+    check_references_resolved(os.environ)
     jwt_secret = os.environ.get("PDCAT_JWT_SECRET") or _secret_file(
         data_dir / "jwt-secret", lambda: secrets.token_urlsafe(48)
     )
+    check_jwt_secret(jwt_secret, "PDCAT_JWT_SECRET" if os.environ.get("PDCAT_JWT_SECRET") else "jwt-secret")
     signing_key = _secret_file(data_dir / "blob-signing-key", lambda: secrets.token_hex(32))
     db = SqliteDatabase(data_dir / "catalog.sqlite")
     blobs = FileBlobStore(data_dir / "blobs", public_url.rstrip("/"), bytes.fromhex(signing_key))
@@ -92,9 +110,15 @@ def open_local_catalog(
     authenticator = Authenticator(TokenVerifier(auth_config), api_keys)
     service = CatalogService(SqliteManifestStore(db), blobs, api_keys, settings.service)
 
+    # An unknown user name is checked against this hash, so it costs the same scrypt work as a known one.
+    dummy_hash = hash_password(secrets.token_urlsafe(32))
+
     def token_issuer(username: str, password: str) -> dict[str, Any]:
         user = users.get(username)
-        if user is None or not verify_password(password, user.password_hash):
+        if user is None:
+            verify_password(password, dummy_hash)
+            raise Unauthenticated("invalid username or password")
+        if not verify_password(password, user.password_hash):
             raise Unauthenticated("invalid username or password")
         token, expires_at = issue_token(jwt_secret, user.username, user.roles, user.claims, settings.token_ttl_seconds)
         return {"token": token, "expires_at": expires_at}
@@ -103,7 +127,50 @@ def open_local_catalog(
         return authenticator.authenticate(request.headers)
 
     router = build_router(service, authenticate, token_issuer=token_issuer)
+    _throttle_password_login(router)
     return LocalCatalog(data_dir, router, service, blobs, db, jwt_secret, first_start)
+
+
+def _throttle_password_login(
+    router: Router,
+    users: LoginThrottle | None = None,
+    addresses: LoginThrottle | None = None,
+) -> None:
+    """Wrap ``POST /auth/token``: a locked user name or client address gets 429 and ``Retry-After``
+    before any password is hashed; a wrong password counts against both; a success forgets the user's
+    failures (not the address's: one valid account must not buy an address more guesses)."""
+    users = users or LoginThrottle(max_failures=5, what="this user")
+    addresses = addresses or LoginThrottle(max_failures=20, what="this address")
+
+    def throttled(handler: Handler) -> Handler:
+        def handle(call: Call) -> Response:
+            username = call.request.json().get("username")
+            if not isinstance(username, str):
+                return handler(call)  # the handler answers 400
+            client = call.request.client
+            try:
+                users.check(username)
+                if client:
+                    addresses.check(client)
+            except TooManyRequests as exc:
+                response = Response.error(exc.status, exc.code, exc.message)
+                response.headers["Retry-After"] = str(exc.retry_after or 1)
+                return response
+            try:
+                response = handler(call)
+            except Unauthenticated:
+                users.failed(username)
+                if client:
+                    addresses.failed(client)
+                raise
+            users.succeeded(username)
+            return response
+
+        return handle
+
+    for i, route in enumerate(router.routes):
+        if route.method == "POST" and route.pattern == "/auth/token":
+            router.routes[i] = replace(route, handler=throttled(route.handler))
 
 
 def _bootstrap_admin(users: SqliteUserStore, data_dir: Path) -> FirstStart | None:

@@ -162,8 +162,10 @@ class FileBlobStore(BlobStore):
         self._root = Path(root)
         self._objects = self._root / "objects"
         self._tmp = self._root / "tmp"
-        self._objects.mkdir(parents=True, exist_ok=True)
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        for directory in (self._root, self._objects, self._tmp):  # private whatever the umask
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if stat.S_IMODE(directory.stat().st_mode) != 0o700:
+                os.chmod(directory, 0o700)
         self._objects_real = os.path.realpath(self._objects)
         self._base_url = base_url.rstrip("/")
         self._signing_key = signing_key
@@ -395,7 +397,7 @@ class FileBlobStore(BlobStore):
         directory must be: a directory a concurrent delete prunes between ``mkdir``'s "exists" and
         its own check makes it fail too, and that is reported as ``FileNotFoundError`` (retry)."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
             directory = path.parent
             while directory != self._objects and self._objects in directory.parents:

@@ -4,23 +4,55 @@
 stand-in for S3/Blob presigned URLs: every request is checked against its HMAC signature, expiry,
 key and method before a byte is read or written. Being WSGI, the same app also runs in-process in
 tests through ``httpx.WSGITransport``.
+
+Served by :class:`LocalServer`, waitress with limits of its own, because waitress reads a whole
+request before the app sees it: each request's body limit is decided from its head, before a body
+byte is read (the API's 1 MiB; a staged chunk's or index's size for a ``/blobs/`` PUT, whose
+signature is checked first), and enforced while the body streams in (chunked bodies too); a refusal
+is answered at once in the API's error shape and the rest of that body is discarded, never
+buffered. Connections that idle, trickle a header or stall a body are closed, and at the connection
+limit the longest-idle ones make room, so a flood of idle sockets cannot stall ``/health``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import resource
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, quote, unquote
 
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.server import MultiSocketServer, TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
+from waitress.utilities import Error as WaitressError
+from waitress.utilities import RequestEntityTooLarge
+
+from core.chunk_check import compressed_bound
 from core.errors import Forbidden, InvalidInput, MethodNotAllowed, PayloadTooLarge, PdcatError, Unavailable
 from core.http import MAX_BODY, Request, Response
 from core.local.bootstrap import LocalCatalog
+from core.pack import MAX_CHUNK_SIZE
+from core.storage_layout import nonce_of_staging_key, staging_index_key
+from core.wire import MAX_INDEX_BYTES
 
-__all__ = ["LocalServer", "WsgiApp"]
+__all__ = [
+    "API_BODY_LIMIT",
+    "CHUNK_PUT_LIMIT",
+    "CONNECTION_LIMIT",
+    "INDEX_PUT_LIMIT",
+    "MAX_REQUEST_BODY",
+    "LocalServer",
+    "WsgiApp",
+    "blob_put_limit",
+]
 
 log = logging.getLogger("pdcat.server")
 
@@ -38,11 +70,51 @@ _REASONS = {
     410: "Gone",
     411: "Length Required",
     413: "Payload Too Large",
+    429: "Too Many Requests",
     422: "Unprocessable Entity",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
 _BLOCK = 1024 * 1024
+
+# ---- what one request may send (decided from its head, before a body byte is read) -------------
+API_BODY_LIMIT = MAX_BODY
+"""Every API route: pdcat's 1 MiB budget (core.limits.API_BODY_BUDGET_BYTES)."""
+CHUNK_PUT_LIMIT = compressed_bound(MAX_CHUNK_SIZE)
+"""A staged chunk (``/blobs/staging/<nonce>/chunks/<digest>`` PUT): a zstd frame of at most 64 MiB raw."""
+INDEX_PUT_LIMIT = MAX_INDEX_BYTES
+"""A staged index (``/blobs/staging/<nonce>/index.json`` PUT)."""
+MAX_REQUEST_BODY = max(API_BODY_LIMIT, CHUNK_PUT_LIMIT, INDEX_PUT_LIMIT)
+"""waitress's own cap (a backstop: every route's limit is at most this)."""
+
+# ---- connections (measured: tests/integration/test_server_limits.py) ----------------------------
+CONNECTION_LIMIT = 256
+"""Open connections; at the limit the longest-idle ones (no request, or an unfinished header) are
+closed to make room instead of new connections waiting in the backlog."""
+IDLE_TIMEOUT_S = 15.0
+"""A connection waiting for its first or next request (clients' keep-alive pools expire sooner)."""
+HEADER_TIMEOUT_S = 10.0
+"""From a request's first byte to the end of its header (slowloris)."""
+MIN_BODY_RATE = 32 * 1024
+"""A body must arrive at this many bytes/s on average, after HEADER_TIMEOUT_S of grace (slow POSTs)."""
+STALL_TIMEOUT_S = 60
+"""waitress's ``channel_timeout``: no byte in or out for this long while a body or answer is in flight."""
+CLEANUP_INTERVAL_S = 1
+INBUF_OVERFLOW = 256 * 1024
+"""A body larger than this waits in an (unlinked, 0600) temp file, not in memory."""
+MAX_HEADER_BYTES = 64 * 1024
+LINGER_S = 2.0
+LINGER_BYTES = 16 * 1024 * 1024
+"""After a refusal, the rest of the body is read and dropped for this long (at most this much), so
+the client that sent it anyway still reads the answer rather than a connection reset."""
+
+
+def blob_put_limit(key: str) -> int:
+    """The largest body a PUT to ``key`` may carry: clients only PUT staged chunks and indexes."""
+    nonce = nonce_of_staging_key(key)
+    if nonce is not None and key == staging_index_key(nonce):
+        return INDEX_PUT_LIMIT
+    return CHUNK_PUT_LIMIT
 
 
 def _raw_path(environ: dict[str, Any]) -> str:
@@ -128,26 +200,40 @@ class WsgiApp:
         if environ.get("CONTENT_TYPE"):
             headers["content-type"] = str(environ["CONTENT_TYPE"])
         query = dict(parse_qsl(str(environ.get("QUERY_STRING", "")), keep_blank_values=True))
-        response = self.catalog.router.dispatch(Request(method, path, query, headers, body))
+        response = self.catalog.router.dispatch(Request(method, path, query, headers, body, environ.get("REMOTE_ADDR")))
         return self._send(start_response, response)
 
-    def _blob(
-        self, environ: dict[str, Any], start_response: StartResponse, method: str, raw_key: str
-    ) -> Iterable[bytes]:
+    def body_limit(self, method: str, raw_path: str, query_string: str) -> int:
+        """The most body bytes this request may send, from its head alone (the server asks before it
+        reads a body byte). A ``/blobs/`` PUT must be validly signed first: raises the refusal."""
+        if raw_path.startswith("/blobs/") and method == "PUT":
+            query = dict(parse_qsl(query_string, keep_blank_values=True))
+            return blob_put_limit(self._verified_blob_key(method, raw_path[len("/blobs/") :], query))
+        return API_BODY_LIMIT
+
+    def _verified_blob_key(self, method: str, raw_key: str, query: dict[str, str]) -> str:
         key = unquote(raw_key)
-        query = dict(parse_qsl(str(environ.get("QUERY_STRING", "")), keep_blank_values=True))
         signed_method = "GET" if method == "HEAD" else method
         if signed_method not in ("GET", "PUT"):
             raise MethodNotAllowed("signed blob URLs allow GET, HEAD and PUT only")
         if query.get("method", "").upper() != signed_method:
             raise Forbidden(f"this URL was not signed for {method}")
+        self.catalog.blobs.verify(key, signed_method, query.get("expires", ""), query.get("signature", ""))
+        return key
+
+    def _blob(
+        self, environ: dict[str, Any], start_response: StartResponse, method: str, raw_key: str
+    ) -> Iterable[bytes]:
+        query = dict(parse_qsl(str(environ.get("QUERY_STRING", "")), keep_blank_values=True))
+        key = self._verified_blob_key(method, raw_key, query)
         blobs = self.catalog.blobs
-        blobs.verify(key, signed_method, query.get("expires", ""), query.get("signature", ""))
-        if signed_method == "PUT":
+        if method == "PUT":
             length = _content_length(environ)
             if length is None:
                 start_response("411 Length Required", [("Content-Type", "application/json")])
                 return [json.dumps({"error": {"code": "length_required", "message": "send Content-Length"}}).encode()]
+            if length > blob_put_limit(key):
+                raise PayloadTooLarge(f"an upload to this URL is at most {blob_put_limit(key)} bytes")
             blobs.write_stream(key, environ["wsgi.input"], length)
             start_response("200 OK", [("Content-Length", "0")])
             return [b""]
@@ -163,30 +249,243 @@ class WsgiApp:
         return _FileIterator(f)
 
 
+class _Refusal(WaitressError):
+    """A request refused from its head (or mid-body), answered in the API's JSON error shape."""
+
+    def __init__(self, exc: PdcatError) -> None:
+        super().__init__(exc.message)
+        self.code = exc.status
+        self.reason = _REASONS.get(exc.status, "Error")
+        self._answer = Response.error(exc.status, exc.code, exc.message)
+
+    def to_response(self, ident: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:  # type: ignore[override]
+        return f"{self.code} {self.reason}", [("Content-Type", "application/json")], self._answer.body
+
+
+class _LimitedParser(HTTPRequestParser):
+    """waitress's parser, plus a per-request body limit decided when the header ends (before any body
+    byte is buffered) and enforced on every byte after it, chunked bodies included."""
+
+    def __init__(self, adj: Adjustments, channel: _Channel) -> None:
+        super().__init__(adj)
+        self._channel = channel
+        self.started = time.monotonic()
+        self.limit: int = adj.max_request_body_size
+
+    def received(self, data: bytes) -> int:
+        if self.completed:
+            return 0
+        in_header = self.body_rcv is None
+        consumed: int = super().received(data)
+        # waitress's own cap (max_request_body_size) is answered in the API's shape too
+        too_large = isinstance(self.error, RequestEntityTooLarge)
+        if (self.error is not None and not too_large) or self.body_rcv is None:
+            return consumed
+        if in_header:
+            if self.completed and not too_large:
+                return consumed
+            app = self._channel.server.pdcat_app
+            raw_path = str(getattr(self, "request_uri", "")).split("?", 1)[0]
+            query = str(getattr(self, "query", ""))
+            try:
+                self.limit = app.body_limit(str(self.command).upper(), raw_path, query)
+            except PdcatError as exc:
+                return self._refuse(exc, len(data))
+            if too_large or self.content_length > self.limit:
+                return self._refuse(self._too_large(), len(data))
+        elif too_large or len(self.body_rcv) > self.limit:
+            return self._refuse(self._too_large(), len(data))
+        return consumed
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body is larger than {self.limit} bytes")
+
+    def _refuse(self, exc: PdcatError, datalen: int) -> int:
+        """Answer now (and close); the rest of the body is discarded, never buffered."""
+        self.error = _Refusal(exc)
+        self.completed = True
+        self.expect_continue = False  # no "100 Continue" for a body that is refused
+        self._channel.linger_wanted = True
+        if self.body_rcv is not None:
+            self.body_rcv.getbuf().close()
+        return datalen  # the rest of this read belongs to the refused body
+
+
+class _Channel(HTTPChannel):
+    """A connection that can linger after a refusal: its answer is sent and its write side shut,
+    then whatever the client still sends is read and dropped (up to LINGER_S, LINGER_BYTES), so a
+    client that sends its whole body before reading still gets the answer instead of a reset."""
+
+    server: _Server
+    linger_wanted = False
+    lingering = False
+    _linger_deadline = 0.0
+    _linger_left = 0
+
+    def parser_class(self, adj: Adjustments) -> _LimitedParser:  # type: ignore[override]
+        return _LimitedParser(adj, self)
+
+    def readable(self) -> bool:
+        return True if self.lingering else bool(super().readable())
+
+    def writable(self) -> bool:
+        if self.lingering:
+            return time.monotonic() >= self._linger_deadline
+        return bool(super().writable())
+
+    def handle_write(self) -> None:
+        if self.lingering:  # the linger time is over
+            HTTPChannel.handle_close(self)
+            return
+        super().handle_write()
+
+    def handle_read(self) -> None:
+        if not self.lingering:
+            super().handle_read()
+            return
+        sock = self.socket
+        assert sock is not None
+        try:
+            data = sock.recv(self.adj.recv_bytes)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        self._linger_left -= len(data)
+        if not data or self._linger_left <= 0 or time.monotonic() >= self._linger_deadline:
+            HTTPChannel.handle_close(self)
+
+    def handle_close(self) -> None:
+        if self.linger_wanted and not self.lingering and self.connected and not self.total_outbufs_len:
+            try:
+                if self.socket is not None:
+                    self.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            else:
+                self.lingering = True
+                self.will_close = self.close_when_flushed = False
+                self._linger_deadline = time.monotonic() + LINGER_S
+                self._linger_left = LINGER_BYTES
+                return
+        super().handle_close()
+
+    def waiting_for_header(self) -> bool:
+        """No request being served or answered, and none (or only part of a header) received."""
+        request = self.request
+        return (
+            not self.requests
+            and not self.total_outbufs_len
+            and not self.lingering
+            and (request is None or not request.headers_finished)
+        )
+
+
+class _Server(TcpWSGIServer):
+    """waitress's TCP server with pdcat's channel and its idle, header and body deadlines."""
+
+    channel_class = _Channel
+
+    def __init__(self, application: Any, pdcat_app: WsgiApp, **kw: Any) -> None:
+        self.pdcat_app = pdcat_app
+        super().__init__(application, **kw)
+
+    def _channels(self) -> list[_Channel]:
+        channels: dict[int, _Channel] = self.active_channels  # type: ignore[assignment]
+        return list(channels.values())
+
+    def _open_count(self) -> int:
+        return len(getattr(self, "_map", ()))
+
+    def readable(self) -> bool:
+        if self.accepting and self._open_count() >= self.adj.connection_limit:
+            self._make_room()
+        return bool(super().readable())
+
+    def _make_room(self) -> None:
+        """At the connection limit: close the longest-idle connections that are not in a request."""
+        channels = self._channels()
+        closing = sum(1 for c in channels if c.will_close or c.lingering)
+        wanted = self._open_count() - self.adj.connection_limit + max(1, self.adj.connection_limit // 16) - closing
+        if wanted <= 0:
+            return
+        idle = [c for c in channels if not c.will_close and c.waiting_for_header()]
+        idle.sort(key=lambda c: c.last_activity)
+        for channel in idle[:wanted]:
+            channel.will_close = True
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)  # type: ignore[arg-type]  # channel_timeout: nothing moved for STALL_TIMEOUT_S
+        mono = time.monotonic()
+        for channel in self._channels():
+            if channel.requests or channel.lingering or channel.total_outbufs_len:
+                continue
+            request = cast(_LimitedParser | None, channel.request)
+            if request is None:
+                expired = now - channel.last_activity > IDLE_TIMEOUT_S
+            elif not request.headers_finished:
+                expired = mono - request.started > HEADER_TIMEOUT_S
+            else:
+                expected = request.content_length or request.limit
+                expired = mono - request.started > HEADER_TIMEOUT_S + expected / MIN_BODY_RATE
+            if expired:
+                channel.will_close = True
+
+
+def _raise_open_files_limit(wanted: int) -> None:
+    """Each connection is a file descriptor: make sure the soft limit leaves room for them."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:  # pragma: no cover - best effort
+        log.warning("could not raise the open-files limit: %s", exc)
+
+
 class LocalServer:
-    """A real, multi-threaded HTTP server (waitress) for the embedded catalog."""
+    """A real, multi-threaded HTTP server (waitress) for the embedded catalog, with pdcat's limits."""
 
-    def __init__(self, app: WsgiApp, host: str, port: int, threads: int = 16) -> None:
-        from waitress.server import create_server
-
-        self._server = create_server(
-            app,
+    def __init__(
+        self,
+        app: WsgiApp,
+        host: str,
+        port: int,
+        threads: int = 16,
+        *,
+        connection_limit: int = CONNECTION_LIMIT,
+    ) -> None:
+        _raise_open_files_limit(connection_limit + 256)
+        adj = Adjustments(
             host=host,
             port=port,
             threads=threads,
-            max_request_body_size=2 * 1024 * 1024 * 1024,
-            # Chunk bodies are tens of MiB: read and write in big blocks and keep a body in memory
-            # rather than spilling it to a temp file first (the blob store writes its own temp file).
+            connection_limit=connection_limit,
+            channel_timeout=STALL_TIMEOUT_S,
+            cleanup_interval=CLEANUP_INTERVAL_S,
+            asyncore_use_poll=True,  # select() cannot watch descriptors past 1023
+            # waitress refuses a body of max_request_body_size bytes or more; every route's own limit
+            # is checked first (_LimitedParser), this is the backstop.
+            max_request_body_size=MAX_REQUEST_BODY + 1,
+            max_request_header_size=MAX_HEADER_BYTES,
+            inbuf_overflow=INBUF_OVERFLOW,
             recv_bytes=256 * 1024,
             send_bytes=256 * 1024,
-            inbuf_overflow=128 * 1024 * 1024,
             outbuf_overflow=16 * 1024 * 1024,
-            channel_timeout=300,
             clear_untrusted_proxy_headers=True,
             ident="pdcat",
         )
+        dispatcher = ThreadedTaskDispatcher()
+        dispatcher.set_thread_count(adj.threads)
+        socket_map: dict[int, Any] = {}
+        servers = [
+            _Server(app, app, map=socket_map, dispatcher=dispatcher, adj=adj, sockinfo=sockinfo)
+            for sockinfo in adj.listen
+        ]
+        listening = [(getattr(s, "effective_host", host), int(getattr(s, "effective_port", port))) for s in servers]
+        self._server = MultiSocketServer(socket_map, adj, listening, dispatcher, servers[0].log_info)
         self.host = host
-        self.port: int = self._server.effective_port  # type: ignore[union-attr]
+        self.port: int = listening[0][1]
 
     def serve_forever(self) -> None:
         self._server.run()

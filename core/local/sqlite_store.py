@@ -14,6 +14,7 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import os
 import sqlite3
 import threading
 import uuid
@@ -90,6 +91,24 @@ def _translated() -> Iterator[None]:
         raise Unavailable("the catalog database is unavailable") from exc
 
 
+def _make_private(path: Path) -> None:
+    """The database file exists with mode 0600 whatever the umask (an older one is tightened), so
+    SQLite, which gives its -wal and -shm files the database file's mode, makes those 0600 too."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != 0o600:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        try:
+            side = path.with_name(path.name + suffix)
+            if os.stat(side).st_mode & 0o777 != 0o600:
+                os.chmod(side, 0o600)
+        except FileNotFoundError:
+            pass
+
+
 class SqliteDatabase:
     """Owns the SQLite file and hands each thread its own connection.
 
@@ -136,6 +155,7 @@ class SqliteDatabase:
 
     def _open(self) -> sqlite3.Connection:
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private(self._path)
         # check_same_thread=False only so close() may close other threads' connections at
         # shutdown; in normal use each connection stays on the thread that opened it.
         conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
