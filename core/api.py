@@ -228,7 +228,11 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             query=(
                 ("tag", {"anyOf": [ref("Tag"), {"const": ""}]}, "only manifests with this tag"),
                 ("architecture", {"anyOf": [ref("Architecture"), {"const": ""}]}, "only this architecture"),
-                ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT, "default": 100}, "page size"),
+                (
+                    "limit",
+                    {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT}, {"const": ""}]},
+                    "page size, 100 if empty",
+                ),
                 ("cursor", {"type": "string"}, "the next_cursor of the previous page, exactly as received"),
             ),
         ),
