@@ -439,7 +439,7 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             "Report chunks that failed verification on pull: the server re-verifies and quarantines them",
             claim=Claim.PULL,
             body=SCHEMAS["ReportRequest"],
-            responses=(200, 400, 401, 403, 404),
+            responses=(200, 400, 401, 403, 404, 409, 410),
             answer="ReportAnswer",
         ),
         Route(

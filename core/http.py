@@ -58,7 +58,7 @@ class Request:
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object; an empty body is an empty object."""
-        if not self.body.strip():
+        if not self.body:
             return {}
         try:
             data = json.loads(self.body)
@@ -210,17 +210,19 @@ class Router:
         except UnicodeDecodeError:
             raise InvalidInput("the path is not valid UTF-8") from None
 
+    def _matching(self, parts: list[str]) -> list[tuple[Route, dict[str, str]]]:
+        """The routes whose pattern matches, the most literal ones only: ``/catalog/import`` is the
+        import route's path for every method, never a catalog id called "import"."""
+        found = [(route, params) for route in self.routes if (params := route.match(parts)) is not None]
+        fewest = min((len(params) for _, params in found), default=0)
+        return [(route, params) for route, params in found if len(params) == fewest]
+
     def _find(self, request: Request) -> tuple[Route, dict[str, str]]:
-        parts = self._split(request.path)
-        path_matched = False
-        for route in self.routes:
-            params = route.match(parts)
-            if params is None:
-                continue
-            path_matched = True
+        matching = self._matching(self._split(request.path))
+        for route, params in matching:
             if route.method == request.method.upper():
                 return route, params
-        if path_matched:
+        if matching:
             raise MethodNotAllowed(f"{request.method} is not allowed on {request.path[:200]}")
         raise NotFound(f"no such route: {request.method} {request.path[:200]}")
 
@@ -229,4 +231,4 @@ class Router:
             parts = self._split(path)
         except PdcatError:
             return []
-        return sorted({r.method for r in self.routes if r.match(parts) is not None})
+        return sorted({route.method for route, _ in self._matching(parts)})

@@ -14,6 +14,7 @@ from core.errors import InvalidInput
 __all__ = [
     "ARCHITECTURES",
     "LATEST",
+    "RESERVED_CATALOG_IDS",
     "ManifestKey",
     "normalize_architecture",
     "normalize_catalog_id",
@@ -55,6 +56,9 @@ def _text(value: object, what: str) -> str:
     return value.strip()
 
 
+RESERVED_CATALOG_IDS = frozenset({"import"})
+
+
 def normalize_catalog_id(value: object) -> str:
     """Catalog ids are case-insensitive: stored lower-case."""
     text = _text(value, "catalog id").lower()
@@ -62,6 +66,8 @@ def normalize_catalog_id(value: object) -> str:
         raise InvalidInput(
             f"invalid catalog id {text[:64]!r}: use 1-128 of a-z 0-9 . _ -, starting with a letter or digit"
         )
+    if text in RESERVED_CATALOG_IDS:
+        raise InvalidInput(f"{text!r} is reserved (POST /catalog/{text} is a route of its own): pick another id")
     return text
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "parse_roles",
     "parse_tags",
     "parse_vm_type",
+    "whole_number",
 ]
 
 MAX_DESCRIPTION = 4096
@@ -67,9 +68,22 @@ def normalize_list(values: object, normalize: Any, what: str) -> list[str]:
     return sorted({normalize(v) for v in values})
 
 
+def whole_number(value: object) -> int | None:
+    """``value`` as an int if JSON gave a whole number (``3`` or ``3.0``: JSON Schema's integer); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def _int(value: object, what: str, *, minimum: int = 0, maximum: int = 2**62) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    number = whole_number(value)
+    if number is None:
         raise InvalidInput(f"{what} must be an integer")
+    value = number
     if not minimum <= value <= maximum:
         raise InvalidInput(f"{what} must be between {minimum} and {maximum}")
     return value

@@ -44,6 +44,7 @@ from core.manifest import (
     parse_roles,
     parse_tags,
     parse_vm_type,
+    whole_number,
 )
 from core.marks import Confirmed, read_marks, write_confirmed, write_intent
 from core.pack import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, PackIndex, is_digest
@@ -110,17 +111,13 @@ class _Declared:
 
 
 def _declared_index(body: dict[str, Any]) -> _Declared:
-    digest, size, chunk_size = body.get("index_digest"), body.get("index_size"), body.get("chunk_size")
+    digest = body.get("index_digest")
+    size, chunk_size = whole_number(body.get("index_size")), whole_number(body.get("chunk_size"))
     if not is_digest(digest):
         raise InvalidInput("index_digest must be the sha256 (64 lower-case hex characters) of the index")
-    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_INDEX_BYTES:
+    if size is None or not 0 < size <= MAX_INDEX_BYTES:
         raise InvalidInput(f"index_size must be an integer from 1 to {MAX_INDEX_BYTES}")
-    if (
-        isinstance(chunk_size, bool)
-        or not isinstance(chunk_size, int)
-        or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE
-        or chunk_size % MIN_CHUNK_SIZE
-    ):
+    if chunk_size is None or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or chunk_size % MIN_CHUNK_SIZE:
         raise InvalidInput(
             f"chunk_size must be a multiple of {MIN_CHUNK_SIZE} between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
         )
@@ -247,6 +244,8 @@ def parse_metadata(body: dict[str, Any]) -> dict[str, Any]:
     if "tags" in body:
         out["tags"] = parse_tags(body["tags"])
     for name in ("roles", "claims"):
+        if f"required_{name}" in body and name in body:
+            raise InvalidInput(f"give required_{name} or its alias {name}, not both")
         value = body.get(f"required_{name}", body.get(name))
         if value is not None:
             out[f"required_{name}"] = parse_roles(value)
@@ -299,9 +298,10 @@ def _visible_to(who: Principal, manifest: Manifest) -> bool:
     return not manifest.is_deleted and can_see(who, manifest.required_roles, manifest.required_claims)
 
 
-def _refuse_unknown(body: dict[str, Any], allowed: set[str]) -> None:
-    """A typo in a field name must fail loudly, not be ignored."""
-    unknown = set(body) - allowed - set(_METADATA_FIELDS) - {"roles", "claims"}
+def _refuse_unknown(body: dict[str, Any], allowed: set[str], *, metadata: bool = True) -> None:
+    """A typo in a field name must fail loudly, not be ignored. ``metadata``: the manifest's editable
+    fields are allowed too."""
+    unknown = set(body) - allowed - (set(_METADATA_FIELDS) | {"roles", "claims"} if metadata else set())
     if unknown:
         raise InvalidInput(f"unknown or read-only field(s): {', '.join(sorted(unknown))}")
 
@@ -518,7 +518,7 @@ class CatalogService:
     def collect_garbage(self, who: Principal, body: dict[str, Any]) -> GcAnswer:
         """``pdcat gc``: one budgeted step of the mark-and-sweep; call again with ``next_cursor``."""
         require(who, Claim.DELETE)
-        _refuse_unknown(body, {"dry_run", "cursor", "grace_seconds"})
+        _refuse_unknown(body, {"dry_run", "cursor", "grace_seconds"}, metadata=False)
         dry_run = body.get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise InvalidInput("dry_run must be true or false")
@@ -747,7 +747,7 @@ class CatalogService:
 
     def commit(self, who: Principal, upload_id: str, body: dict[str, Any]) -> Manifest:
         """Refuse until every chunk of the index is verified; then write the index, flip to ready."""
-        _refuse_unknown(body, set())
+        _refuse_unknown(body, set(), metadata=False)
         open_session = self._session(who, upload_id)
         manifest, etag = open_session.manifest, open_session.etag
         index = self._staged_index(open_session)
@@ -862,8 +862,9 @@ class CatalogService:
         """A puller found these chunks corrupt. Re-verify each; quarantine only what really is."""
         require(who, Claim.PULL)
         manifest, _ = self._load(who, key)
-        if not manifest.is_ready or manifest.pack.is_pdpack:
-            raise InvalidInput(f"{key} has no chunks to report")
+        manifest.ensure_pullable()  # as a pull: 409 still uploading or tainted, 410 revoked
+        if manifest.pack.is_pdpack:
+            raise InvalidInput(f"{key} is a single original-format pack: it has no chunks to report")
         wanted = _digest_list(digests, REPORT_PAGE)
         known = self._index_digests(manifest)
         if any(d not in known for d in wanted):
@@ -1078,7 +1079,8 @@ class CatalogService:
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
         days = body.get("expires_in_days", 90)
-        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= self.settings.max_api_key_days:
+        days = whole_number(days)
+        if days is None or not 1 <= days <= self.settings.max_api_key_days:
             raise InvalidInput(f"expires_in_days must be an integer from 1 to {self.settings.max_api_key_days}")
         description = parse_description(body.get("description", ""))
         key_id, secret, full_key = new_api_key()

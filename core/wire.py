@@ -262,7 +262,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "CatalogId": {
         "type": "string",
         "pattern": CATALOG_ID_PATTERN,
-        "description": "1-128 of a-z 0-9 . _ -, starting with a letter or digit; case-insensitive",
+        "not": {"pattern": "^[Ii][Mm][Pp][Oo][Rr][Tt]$"},
+        "description": "1-128 of a-z 0-9 . _ -, starting with a letter or digit; case-insensitive; "
+        "'import' is reserved",
     },
     "Version": {
         "type": "string",
@@ -422,8 +424,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "CommitRequest": {
         "type": "object",
         "additionalProperties": False,
-        "description": "optional; metadata is set when the push begins (these fields are accepted and ignored)",
-        "properties": {name: _ANY for name in _METADATA_IN},
+        "description": "optional and empty: metadata is set when the push begins",
+        "properties": {},
     },
     # ---- pull ----
     "PackAnswer": _obj(

@@ -95,12 +95,6 @@ CONFIG: dict[str, Any] = {
         "ensure_resource_availability": {"enabled": True},
         "ignored_auth": {"enabled": True},
     },
-    "operations": [
-        # KNOWN SERVER ISSUE (reported): the router answers GET and DELETE on /catalog/import as the
-        # catalog id "import" (/catalog/{id}), so its 405 says "Allow: DELETE, GET, POST" where the
-        # document, following OpenAPI's rule that a literal path wins, lists POST only.
-        {"include-path": "/api/v1/catalog/import", "checks": {"allow_header_conformance": {"enabled": False}}},
-    ],
 }
 
 
@@ -141,23 +135,9 @@ class Target:
         # An opaque cursor is valid only as a previous page's next_cursor: give one.
         if positive and isinstance(case.query, dict) and "cursor" in case.query:
             case.query["cursor"] = encode_cursor(ManifestKey(self.cid, "1.0", "x86_64"))
-        # KNOWN SERVER ISSUE (reported): integer fields refuse integral JSON numbers written with a
-        # fraction (2.0), which JSON Schema counts as integers. Until the service takes them, send 2.
-        if positive and body is not None:
-            case.body = _whole_floats_as_ints(case.body)
 
     def _own(self, value: str) -> str:
         return f"{self.cid}-{value.lower()}"[:128]
-
-
-def _whole_floats_as_ints(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _whole_floats_as_ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole_floats_as_ints(v) for v in value]
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -236,24 +216,6 @@ def _conformance_test(backend_name: str, principal: str) -> Callable[..., None]:
     return test
 
 
-def _known_server_issue(case: schemathesis.Case, response: Any) -> Any:
-    """The one check to skip for an answer the server gives today and should not (each reported; remove
-    an entry once the service is fixed): None for every other answer."""
-    from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
-
-    text = response.text if response.status_code == 400 else ""
-    if case.operation.path.endswith("/pull/report") and "has no chunks to report" in text:
-        return positive_data_acceptance  # a version still uploading (or a pdpack) is a state: 409
-    request_body = response.request.body or b""
-    if isinstance(request_body, str):
-        request_body = request_body.encode()
-    body_required = bool((case.operation.definition.raw.get("requestBody") or {}).get("required"))
-    if 200 <= response.status_code < 300 and not request_body.strip() and not body_required:
-        # The document lets this body be left out, and the server reads one of blanks only as none.
-        return negative_data_rejection
-    return None
-
-
 def _run(case: schemathesis.Case, target: Target) -> None:
     if case.operation.path == "/api/v1/auth/token" and target.name != "embedded":
         pytest.skip("only the embedded server logs users in with a password")
@@ -261,10 +223,8 @@ def _run(case: schemathesis.Case, target: Target) -> None:
         return  # API Gateway (and chalice local, which answers 501) has no such method: not the contract's
     target.prepare(case)
     response = case.call(base_url=target.url, session=target.session, headers=target.headers, timeout=60)
-    known = _known_server_issue(case, response)
     case.validate_response(
         response,
-        excluded_checks=[known] if known else None,
         headers=target.headers,
         transport_kwargs={"base_url": target.url, "session": target.session, "headers": target.headers},
     )
