@@ -1,18 +1,11 @@
 """The original product's ``.meta`` document and the storage keys of its packs, as pure values.
 
-Parallels' ``prl-devops-service`` (Go) keeps each pack as ``<catalog_id>/<name>.pdpack`` plus a
-``<catalog_id>/<name>.meta`` JSON in a storage provider, ``name`` being
-``NormalizeString("<catalog_id>-<arch>-<version>")`` (``src/catalog/main.go``: ``getPackFilename``,
-``getMetaFilename``; ``src/helpers/strings.go``: ``NormalizeString`` turns `` ,:;()[]{}'"/\\|<>=+*&^%$#@!`~?``
-into ``_``, trims and lower-cases). The ``.meta`` is the ``VirtualMachineCatalogManifest`` struct
-marshalled with ``json.MarshalIndent`` (``src/catalog/models/virtual_machine_manifest.go``).
-
-This lives in core, not in the client, because both sides read it: ``client.pdpack`` writes and reads
-packs through a bring-your-own storage provider, and the catalog service registers a pack already in
-its own storage (``POST /catalog/import`` with ``format: "pdpack"``) by reading its ``.meta``. The
-server must not import client code, so the model is here and ``client.pdpack`` re-exports it.
-Pure: bytes in, values out; every error is an :class:`~core.errors.InvalidInput` naming the field.
-See ``client.pdpack`` for the pack format itself and what is (not) confirmed about the original.
+Both sides read them: ``client.pdpack`` writes and reads packs through a bring-your-own storage provider,
+and the catalog service registers a pack already in its own storage (``POST /catalog/import`` with
+``format: "pdpack"``) by reading its ``.meta``. The server must not import client code, so the model is
+here and ``client.pdpack`` re-exports it. Pure: bytes in, values out; every error is an
+:class:`~core.errors.InvalidInput` naming the field. The key naming, the fields and their sources, and
+what is (not) confirmed about the original: docs/pdpack-format.md.
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ from client.pdpack import (
     PackMeta,
     PackRejected,
     PackStorage,
-    _SparseTarInfo,  # the one private piece tested directly: its >8 GiB header cannot be produced cheaply
     export_pack,
     import_pack,
     import_pack_with_stats,
@@ -44,6 +43,7 @@ from client.pdpack import (
     unpack_pack,
     write_pack,
 )
+from client.pdpack.tarfmt import SparseTarInfo  # tested directly: its >8 GiB header cannot be produced cheaply
 from core.errors import Conflict, InvalidInput, NotFound
 from tests.data.malicious_tars.make_corpus import CASES, Case, build_tar
 
@@ -263,14 +263,14 @@ def test_setuid_bits_in_the_bundle_are_not_packed(tmp_path: Path, bundle: Path) 
 def test_sparse_member_header_holds_sizes_beyond_8_gib() -> None:
     """Stored data over 8 GiB goes into the ustar size field as base-256, never as a PAX size record
     (Python's reader would then mis-place the next header): the header must still parse and checksum."""
-    info = _SparseTarInfo("GNUSparseFile.0/f0")
+    info = SparseTarInfo("GNUSparseFile.0/f0")
     info.size = 9 * 1024**3 + 12345
     info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "disk.hds"}
     buf = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
     assert b"size=" not in buf
     header = tarfile.TarInfo.frombuf(buf[-512:], "utf-8", "surrogateescape")  # checks the header checksum
     assert header.size == 9 * 1024**3 + 12345
-    small = _SparseTarInfo("GNUSparseFile.0/f1")
+    small = SparseTarInfo("GNUSparseFile.0/f1")
     small.size = 4096
     assert tarfile.TarInfo.frombuf(small.tobuf()[-512:], "utf-8", "surrogateescape").size == 4096
 

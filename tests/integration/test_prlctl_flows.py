@@ -1,6 +1,6 @@
-"""client.prlctl against the fake ``prlctl`` executable (tests/fakes): the whole set-up of a pulled VM,
-two pulls side by side, refused names, a failure at every step (nothing left registered, the bundle
-kept), ownership through sudo, and waiting for the guest.
+"""client.vm_setup and client.prlctl against the fake ``prlctl`` executable (tests/fakes): the whole set-up of
+a pulled VM, two pulls side by side, refused names, a failure at every step (nothing left registered, the
+bundle kept), ownership through sudo, and waiting for the guest.
 
 The owner tests hand a bundle to the ``nobody`` user with a real ``chown``, so they need root (as the
 reflink tests in test_clone.py do): they fail, never skip, when run without it.
@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from client.prlctl import Prlctl, PrlctlError, VmSetup, check_vm_setup, setup_pulled_vm
+from client.prlctl import Prlctl, PrlctlError
+from client.vm_setup import VmSetup, check_vm_setup, setup_pulled_vm
 from core.errors import InvalidInput
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import client.pdpack
 import core.pdpack_meta
 from core.errors import InvalidInput
+from core.identity import RESERVED_CATALOG_IDS
 from core.manifest import PACK_FORMAT_PDPACK, Manifest, MinimumRequirements, PackSummary
 from core.pdpack_meta import (
     MinimumSpec,
@@ -135,7 +136,7 @@ _ID_CHARS = string.ascii_lowercase + string.digits + "._-"
 
 
 @given(
-    st.text(_ID_CHARS, min_size=1, max_size=40).filter(lambda s: s[0].isalnum()),
+    st.text(_ID_CHARS, min_size=1, max_size=40).filter(lambda s: s[0].isalnum() and s not in RESERVED_CATALOG_IDS),
     st.text(string.ascii_letters + string.digits + "._+-", min_size=1, max_size=40).filter(
         lambda s: s[0].isalnum() and s.lower() != "latest"
     ),

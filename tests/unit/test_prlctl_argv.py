@@ -1,5 +1,5 @@
-"""The Parallels adapter's pure half: argv builders, answer parsers, names, the finish-by-hand line, and
-the wait-for-the-guest backoff (on a fake clock). No process is started here."""
+"""The Parallels adapter's pure half (argv builders, answer parsers, the wait-for-the-guest backoff on a fake
+clock) and the pure parts of the VM-setup use case (names, the finish-by-hand line). No process is started here."""
 
 from __future__ import annotations
 
@@ -11,29 +11,28 @@ from pathlib import Path
 import pytest
 
 import client.prlctl as prlctl_module
+import client.vm_setup as vm_setup_module
 from client.prlctl import (
     Completed,
     Prlctl,
     PrlctlError,
-    VmSetup,
     adapter_macs,
     clone_argv,
     delete_argv,
     exec_argv,
     info_argv,
     list_argv,
-    manual_steps,
     net_adapters,
     parse_vm_list,
     regenerate_mac_argv,
     register_argv,
-    resolve_names,
     set_name_argv,
     start_argv,
     stop_argv,
     sudo_argv,
     unregister_argv,
 )
+from client.vm_setup import VmSetup, manual_steps, resolve_names
 from core.errors import InvalidInput, PdcatError
 
 EXE = "/Applications/Parallels Desktop.app/Contents/MacOS/prlctl"
@@ -201,9 +200,19 @@ def test_wait_for_guest_caps_the_backoff_and_times_out_with_prlctls_last_words()
 
 
 def test_public_names_are_pinned() -> None:
-    assert {"Prlctl", "PrlctlError", "find_prlctl", "register_argv", "set_name_argv"} <= set(prlctl_module.__all__)
-    assert {"VmSetup", "SetupResult", "setup_pulled_vm", "check_vm_setup", "manual_steps"} <= set(
-        prlctl_module.__all__
-    )
-    for name in prlctl_module.__all__:
-        assert hasattr(prlctl_module, name), name
+    adapter = {"Prlctl", "PrlctlError", "find_prlctl", "register_argv", "set_name_argv"}
+    use_case = {"VmSetup", "SetupResult", "setup_pulled_vm", "check_vm_setup", "manual_steps"}
+    assert adapter <= set(prlctl_module.__all__)
+    assert use_case <= set(vm_setup_module.__all__)
+    assert not use_case & set(prlctl_module.__all__)  # the adapter's surface is the adapter
+    for module in (prlctl_module, vm_setup_module):
+        for name in module.__all__:
+            assert hasattr(module, name), name
+
+
+def test_use_case_names_stay_importable_from_the_adapter() -> None:
+    """client.cli (and older code) imports them from client.prlctl; they resolve to the moved objects."""
+    for name in vm_setup_module.__all__:
+        assert getattr(prlctl_module, name) is getattr(vm_setup_module, name), name
+    with pytest.raises(AttributeError):
+        _ = prlctl_module.no_such_name
