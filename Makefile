@@ -47,8 +47,11 @@ unit: $(STAMP)
 contract: $(STAMP) $(NODE_STAMP)
 	@$(BIN)/python -m pytest -q tests/contract
 
+# ruff (rules and format) and the layering contracts of pyproject.toml's [tool.importlinter].
 lint: $(STAMP)
 	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+	@$(BIN)/lint-imports --no-logo --cache-dir $(VENV)/.import_linter_cache
 
 typecheck: $(STAMP)
 	@$(BIN)/mypy

@@ -13,7 +13,7 @@ import os
 from typing import Any
 from urllib.parse import quote
 
-from chalice import Chalice, Rate, Response
+from chalice.app import Chalice, Rate, Response
 from chalicelib.bootstrap import router
 
 from core.api import route_shapes
@@ -36,9 +36,18 @@ def _raw_path(pattern: str, params: dict[str, str] | None) -> str:
     return path
 
 
+def _bytes(body: str | bytes | None) -> bytes:
+    """Chalice types the raw body as text or bytes (it always hands bytes over): core takes bytes."""
+    if isinstance(body, str):
+        return body.encode()
+    return body or b""
+
+
 def _handler(pattern: str) -> Any:
     def view(**params: str) -> Response:
         current = app.current_request
+        if current is None:  # Chalice sets it before it calls any view
+            raise RuntimeError("a view was called outside a request")
         headers = dict(current.headers)
         if not any(name.lower() == "x-request-id" for name in headers):
             # API Gateway's own id, so a log line can be found from the gateway's access log
@@ -50,10 +59,11 @@ def _handler(pattern: str) -> Any:
             path=_raw_path(pattern, params),
             query={k: v for k, v in (current.query_params or {}).items()},
             headers=headers,
-            body=current.raw_body or b"",
+            body=_bytes(current.raw_body),
         )
         answer = router().dispatch(request)
-        return Response(body=answer.body.decode(), status_code=answer.status, headers=answer.headers)
+        headers_out: dict[str, str | list[str]] = dict(answer.headers)
+        return Response(body=answer.body.decode(), status_code=answer.status, headers=headers_out)
 
     return view
 

@@ -1,4 +1,4 @@
-"""The HTTP contract of DESIGN §8, declared once as a route table over :class:`CatalogService`.
+"""The HTTP contract (docs/architecture.md), declared once as a route table over :class:`CatalogService`.
 
 Every frontend serves exactly this table through :class:`core.http.Router`; the OpenAPI document is
 generated from it (``core.openapi``), so what is documented is what is served.

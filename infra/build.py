@@ -3,7 +3,9 @@
 
 The repository keeps exactly one copy of ``core``; the app folders (``aws_app``, ``azure_app``)
 import it but never hold it. This step copies an app into a staging folder and puts ``core`` where
-the platform's packager picks it up:
+the platform's packager picks it up, without the embedded server (``core/local``: SQLite store, file
+blob store, WSGI app), which no cloud runs; the import-linter contracts in ``pyproject.toml`` keep
+every other ``core`` module and both apps from importing it, so the bundle is complete without it:
 
 * ``aws``: ``<out>/aws-app`` is the Chalice project with ``core`` under ``vendor/`` (Chalice unpacks
   ``vendor/`` at the root of the deployment zip), then ``chalice package --merge-template
@@ -30,6 +32,7 @@ from pathlib import Path
 
 __all__ = [
     "AZURE_FILES",
+    "EMBEDDED_ONLY",
     "MERGE_TEMPLATE",
     "REPO",
     "AwsBuild",
@@ -48,6 +51,8 @@ MARKER = ".pdcat-build"
 AZURE_FILES = ("function_app.py", "host.json", "requirements.txt")
 AZURE_DIRS = ("azurelib",)
 _JUNK = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache")
+# The parts of core only the embedded server (`pdcat serve`) needs: never shipped to a cloud.
+EMBEDDED_ONLY = ("local",)
 # Chalice's own caches and outputs inside the app folder: never part of a new build.
 _AWS_SKIP = {"deployments", "deployed", "venv"}
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -91,8 +96,16 @@ def _prepare_out(out: Path) -> Path:
     return out
 
 
+def _ignore_core(folder: str, names: list[str]) -> set[str]:
+    ignored = set(_JUNK(folder, names))
+    if Path(folder) == REPO / "core":
+        ignored |= set(EMBEDDED_ONLY) & set(names)
+    return ignored
+
+
 def _copy_core(dest: Path) -> None:
-    shutil.copytree(REPO / "core", dest, ignore=_JUNK)
+    """``core`` as the clouds run it: everything but the embedded server."""
+    shutil.copytree(REPO / "core", dest, ignore=_ignore_core)
 
 
 def _ignore_aws(folder: str, names: list[str]) -> set[str]:

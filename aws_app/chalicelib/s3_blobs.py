@@ -9,8 +9,8 @@ a presigned URL cannot follow.
 
 * URLs are always SigV4 (``Config(signature_version="s3v4")``): without it boto3 still signs SigV2
   URLs for some set-ups, which carry ``AWSAccessKeyId`` and cannot live longer than the credentials.
-* Keys are checked with the same rules as the local store (:func:`core.local.file_blobs.validate_key`),
-  so every backend accepts and refuses exactly the same keys.
+* Keys are checked with the storage-key rules every backend shares
+  (:func:`core.storage_layout.validate_key`), so every backend accepts and refuses exactly the same keys.
 * The boto3 client is created on first use and boto3 is imported only then: a Lambda cold start
   that never touches S3 does not pay for it.
 * Every botocore error is translated in one place (:func:`_translate_errors`) into core errors;
@@ -34,11 +34,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from core.errors import InvalidInput, NotFound, PayloadTooLarge, PdcatError, Unavailable
-from core.local.file_blobs import MAX_EXPIRES_IN, validate_key
-
-# The prefix rules of the local store (a key, but may be empty or stop mid-segment); private there.
-from core.local.file_blobs import _validate_prefix as validate_prefix
 from core.ports import BlobInfo, BlobStore, HttpMethod
+from core.storage_layout import MAX_EXPIRES_IN, validate_key, validate_prefix
 
 __all__ = ["S3BlobStore", "make_s3_client"]
 

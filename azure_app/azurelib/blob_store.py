@@ -22,7 +22,7 @@ and query parameters) than Azurite 3.35 knows, so Azurite refuses every such URL
 signing path production uses is the one the tests run against Azurite. Azure accepts older SAS
 versions; that it accepts this one cannot be checked offline.
 
-* Keys are checked with the same rules as the local store (:func:`core.local.file_blobs.validate_key`).
+* Keys are checked with the storage-key rules every backend shares (:func:`core.storage_layout.validate_key`).
 * The SDK is imported, and its client built, on first use: importing this module (a cold start of the
   function app) costs nothing, and a malformed connection string still fails at construction.
 * Every ``azure.core`` error is translated in one place (:func:`_translate_errors`); messages name
@@ -56,11 +56,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from core.errors import InvalidInput, NotFound, PayloadTooLarge, PdcatError, Unavailable
-from core.local.file_blobs import MAX_EXPIRES_IN, validate_key
-
-# The prefix rules of the local store (a key, but may be empty or stop mid-segment); private there.
-from core.local.file_blobs import _validate_prefix as validate_prefix
 from core.ports import BlobInfo, BlobStore, HttpMethod
+from core.storage_layout import MAX_EXPIRES_IN, validate_key, validate_prefix
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential

@@ -9,11 +9,13 @@ Presigned URLs point at the embedded server's ``/blobs/<key>`` route and carry
 server calls :meth:`FileBlobStore.verify` (or :meth:`FileBlobStore.verify_query`) before it
 serves one. The signing key never appears in a URL, a message or a repr.
 
-Every key is validated (:func:`validate_key`) and the resulting path is checked to resolve inside
-the root (defence in depth against traversal and symlinks). On disk, each upper-case letter ``X``
-of a key is stored as ``%x``: keys are case-sensitive (``V1`` and ``v1`` are different versions)
-but the default macOS filesystem is not, and ``%`` cannot occur in a key, so the mapping is
-one-to-one on every filesystem.
+Every key is validated with the rules every backend shares (:func:`core.storage_layout.validate_key`)
+and the resulting path is checked to resolve inside the root (defence in depth against traversal and
+symlinks). What is this store's own is the on-disk encoding: each upper-case letter ``X`` of a key is
+stored as ``%x``, because keys are case-sensitive (``V1`` and ``v1`` are different versions) but the
+default macOS filesystem is not, and ``%`` cannot occur in a key, so the mapping is one-to-one on every
+filesystem. The shared rules count an upper-case letter twice in a segment's length for this reason,
+so every encoded name fits a 255-byte file name.
 """
 
 from __future__ import annotations
@@ -37,17 +39,15 @@ from typing import BinaryIO
 
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from core.ports import BlobInfo, BlobStore, HttpMethod
+from core.storage_layout import MAX_EXPIRES_IN, MAX_KEY_LENGTH, validate_key, validate_prefix
 
+# The key rules are core's (core.storage_layout); they stay importable from here for existing callers.
 __all__ = ["MAX_EXPIRES_IN", "MAX_KEY_LENGTH", "FileBlobStore", "validate_key"]
 
 logger = logging.getLogger(__name__)
 
-MAX_KEY_LENGTH = 1024
-MAX_EXPIRES_IN = 7 * 24 * 3600
-_MAX_NAME_BYTES = 255  # per path segment on disk, after encoding
 _BLOCK = 1 << 20
 _STALE_TEMP_S = 24 * 3600
-_KEY_CHARS = re.compile(r"[A-Za-z0-9._+:/-]*")
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
 _EXPIRES = re.compile(r"[0-9]{1,12}")
 _METHODS: tuple[HttpMethod, ...] = ("GET", "PUT")
@@ -76,44 +76,6 @@ def _decode_name(name: str) -> str | None:
         else:
             out.append(c)
     return "".join(out)
-
-
-def _check_segments(segments: builtins.list[str], text: str) -> None:
-    for segment in segments:
-        if segment in ("", ".", ".."):
-            raise InvalidInput(f"invalid blob key {text[:80]!r}: empty, '.' or '..' segment")
-        if len(_encode_name(segment).encode()) > _MAX_NAME_BYTES:
-            raise InvalidInput(f"invalid blob key {text[:80]!r}: a segment is too long")
-
-
-def _check_text(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be a string")
-    if len(value) > MAX_KEY_LENGTH:
-        raise InvalidInput(f"{what} is longer than {MAX_KEY_LENGTH} characters")
-    if "\x00" in value or "\\" in value:
-        raise InvalidInput(f"invalid {what} {value[:80]!r}: NUL and backslash are not allowed")
-    if value.startswith("/"):
-        raise InvalidInput(f"invalid {what} {value[:80]!r}: must be relative")
-    if not _KEY_CHARS.fullmatch(value):
-        raise InvalidInput(f"invalid {what} {value[:80]!r}: use only A-Z a-z 0-9 . _ + : - /")
-    return value
-
-
-def validate_key(key: object) -> str:
-    """A relative ``/``-separated object key that cannot leave the store; ``InvalidInput`` if not."""
-    text = _check_text(key, "blob key")
-    if not text:
-        raise InvalidInput("blob key must not be empty")
-    _check_segments(text.split("/"), text)
-    return text
-
-
-def _validate_prefix(prefix: object) -> str:
-    """Like a key, but may be empty, end with ``/``, or stop in the middle of a segment."""
-    text = _check_text(prefix, "blob prefix")
-    _check_segments(text.split("/")[:-1], text)
-    return text
 
 
 def _raise_if_full(exc: OSError) -> None:
@@ -290,7 +252,7 @@ class FileBlobStore(BlobStore):
 
     def list(self, prefix: str) -> Iterator[BlobInfo]:
         """Objects whose key starts with ``prefix``, in key order, streamed directory by directory."""
-        prefix = _validate_prefix(prefix)
+        prefix = validate_prefix(prefix)
         directory, _, name_start = prefix.rpartition("/")
         base = self._resolve_inside(directory)
         return self._walk(base, directory + "/" if directory else "", name_start)

@@ -7,8 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tests.contract.helpers import Pack, assert_error, begin_push, push_empty, push_pack
 
-# DESIGN §8 plus the routes core adds (whoami, API keys, URL pages, storage protocol v2's chunk
-# questions, verification, corrupt-chunk reports and garbage collection): the public contract.
+# The public contract (docs/architecture.md, "The HTTP contract"): the catalog's routes plus whoami,
+# API keys, URL pages, storage protocol v2's chunk questions, verification, corrupt-chunk reports
+# and garbage collection.
 CONTRACT_ROUTES = {
     ("GET", "/api/v1/health"),
     ("GET", "/api/v1/openapi.json"),

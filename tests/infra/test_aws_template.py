@@ -3,9 +3,10 @@
 One build per session (``aws_build``): ``infra/build.py`` stages ``aws_app`` with ``core`` under
 ``vendor/`` and runs chalice's packager into a temporary folder. Then:
 
-* the bundle holds ``app.py``, ``chalicelib/`` and ``core/``, and the unzipped bundle answers
-  ``/api/v1/health`` in a fresh interpreter whose path is the bundle (+ the venv's site-packages as
-  the Lambda runtime's boto3), called the way Lambda calls it (``app.app(event, context)``);
+* the bundle holds ``app.py``, ``chalicelib/`` and ``core/`` without the embedded server
+  (``core/local``), and the unzipped bundle answers ``/api/v1/health`` in a fresh interpreter whose
+  path is the bundle (+ the venv's site-packages as the Lambda runtime's boto3), called the way Lambda
+  calls it (``app.app(event, context)``), having loaded nothing of ``core.local``;
 * cfn-lint and checkov (``--skip-download``) pass on the packaged template, and checkov skips exactly
   the checks the template justifies in its ``Metadata``;
 * the properties the deployment promises are asserted on the template itself (table and GSIs equal
@@ -147,7 +148,10 @@ def test_bundle_holds_app_chalicelib_and_core(aws_build: AwsBuild) -> None:
         names = set(archive.namelist())
     expected = {"app.py", "chalicelib/bootstrap.py", "chalicelib/dynamo_store.py", "chalicelib/s3_blobs.py"}
     expected |= {f"core/{p.relative_to(REPO / 'core').as_posix()}" for p in (REPO / "core").rglob("*.py")}
-    assert expected <= names, sorted(expected - names)
+    embedded = {name for name in expected if name.startswith("core/local/")}
+    assert embedded, "core/local is gone: update EMBEDDED_ONLY in infra/build.py"
+    assert expected - embedded <= names, sorted(expected - embedded - names)
+    assert not [n for n in names if n.startswith("core/local")]  # the embedded server stays home
     assert {"jwt/__init__.py", "pynamodb/__init__.py", "cryptography/__init__.py"} <= names  # requirements.txt
     assert not [n for n in names if n.startswith("vendor/") or "__pycache__" in n]
     assert not [n for n in names if n.startswith(".chalice")]
@@ -188,9 +192,12 @@ answers = {
     "unknown": app.app(event("GET", "/api/v1/nowhere", "/{p0}/{p1}/{p2}", {"p0": "api", "p1": "v1", "p2": "nowhere"}),
                        Context()),
 }
+import chalicelib.s3_blobs, core.gc         # what the first request and the schedule load lazily
 origins = {name: sys.modules[name].__file__ for name in ("app", "chalice", "chalicelib.bootstrap", "core.api",
-                                                          "core.service", "jwt", "pynamodb")}
-print(json.dumps({"answers": answers, "origins": origins}))
+                                                          "core.service", "jwt", "pynamodb", "chalicelib.s3_blobs",
+                                                          "chalicelib.dynamo_store", "core.storage_layout")}
+embedded = sorted(name for name in sys.modules if name == "core.local" or name.startswith("core.local."))
+print(json.dumps({"answers": answers, "origins": origins, "embedded": embedded}))
 """
 
 
@@ -224,6 +231,7 @@ def test_unzipped_bundle_answers_health_like_lambda(bundle: Path, tmp_path: Path
     result = json.loads(done.stdout.strip().splitlines()[-1])
     for name, origin in result["origins"].items():
         assert Path(origin).resolve().is_relative_to(bundle.resolve()), (name, origin)
+    assert result["embedded"] == []
     health = result["answers"]["health"]
     assert health["statusCode"] == 200, health
     assert json.loads(health["body"])["status"] == "ok"

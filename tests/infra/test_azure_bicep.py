@@ -6,7 +6,8 @@ private and TLS 1.2+, Cosmos DB with keys disabled and the partition key and ind
 store uses, data-plane role assignments of one managed identity on the narrowest scopes, Key Vault
 with RBAC and purge protection, and the JWT secret only as a Key Vault reference. checkov
 (``--skip-download --framework bicep``) passes with every skip justified in place. A broken copy
-fails both. The build's zip holds the app with ``core`` beside it and imports from a clean path.
+fails both. The build's zip holds the app with ``core`` beside it (without the embedded server,
+``core/local``) and imports, adapters included, from a clean path without loading ``core.local``.
 """
 
 from __future__ import annotations
@@ -318,7 +319,10 @@ def test_bundle_holds_the_function_app_with_core_beside_it(azure_build: AzureBui
     expected = {"function_app.py", "host.json", "requirements.txt"}
     expected |= {f"azurelib/{p.name}" for p in (REPO / "azure_app" / "azurelib").glob("*.py")}
     expected |= {f"core/{p.relative_to(REPO / 'core').as_posix()}" for p in (REPO / "core").rglob("*.py")}
-    assert expected <= names, sorted(expected - names)
+    embedded = {name for name in expected if name.startswith("core/local/")}
+    assert embedded, "core/local is gone: update EMBEDDED_ONLY in infra/build.py"
+    assert expected - embedded <= names, sorted(expected - embedded - names)
+    assert not [n for n in names if n.startswith("core/local")]  # the embedded server stays home
     assert not [n for n in names if "__pycache__" in n or n.startswith("local.settings") or n == "__init__.py"]
 
 
@@ -334,8 +338,13 @@ sys.path[:0] = [bundle]
 sys.path.append(site)
 import function_app
 functions = [f.get_function_name() for f in function_app.app.get_functions()]
-origins = {n: sys.modules[n].__file__ for n in ("function_app", "azurelib.bootstrap", "core.http")}
-print(json.dumps({"functions": functions, "origins": origins}))
+# what the first request and the timer load lazily: the adapters, the service, the collector
+import azurelib.blob_store, azurelib.cosmos_store, core.api, core.gc, core.service
+names = ("function_app", "azurelib.bootstrap", "core.http", "azurelib.blob_store", "azurelib.cosmos_store",
+         "core.service", "core.storage_layout")
+origins = {n: sys.modules[n].__file__ for n in names}
+embedded = sorted(n for n in sys.modules if n == "core.local" or n.startswith("core.local."))
+print(json.dumps({"functions": functions, "origins": origins, "embedded": embedded}))
 """
 
 
@@ -357,3 +366,4 @@ def test_bundle_imports_from_a_clean_path(azure_build: AzureBuild, tmp_path: Pat
     assert result["functions"] == ["api", "gc"]  # the HTTP catch-all and the hourly garbage collection
     for name, origin in result["origins"].items():
         assert Path(origin).resolve().is_relative_to(target.resolve()), (name, origin)
+    assert result["embedded"] == []

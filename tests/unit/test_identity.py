@@ -1,4 +1,4 @@
-"""Identity rules of DESIGN §2: normalisation, validation, aliases, and no path traversal."""
+"""Identity rules (docs/architecture.md, "Identity"): normalisation, validation, aliases, and no path traversal."""
 
 from __future__ import annotations
 
