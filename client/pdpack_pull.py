@@ -7,9 +7,9 @@ and unpacks it into a hidden partial folder next to the destination, renamed int
 every member and the checksum passed; on any failure (corrupt, truncated, replaced, Ctrl-C) nothing
 is left behind.
 
-Transfers follow ``client.blobio``'s conventions: network errors, 5xx and 429 are retried with
-exponential backoff and the last cause is kept; a 401/403 means the URL expired, so a fresh one is
-asked for (``pull/urls``, which does not count another download). A connection dropped mid-stream
+Requests follow :mod:`client.retry`: network errors, 5xx and 429 are retried with exponential
+backoff and the last cause is kept; a 401/403 means the URL expired, so a fresh one is asked for
+(``pull/urls``, which does not count another download). A connection dropped mid-stream
 reopens at its offset with ``Range`` (a store that ignores it is read forward to that offset), and a
 pack whose ETag, size or range changes on the way is refused: it was replaced while being read.
 
@@ -21,9 +21,7 @@ pull into the same place.
 
 from __future__ import annotations
 
-import random
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +29,11 @@ from typing import BinaryIO, cast
 
 import httpx
 
-from client.blobio import RetriesExceeded, UrlRefused
 from client.byo.common import READ_BLOCK, ResumingReader, open_buffered
 from client.clone import remove_tree
 from client.pdpack import UnpackStats, unpack_pack
-from core.errors import Conflict, InvalidInput, NotFound, PdcatError, Unavailable
+from client.retry import RetryPolicy, check_storage
+from core.errors import Conflict, InvalidInput, PdcatError
 from core.manifest import PACK_FORMAT_PDPACK
 from core.pdpack_meta import checksum_algorithm
 
@@ -99,56 +97,37 @@ class _Opener:
     """Opens the pack at an offset, refreshing an expired URL and refusing a pack that changed."""
 
     def __init__(
-        self,
-        http: httpx.Client,
-        pack: PackDownload,
-        refresh: Callable[[], PackDownload],
-        *,
-        retries: int,
-        backoff: float,
+        self, http: httpx.Client, pack: PackDownload, refresh: Callable[[], PackDownload], policy: RetryPolicy
     ) -> None:
         self._http = http
         self._url = pack.url
         self._size = pack.size
         self._refresh = refresh
-        self._retries = retries
-        self._backoff = backoff
+        self._policy = policy
         self._etag: str | None = None
 
     def __call__(self, offset: int) -> _HttpBody:
-        last: BaseException | None = None
-        refreshed = False
-        for attempt in range(self._retries + 1):
-            if attempt and not refreshed:
-                time.sleep(min(self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random()), 30.0))
-            refreshed = False
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
-            try:
-                response = self._http.send(self._http.build_request("GET", self._url, headers=headers), stream=True)
-            except httpx.TransportError as exc:
-                last = exc
-                continue
-            status = response.status_code
-            if status in (200, 206):
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+
+        def attempt() -> _HttpBody:
+            response = self._http.send(self._http.build_request("GET", self._url, headers=headers), stream=True)
+            if response.status_code in (200, 206):
                 return self._accept(response, offset)
             response.close()
-            if status in (401, 403):
-                if attempt == self._retries:
-                    raise UrlRefused(f"storage refused a fresh URL for the pack (HTTP {status})")
-                fresh = self._refresh()
-                if fresh.size != self._size:
-                    raise Conflict("the pack was replaced in the catalog while it was being pulled; pull again")
-                self._url, refreshed = fresh.url, True
-                continue
-            if status == 404:
-                raise NotFound("the pack is no longer in the catalog's storage (deleted or purged)")
-            if status == 416:
+            if response.status_code == 416:
                 raise Conflict("the pack in storage changed while it was being read; pull again")
-            if status >= 500 or status == 429:
-                last = Unavailable(f"storage answered HTTP {status} for the pack")
-                continue
-            raise PdcatError(f"storage answered HTTP {status} for the pack")
-        raise RetriesExceeded(f"giving up on the pack after {self._retries + 1} attempts: {last}") from last
+            check_storage(
+                response, "the pack", missing="the pack is no longer in the catalog's storage (deleted or purged)"
+            )
+            raise PdcatError(f"storage answered HTTP {response.status_code} for the pack")
+
+        return self._policy.run(attempt, "the pack", refresh=self._renew)
+
+    def _renew(self) -> None:
+        fresh = self._refresh()
+        if fresh.size != self._size:
+            raise Conflict("the pack was replaced in the catalog while it was being pulled; pull again")
+        self._url = fresh.url
 
     def _accept(self, response: httpx.Response, offset: int) -> _HttpBody:
         try:
@@ -213,7 +192,7 @@ def open_pack_stream(
 ) -> BinaryIO:
     """The pack as one forward-only stream that survives dropped connections and expired URLs."""
     raw = ResumingReader(
-        _Opener(http, pack, refresh, retries=retries, backoff=backoff),
+        _Opener(http, pack, refresh, RetryPolicy(retries, backoff)),
         what="the pack",
         size=lambda: pack.size,
         transient=(httpx.TransportError,),

@@ -13,15 +13,13 @@
 * Listing uses the storage API's file list (``GET /api/storage/<repo>/<folder>?list&deep=1``).
 * Artifactory may redirect downloads to a signed URL of its cloud storage; such a redirect to
   another origin is followed **without** the credentials.
-* Network errors, 5xx and 429 are retried with exponential backoff; the last cause is kept.
+* Network errors, 5xx and 429 are retried as :mod:`client.retry` says; the last cause is kept.
 """
 
 from __future__ import annotations
 
 import builtins
 import hashlib
-import random
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -40,6 +38,7 @@ from client.byo.common import (
     validate_prefix,
 )
 from client.byo.connection import ArtifactoryConnection
+from client.retry import RetryPolicy, retryable
 from core.errors import Conflict, Forbidden, NotFound, PdcatError, Unauthenticated, Unavailable
 
 __all__ = ["CHECKSUM_DEPLOY_MIN", "ArtifactoryStorage"]
@@ -93,8 +92,7 @@ class ArtifactoryStorage:
         self.description = conn.description
         self._base = conn.base_url
         self._repo = conn.repo
-        self._retries = retries
-        self._backoff = backoff
+        self._policy = RetryPolicy(retries, backoff)
         headers: dict[str, str] = {}
         auth: httpx.Auth | None = None
         if conn.access_key is not None:
@@ -162,26 +160,19 @@ class ArtifactoryStorage:
         stream: bool = False,
         accept: tuple[int, ...] = (),
     ) -> httpx.Response:
-        """One request with retries on network errors, 5xx and 429; other failures raise at once."""
-        last: BaseException | None = None
-        for attempt in range(self._retries + 1):
-            if attempt:
-                time.sleep(min(self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random()), 30.0))
-            try:
-                request = self._http.build_request(
-                    method, url, headers=headers, content=content() if content is not None else None
-                )
-                response = self._http.send(request, stream=stream)
-                if method in ("GET", "HEAD"):
-                    response = self._follow(response, stream)
-            except httpx.TransportError as exc:
-                last = exc
-                log.warning("artifactory request failed, will retry", extra={"what": what, "attempt": attempt + 1})
-                continue
-            if response.status_code >= 500 or response.status_code == 429:
+        """One request, retried as :mod:`client.retry` says (network errors, 5xx, 429). Other failures
+        raise at once: Artifactory's 401/403 are about our credentials, not an expired URL."""
+
+        def attempt() -> httpx.Response:
+            request = self._http.build_request(
+                method, url, headers=headers, content=content() if content is not None else None
+            )
+            response = self._http.send(request, stream=stream)
+            if method in ("GET", "HEAD"):
+                response = self._follow(response, stream)
+            if retryable(response.status_code):
                 response.close()
-                last = Unavailable(f"HTTP {response.status_code}")
-                continue
+                raise Unavailable(f"HTTP {response.status_code}")
             if response.status_code in accept:
                 return response
             try:
@@ -190,9 +181,14 @@ class ArtifactoryStorage:
                 response.close()
                 raise
             return response
-        raise Unavailable(
-            f"{_PROVIDER}: giving up on {what} after {self._retries + 1} attempts ({type(last).__name__}: {last})"
-        ) from last
+
+        def give_up(last: BaseException) -> Unavailable:
+            attempts = self._policy.retries + 1
+            return Unavailable(
+                f"{_PROVIDER}: giving up on {what} after {attempts} attempts ({type(last).__name__}: {last})"
+            )
+
+        return self._policy.run(attempt, what, give_up=give_up)
 
     # ---- Storage ---------------------------------------------------------------------------
     def put_file(self, key: str, path: Path) -> None:
@@ -253,8 +249,8 @@ class ArtifactoryStorage:
             what=f"{key!r} in {self.description}",
             size=lambda: state.get("size"),
             transient=(httpx.TransportError,),
-            retries=self._retries,
-            backoff=self._backoff,
+            retries=self._policy.retries,
+            backoff=self._policy.backoff,
         )
         return raw, state
 

@@ -17,14 +17,13 @@ import importlib
 import io
 import logging
 import os
-import random
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from client.retry import RetryPolicy
 from core.errors import InvalidInput, PdcatError, Unavailable
 
 __all__ = [
@@ -148,13 +147,18 @@ class Body(Protocol):
     def close(self) -> None: ...
 
 
+class _EndedEarly(Exception):
+    """A body ended before the object's size: the connection closed cleanly, too early."""
+
+
 class ResumingReader(io.RawIOBase):
     """A read-only stream over one stored object that reopens at the current offset when a read fails.
 
     ``open_at(offset)`` starts a GET from ``offset`` (and raises the store's ``NotFound``/auth errors);
     it is called once at construction, so a missing object fails at ``open``, not at the first read.
-    Errors of the types in ``transient`` (and a body that ends before ``size``) are retried with
-    backoff up to ``retries`` times in a row; the last cause is kept on :class:`Unavailable`.
+    Errors of the types in ``transient`` (and a body that ends before ``size``) are retried as
+    :mod:`client.retry` says, up to ``retries`` times in a row; the last cause is kept on
+    :class:`Unavailable`.
     """
 
     def __init__(
@@ -170,9 +174,8 @@ class ResumingReader(io.RawIOBase):
         super().__init__()
         self._open_at = open_at
         self._what = what
-        self._transient = transient
-        self._retries = retries
-        self._backoff = backoff
+        self._transient: tuple[type[BaseException], ...] = (*transient, _EndedEarly)
+        self._policy = RetryPolicy(retries, backoff)
         self._offset = 0
         self._body: Body | None = open_at(0)
         self._size = size
@@ -186,49 +189,47 @@ class ResumingReader(io.RawIOBase):
         For callers that notice a stalled transfer (and for tests): the object must not have changed
         since it was opened (``Conflict`` if it has).
         """
-        self._reopen(0, None)
+        self._drop()
+        self._body = self._open_at(self._offset)
 
-    def _reopen(self, attempt: int, cause: BaseException | None) -> None:
-        if attempt > self._retries:
-            raise Unavailable(
-                f"reading {self._what} kept failing after {self._retries} retries "
-                f"({type(cause).__name__ if cause else 'connection ended early'})"
-            ) from cause
-        if attempt:
-            log.warning("read interrupted, resuming", extra={"what": self._what, "offset": self._offset})
-        if self._body is not None:
+    def _drop(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
             try:
-                self._body.close()
+                body.close()
             except Exception:  # the connection is already broken; closing it may fail too
                 log.debug("closing a broken body failed", exc_info=True)
-            self._body = None
-        if attempt:
-            time.sleep(min(self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random()), 30.0))
-        self._body = self._open_at(self._offset)
+
+    def _give_up(self, last: BaseException) -> Unavailable:
+        why = str(last) if isinstance(last, _EndedEarly) else type(last).__name__
+        return Unavailable(f"reading {self._what} kept failing after {self._policy.retries} retries ({why})")
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         if not len(view):
             return 0
-        attempt = 0
-        while True:
-            if self._body is None:
-                raise ValueError("I/O operation on closed stream")
-            try:
-                data = self._body.read(len(view))
-            except self._transient as exc:
-                attempt += 1
-                self._reopen(attempt, exc)
-                continue
+        if self.closed:
+            raise ValueError("I/O operation on closed stream")
+        return self._policy.run(
+            lambda: self._read_into(view), f"reading {self._what}", transient=self._transient, give_up=self._give_up
+        )
+
+    def _read_into(self, view: memoryview) -> int:
+        """One try: a body dropped by the last failure is reopened where the stream stopped."""
+        if self._body is None:
+            self._body = self._open_at(self._offset)
+        try:
+            data = self._body.read(len(view))
             total = self._size()
             if not data and total is not None and self._offset < total:
-                attempt += 1
-                self._reopen(attempt, None)
-                continue
-            n = len(data)
-            view[:n] = data
-            self._offset += n
-            return n
+                raise _EndedEarly("connection ended early")
+        except self._transient:
+            self._drop()
+            raise
+        n = len(data)
+        view[:n] = data
+        self._offset += n
+        return n
 
     def close(self) -> None:
         if self._body is not None:
