@@ -20,18 +20,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.errors import PdcatError
-
-if TYPE_CHECKING:  # moved to client.vm_setup; still importable from here (see __getattr__ at the end)
-    from client.vm_setup import ExecResult as ExecResult
-    from client.vm_setup import SetupResult as SetupResult
-    from client.vm_setup import VmSetup as VmSetup
-    from client.vm_setup import check_vm_setup as check_vm_setup
-    from client.vm_setup import manual_steps as manual_steps
-    from client.vm_setup import resolve_names as resolve_names
-    from client.vm_setup import setup_pulled_vm as setup_pulled_vm
 
 __all__ = [
     "Completed",
@@ -347,19 +338,3 @@ class Prlctl:
                 continue
             sleep(min(delay, remaining))
             delay = min(delay * 2, 5.0)
-
-
-# ---- names that moved ---------------------------------------------------------------------------
-# The VM-setup use case lived here until it moved to ``client.vm_setup``. Its names stay importable from
-# this module, resolved lazily so that the adapter never imports the use case at load time (no cycle).
-_MOVED_TO_VM_SETUP = frozenset(
-    {"ExecResult", "SetupResult", "VmSetup", "check_vm_setup", "manual_steps", "resolve_names", "setup_pulled_vm"}
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_VM_SETUP:
-        from client import vm_setup
-
-        return getattr(vm_setup, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

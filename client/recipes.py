@@ -1,7 +1,7 @@
 """PDFile recipes and bring-your-own storage on the command line, kept out of the CLI's wiring.
 
-A PDFile becomes the namespace its own command line would give (flags > file > ``pdcat``'s defaults),
-so ``pdcat push|pull|run FILE.pdfile`` runs exactly the code a typed command runs.
+A PDFile becomes the typed options its own command line would give (``client.options``: flags > file >
+``pdcat``'s defaults), so ``pdcat push|pull|run FILE.pdfile`` runs exactly the code a typed command runs.
 
 Bring-your-own storage moves packs in the original product's format (``client.pdpack``) through the
 original connection strings (``client.byo``), for users who hold their own bucket credentials:
@@ -13,11 +13,10 @@ catalog to register an original pack that already sits in the catalog's own stor
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from client import pdfile
 from client.byo.connection import parse_connection_string
 from client.byo.providers import Storage, open_storage
+from client.options import COMMANDS, Options, given
 from client.pdpack import PackMeta, export_pack, import_pack_with_stats, meta_key, unpack_pack
 from core.errors import Conflict, InvalidInput
 from core.identity import ManifestKey
@@ -34,7 +34,7 @@ __all__ = [
     "fetch_storage_pack",
     "open_byo",
     "push_to_storage",
-    "recipe_namespace",
+    "recipe_options",
     "staging_dir",
 ]
 
@@ -43,50 +43,24 @@ __all__ = [
 _LEVEL_NAMES = {level: name for name, level in pdfile.COMPRESS_LEVELS.items() if level is not None}
 
 
-def recipe_namespace(
-    parser: argparse.ArgumentParser,
-    path: str,
-    args: argparse.Namespace,
-    expected: str | None,
-    warn: Callable[[str], None],
-) -> argparse.Namespace:
-    """The namespace ``pdcat <command>`` would have parsed for this recipe, with ``args``' flags on top.
+def recipe_options(
+    path: str, flags: Mapping[str, object], expected: str | None, warn: Callable[[str], None]
+) -> Options:
+    """The options of the recipe at ``path``, with the command line's ``flags`` on top (flags > file >
+    defaults; ``flags`` leaves out the positional that named the recipe).
 
     ``expected`` is the command the recipe was run with (``push``/``pull``), or None for ``pdcat run``.
     """
-    flags = vars(args)
-    result = pdfile.load(path, os.environ, supplied=pdfile.flag_names(flags))
+    supplied = given(COMMANDS[expected] if expected is not None else Options, flags)
+    result = pdfile.load(path, os.environ, supplied=supplied)
     for warning in result.warnings:
         where = f"{path}:{warning.line}" if warning.line else path
         warn(f"{where}: {warning.message}")
-    options = pdfile.apply_flags(pdfile.to_cli_options(result.pdfile), flags)
-    command = options["command"]
+    options = pdfile.to_options(result.pdfile, flags)
+    command = options.command
     if expected is not None and command != expected:
         raise InvalidInput(f"{path} is a {command} recipe: run it with 'pdcat {command} {path}' or 'pdcat run {path}'")
-    positionals: dict[str, list[str]] = {
-        "push": [str(options.get("path", ""))],
-        "pull": [str(options.get("ref", ""))],
-        "ls": [str(options["id"])] if "id" in options else [],
-        "import": [f"{options.get('catalog', '')}:{options.get('version', '')}"],
-        "import-vm": [f"{options.get('catalog', '')}:{options.get('version', '')}"],
-    }
-    ns = parser.parse_args([command, *positionals[command]])
-    for key, value in options.items():
-        if key == "command":
-            continue
-        if isinstance(value, pdfile.Provider):  # --to/--from on the command line win over the file's PROVIDER
-            ns.storage = getattr(args, "storage", None) or value.connection_string
-        elif key == "id" and command == "ls":
-            continue
-        else:
-            setattr(ns, key, value)
-    if command == "ls" and "tag" in options:
-        ns.tag = options["tag"][0] if options["tag"] else None
-    for name in ("json", "quiet", "debug"):
-        if getattr(args, name, False):
-            setattr(ns, name, True)
-    ns.recipe = path
-    return ns
+    return options
 
 
 def open_byo(connection: str) -> Storage:

@@ -5,54 +5,10 @@ separated by ``;``. The original parser split on every ``;`` and matched keys by
 secret containing ``;`` (or a key named ``my_bucket=``) silently produced a wrong connection. This
 one has a grammar, refuses anything it does not understand, and never repeats a secret.
 
-Grammar::
-
-    connection := ws entry (ws ";" ws entry)* ws [";" ws]     (one trailing ";" is fine)
-    entry      := key ws "=" ws value
-    key        := letter (letter | digit | "_")*               (case-insensitive)
-    value      := quoted | bare                                (never empty)
-    quoted     := '"' (any char but '"' or '\' | escape)* '"'  (kept exactly, spaces included)
-    bare       := (any char but ';' '"' '\' | escape)+         (surrounding whitespace trimmed)
-    escape     := '\;' | '\=' | '\"' | '\\'                    (nothing else follows a '\')
-    ws         := spaces, tabs and newlines
-
-* The first ``=`` of an entry ends its key; later ``=`` belong to the value, so base64 secrets such
-  as Azure account keys (``...Gw==``) need no escaping (``\=`` is accepted too).
-* A ``;`` inside a value must be escaped (``\;``) or the value double-quoted. Inside quotes only
-  ``"`` and ``\`` need escaping. A bare value may not contain ``"`` unescaped.
-* Values may not contain control characters (a newline inside a value is a mistake, not data).
-* Provider names and keys are case-insensitive; values are case-sensitive.
-* Unknown keys (with the closest known key suggested), missing required keys, duplicate keys
-  (``Bucket`` and ``bucket`` are the same key), empty values and empty entries are errors.
-
-Examples::
-
-    provider=aws-s3;bucket=vms;region=eu-west-1;access_key=AKIA...;secret_key=wJal/rXU+tn==
-    provider=aws-s3;bucket=vms;region=eu-west-1          (credentials from the environment,
-                                                          ~/.aws or the instance role)
-    provider=azure-storage-account;storage_account_name=acme;container_name=vms;storage_account_key=Eby8...Gw==
-    provider=artifactory;url=https://acme.jfrog.io;repo=vms-local;access_key=AKCp8...
-    provider=artifactory;url=https://acme.jfrog.io;repo=vms-local;username=ci;password="pa;ss \"1\""
-    provider=minio;endpoint=minio.lan:9000;bucket=vms;access_key=ci;secret_key=semi\;colon;use_ssl=false
-    provider=local;catalog_path=/Volumes/Backup/catalog
-
-Keys per provider (``*`` = secret: shown as ``***`` by ``str``/``repr``, never quoted in an error):
-
-=========================  =======================================================================
-``aws-s3``                 bucket, region; optional access_key*, secret_key* (both or neither),
-                           session_token*, use_environment_authentication (true/false)
-``minio``                  endpoint (``host[:port]`` or ``http(s)://host[:port]``), bucket;
-                           optional access_key*, secret_key*, use_ssl, ignore_cert, region,
-                           use_environment_authentication
-``azure-storage-account``  storage_account_name, container_name, storage_account_key*; optional
-                           endpoint (the Blob service URL, for sovereign clouds or Azurite)
-``artifactory``            url (without ``/artifactory``), repo, and one of access_key* (API key),
-                           access_token* (bearer token), or username with password*; optional port
-``local``                  catalog_path (``local-storage`` is accepted as the provider name too)
-=========================  =======================================================================
-
-:func:`connection_from_pairs` applies the same rules to keys and values that arrive already split
-(the PDFile's ``PROVIDER <KEY> <value>`` lines).
+The grammar, the keys of each provider and the examples are in ``docs/connection-strings.md``.
+This module holds the one lexer of that grammar and the one list of secret keys (:data:`SECRET_KEYS`):
+``client.pdfile`` assembles and masks its ``PROVIDER`` lines with :func:`lex`, :func:`format_entries`
+and :func:`redact` rather than parsing connection strings itself.
 
 ``ConnectionString.format()`` is the inverse of :func:`parse_connection_string` (it *does* contain
 the secrets; ``str()`` is the redacted form meant for messages and logs).
@@ -79,13 +35,20 @@ __all__ = [
     "AzureStorageConnection",
     "ConnectionString",
     "ConnectionStringError",
+    "Entry",
     "LocalConnection",
     "MinioConnection",
     "connection_from_pairs",
+    "format_entries",
+    "is_key",
+    "lex",
     "parse_connection_string",
+    "redact",
 ]
 
 MAX_LENGTH = 16 * 1024
+#: The keys whose values are secrets, for every provider: masked by ``str``/``repr``/:func:`redact`,
+#: never quoted in an error, and a PDFile that writes one out literally earns a warning.
 SECRET_KEYS = frozenset(
     {"access_key", "secret_key", "session_token", "storage_account_key", "password", "access_token"}
 )
@@ -104,17 +67,17 @@ class ConnectionStringError(InvalidInput):
 # ---- the per-provider values ---------------------------------------------------------------------
 
 
-def _text(*, secret: bool = False, required: bool = False) -> Any:
-    meta = {"kind": "text", "secret": secret}
+def _text(*, required: bool = False) -> Any:
+    meta = {"kind": "text"}
     return field(metadata=meta) if required else field(default=None, metadata=meta)
 
 
 def _flag() -> Any:
-    return field(default=None, metadata={"kind": "flag", "secret": False})
+    return field(default=None, metadata={"kind": "flag"})
 
 
 def _number() -> Any:
-    return field(default=None, metadata={"kind": "number", "secret": False})
+    return field(default=None, metadata={"kind": "number"})
 
 
 def _show(value: str) -> str:
@@ -149,18 +112,18 @@ class ConnectionString:
             if value is None:
                 continue
             text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-            yield f.name, text, bool(f.metadata["secret"])
+            yield f.name, text, f.name in SECRET_KEYS
 
     def format(self) -> str:
         """The canonical connection string, secrets included: the inverse of the parser."""
-        return ";".join(f"{key}={_quote(value)}" for key, value, _ in self.entries())
+        return format_entries((key, value) for key, value, _ in self.entries())
 
     def __str__(self) -> str:
         return ";".join(f"{key}={REDACTED if secret else _quote(value)}" for key, value, secret in self.entries())
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{f.name}={REDACTED if f.metadata['secret'] else repr(getattr(self, f.name))}"
+            f"{f.name}={REDACTED if f.name in SECRET_KEYS else repr(getattr(self, f.name))}"
             for f in dataclasses.fields(self)
             if getattr(self, f.name) is not None
         )
@@ -185,9 +148,9 @@ class AwsS3Connection(ConnectionString):
 
     bucket: str = _text(required=True)
     region: str = _text(required=True)
-    access_key: str | None = _text(secret=True)
-    secret_key: str | None = _text(secret=True)
-    session_token: str | None = _text(secret=True)
+    access_key: str | None = _text()
+    secret_key: str | None = _text()
+    session_token: str | None = _text()
     use_environment_authentication: bool | None = _flag()
 
     def _validate(self) -> None:
@@ -210,8 +173,8 @@ class MinioConnection(ConnectionString):
 
     endpoint: str = _text(required=True)
     bucket: str = _text(required=True)
-    access_key: str | None = _text(secret=True)
-    secret_key: str | None = _text(secret=True)
+    access_key: str | None = _text()
+    secret_key: str | None = _text()
     use_ssl: bool | None = _flag()
     ignore_cert: bool | None = _flag()
     region: str | None = _text()
@@ -256,7 +219,7 @@ class AzureStorageConnection(ConnectionString):
 
     storage_account_name: str = _text(required=True)
     container_name: str = _text(required=True)
-    storage_account_key: str = _text(secret=True, required=True)
+    storage_account_key: str = _text(required=True)
     endpoint: str | None = _text()
 
     def _validate(self) -> None:
@@ -297,10 +260,10 @@ class ArtifactoryConnection(ConnectionString):
     url: str = _text(required=True)
     repo: str = _text(required=True)
     port: int | None = _number()
-    access_key: str | None = _text(secret=True)
-    access_token: str | None = _text(secret=True)
+    access_key: str | None = _text()
+    access_token: str | None = _text()
     username: str | None = _text()
-    password: str | None = _text(secret=True)
+    password: str | None = _text()
 
     def _validate(self) -> None:
         parts = _check_http_url("url", self.url)
@@ -413,17 +376,47 @@ def _check_http_url(key: str, value: str) -> SplitResult:
 
 
 @dataclass(frozen=True)
-class _Entry:
+class Entry:
+    """One ``key=value`` of a connection string: the key lower-cased, the value with quotes and escapes undone."""
+
     key: str
     value: str
-    index: int
+    index: int  # 1-based, for messages
     after_secret: str | None  # the secret key this entry follows: its text may be a piece of that secret
+    quoted: bool = False  # written in double quotes (so kept exactly, blanks included)
+
+
+def is_key(text: str) -> bool:
+    """Whether ``text`` is a key of the grammar (letters, digits and ``_``, starting with a letter)."""
+    return _KEY.fullmatch(text) is not None
 
 
 def _quote(value: str) -> str:
     if value and value == value.strip(_WS) and not any(c in value for c in ';"\\'):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def format_entries(pairs: Iterable[tuple[str, str]]) -> str:
+    """``key=value;...`` with each value quoted when it needs to be: :func:`lex` gives the pairs back."""
+    return ";".join(f"{key}={_quote(value)}" for key, value in pairs)
+
+
+def redact(text: str) -> str:
+    """``text`` safe to show: every secret value (and whatever follows a secret) replaced by ``***``.
+
+    Text that does not lex is shown as ``***`` alone: where a secret ends cannot be known.
+    """
+    try:
+        entries = lex(text)
+    except ConnectionStringError:
+        return REDACTED
+    return ";".join(f"{e.key}={REDACTED if _hides_secret(e) else _quote(e.value)}" for e in entries)
+
+
+def _hides_secret(entry: Entry) -> bool:
+    """A secret, or an unknown key right after one (it may be the rest of that secret, split at a ';')."""
+    return entry.key in SECRET_KEYS or (entry.after_secret is not None and entry.key not in _ALL_KEYS)
 
 
 def _skip_ws(text: str, i: int) -> int:
@@ -466,8 +459,10 @@ def _read_value(text: str, i: int, key: str, quoted: bool) -> tuple[str, int]:
     return "".join(out).strip(_WS), i
 
 
-def _lex(text: str) -> list[_Entry]:
-    entries: list[_Entry] = []
+def lex(text: str) -> list[Entry]:
+    """The entries of a connection string, in order, as the grammar reads them; nothing is checked
+    against a provider (:func:`parse_connection_string` does that). Raises :class:`ConnectionStringError`."""
+    entries: list[Entry] = []
     after_secret: str | None = None
     i, n = 0, len(text)
     while True:
@@ -496,7 +491,8 @@ def _lex(text: str) -> list[_Entry]:
             )
         key = raw_key.lower()
         i = _skip_ws(text, j + 1)
-        if i < n and text[i] == '"':
+        quoted = i < n and text[i] == '"'
+        if quoted:
             value, i = _read_value(text, i + 1, key, quoted=True)
             i = _skip_ws(text, i)
             if i < n and text[i] != ";":
@@ -506,7 +502,7 @@ def _lex(text: str) -> list[_Entry]:
         if not value:
             raise ConnectionStringError(f"{key} has an empty value: give a value or leave the key out")
         _check_chars(key, value)
-        entries.append(_Entry(key, value, index, after_secret))
+        entries.append(Entry(key, value, index, after_secret, quoted))
         # An unknown key right after a secret may be the rest of that secret, and so may what follows it.
         after_secret = key if key in SECRET_KEYS else (after_secret if key not in _ALL_KEYS else None)
         i += 1  # past the ';' (or past the end)
@@ -522,7 +518,7 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _convert(entry: _Entry, kind: str) -> object:
+def _convert(entry: Entry, kind: str) -> object:
     if kind == "flag":
         lowered = entry.value.lower()
         if lowered not in ("true", "false"):
@@ -536,12 +532,12 @@ def _convert(entry: _Entry, kind: str) -> object:
 
 
 def parse_connection_string(text: str) -> ConnectionString:
-    """Parse one connection string (see the module docstring); :class:`ConnectionStringError` if bad."""
+    """Parse one connection string (``docs/connection-strings.md``); :class:`ConnectionStringError` if bad."""
     if not isinstance(text, str):
         raise ConnectionStringError("a connection string must be text")
     if len(text) > MAX_LENGTH:
         raise ConnectionStringError(f"the connection string is longer than {MAX_LENGTH} characters")
-    entries = _lex(text)
+    entries = lex(text)
     if not entries:
         raise ConnectionStringError("the connection string is empty")
     return _build(entries)
@@ -553,7 +549,7 @@ def connection_from_pairs(pairs: Iterable[tuple[str, str]]) -> ConnectionString:
     Values are taken as they are (no quotes or escapes to undo); ``("name", ...)`` is accepted for
     ``provider``, as the PDFile writes ``PROVIDER NAME aws-s3``.
     """
-    entries: list[_Entry] = []
+    entries: list[Entry] = []
     for index, (raw_key, raw_value) in enumerate(pairs, start=1):
         key = str(raw_key).strip(_WS).lower()
         key = "provider" if key == "name" else key
@@ -563,14 +559,14 @@ def connection_from_pairs(pairs: Iterable[tuple[str, str]]) -> ConnectionString:
         if not value:
             raise ConnectionStringError(f"{key} has an empty value: give a value or leave the key out")
         _check_chars(key, value)
-        entries.append(_Entry(key, value, index, None))
+        entries.append(Entry(key, value, index, None))
     if not entries:
         raise ConnectionStringError("no provider settings were given")
     return _build(entries)
 
 
-def _build(entries: list[_Entry]) -> ConnectionString:
-    seen: dict[str, _Entry] = {}
+def _build(entries: list[Entry]) -> ConnectionString:
+    seen: dict[str, Entry] = {}
     for entry in entries:
         if entry.key in seen:
             raise ConnectionStringError(

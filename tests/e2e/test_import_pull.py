@@ -101,9 +101,7 @@ def test_pdcat_pulls_an_imported_original_pack(pdcat: Pdcat, backend: Any, cid: 
     assert f"{final} already exists" in line, line
 
 
-def test_a_corrupt_or_replaced_pack_leaves_nothing_behind(
-    pdcat: Pdcat, backend: Any, cid: str, tmp_path: Path
-) -> None:
+def test_a_corrupt_or_replaced_pack_leaves_nothing_behind(pdcat: Pdcat, backend: Any, cid: str, tmp_path: Path) -> None:
     _bundle, storage, _meta = export_and_import(backend, tmp_path, cid, "1.0")
     key = pack_key(cid, ARCH, "1.0")
     pack = storage.objects[key]

@@ -1,4 +1,4 @@
-"""The CLI's log handler never shows the secret part of a presigned URL (client/cli.py)."""
+"""The CLI's log handler never shows the secret part of a presigned URL (client/cli/logs.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from client import cli
 from client.cli import mask_signatures
+from client.cli.logs import configure_logging
 
 S3 = (
     "https://vms.s3.eu-west-1.amazonaws.com/staging/abc/chunks/0f0f?X-Amz-Algorithm=AWS4-HMAC-SHA256"
@@ -78,7 +78,7 @@ def cli_log() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     saved = (root.handlers[:], root.level, logging.getLogger("httpx").level)
     stream = io.StringIO()
-    cli._configure_logging(True)
+    configure_logging(True)
     root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
     yield stream
     root.handlers[:], root.level = saved[0], saved[1]
@@ -103,7 +103,7 @@ def test_warnings_without_debug_are_masked_too() -> None:
     saved = (root.handlers[:], root.level, logging.getLogger("httpx").level)
     stream = io.StringIO()
     try:
-        cli._configure_logging(False)
+        configure_logging(False)
         root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
         logging.getLogger("pdcat.transfer").warning("retrying %s", AZURE)
     finally:

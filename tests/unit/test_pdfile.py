@@ -3,7 +3,8 @@
 Adding a case needs no code: drop ``name.pdfile`` and ``name.json`` into ``valid/`` or ``invalid/``.
 
 valid sidecar: ``env`` (templates), ``supplied`` (option names given by flags), ``pdfile`` (exactly
-``PDFile.to_dict()``), ``options`` (exactly ``to_cli_options``, objects as their ``to_dict()``),
+``PDFile.to_dict()``), ``options`` (exactly what ``to_options`` sets: the command and every option that
+differs from its default, credentials as their ``to_dict()``, the connection string redacted),
 ``warnings`` (``[line, phrase]`` each, all of them), ``secrets`` (kept in the PDFile, shown nowhere).
 invalid sidecar: ``env``, ``line`` (of the first problem; null for the whole file), ``contains``
 (phrases of the message), ``secrets`` (in no message), ``problems`` (how many, when it matters).
@@ -12,29 +13,26 @@ invalid sidecar: ``env``, ``line`` (of the first problem; null for the whole fil
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from client.byo.connection import parse_connection_string
+from client.byo.connection import parse_connection_string, redact
+from client.options import COMMANDS, ListOptions, Options, PullOptions, PushOptions, given
 from client.pdfile import (
     KEYWORDS,
-    NO_FLAG_YET,
     Authentication,
-    CliOptions,
     Diagnostic,
     PDFile,
     PDFileError,
     Provider,
-    apply_flags,
-    flag_names,
     load,
     parse,
     render_template,
-    to_cli_options,
+    to_options,
 )
 from core.errors import InvalidInput, PdcatError
 
@@ -48,8 +46,19 @@ def _sidecar(path: Path) -> dict[str, Any]:
     return data
 
 
-def _jsonable(options: Mapping[str, object]) -> dict[str, object]:
-    return {k: v.to_dict() if isinstance(v, Authentication | Provider) else v for k, v in options.items()}
+def _shown(options: Options) -> dict[str, object]:
+    """What ``options`` sets, JSON-ready and safe to print, as the corpus sidecars spell it."""
+    values = given(type(options), {f.name: getattr(options, f.name) for f in dataclasses.fields(options)})
+    out: dict[str, object] = {"command": options.command}
+    for name, value in values.items():
+        if isinstance(value, Authentication):
+            value = value.to_dict()
+        elif name == "storage":
+            value = redact(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[name] = value
+    return out
 
 
 def _kept_secrets(pdfile: PDFile) -> str:
@@ -73,8 +82,8 @@ def test_valid_corpus(path: Path) -> None:
     expected = _sidecar(path)
     result = load(path, expected.get("env", {}), supplied=expected.get("supplied", ()))
     assert result.pdfile.to_dict() == expected["pdfile"]
-    options = to_cli_options(result.pdfile)
-    assert _jsonable(options) == expected["options"]
+    options = to_options(result.pdfile)
+    assert _shown(options) == expected["options"]
     got = [(w.line, w.message) for w in result.warnings]
     assert len(got) == len(expected["warnings"]), got
     for (line, message), (want_line, phrase) in zip(got, expected["warnings"], strict=True):
@@ -204,7 +213,7 @@ def test_secrets_never_show_in_reprs_errors_or_warnings() -> None:
     assert result.pdfile.provider.connection_string == (
         "provider=aws-s3;secret_key=key-b4r-secret;access_key=literal-4cc3ss-secret"
     )
-    shown = repr(result) + repr(to_cli_options(result.pdfile)) + str(result.pdfile.to_dict())
+    shown = repr(result) + repr(to_options(result.pdfile)) + str(result.pdfile.to_dict())
     for secret in ("pw-f00-secret", "key-b4r-secret", "literal-4cc3ss-secret"):
         assert secret not in shown
     (warning,) = result.warnings
@@ -310,11 +319,10 @@ PUSH_FILE = (
 
 
 def test_flags_override_the_file() -> None:
-    file_options = to_cli_options(parse(PUSH_FILE, {}).pdfile)
-    # What argparse gives for `pdcat push x.pdfile --version 2 --tag c`: unset flags are None/False/[].
+    # What argparse gives for `pdcat push x.pdfile --version 2 --tag c`, the positional (the file) left
+    # out: flags that were not typed hold their defaults.
     flags: dict[str, object] = {
         "command": "push",
-        "path": "x.pdfile",
         "catalog": None,
         "version": "2",
         "arch": None,
@@ -323,23 +331,23 @@ def test_flags_override_the_file() -> None:
         "tag": ["c"],
         "description": None,
         "force": False,
+        "compress": True,
         "level": None,
         "json": False,
         "workers": None,
     }
-    merged = apply_flags(file_options, flags)
-    assert merged == {
-        "command": "push",
-        "server": "https://h.example.com",
-        "path": "/vms/u.pvm",  # the positional holds the PDFile's path: never an override
-        "catalog": "ubuntu",
-        "version": "2",
-        "tag": ["c"],  # a repeated flag replaces the file's list
-        "force": True,  # store_true not given: the file's value stands
-        "description": "from file",
-    }
-    assert file_options["version"] == "1"  # not mutated
-    assert flag_names(flags) == {"version", "tag"}
+    pdfile = parse(PUSH_FILE, {}).pdfile
+    assert to_options(pdfile, flags) == PushOptions(
+        server="https://h.example.com",
+        path="/vms/u.pvm",
+        catalog="ubuntu",
+        version="2",
+        tag=("c",),  # a repeated flag replaces the file's list
+        force=True,  # a switch not given: the file's value stands
+        description="from file",
+    )
+    assert to_options(pdfile) == dataclasses.replace(to_options(pdfile, flags), version="1", tag=("a", "b"))
+    assert set(given(PushOptions, flags)) == {"version", "tag"}
 
 
 def test_supplied_flags_stand_in_for_required_keywords() -> None:
@@ -358,28 +366,36 @@ def test_supplied_flags_stand_in_for_required_keywords() -> None:
 
 def test_clone_without_a_name_is_the_clone_flag_without_one() -> None:
     """As ``pdcat pull --clone`` (argparse const ""): clone under the default name."""
-    options = to_cli_options(parse("FROM h.example.com\nCATALOG_ID x\nCLONE\n", {}).pdfile)
-    assert options["clone"] == ""
-    assert "clone" not in to_cli_options(parse("FROM h.example.com\nCATALOG_ID x\n", {}).pdfile)
-    assert apply_flags(options, {"clone": "mine"})["clone"] == "mine"
+    pdfile = parse("FROM h.example.com\nCATALOG_ID x\nCLONE\n", {}).pdfile
+    options = to_options(pdfile)
+    assert isinstance(options, PullOptions) and options.clone == ""
+    assert dataclasses.replace(options, clone=None) == to_options(
+        parse("FROM h.example.com\nCATALOG_ID x\n", {}).pdfile
+    )
+    assert to_options(pdfile, {"clone": "mine"}) == dataclasses.replace(options, clone="mine")
 
 
 def test_ls_tag_flag_is_one_string() -> None:
-    options = to_cli_options(parse("RUN list\nFROM h.example.com\nTAG a\n", {}).pdfile)
-    assert apply_flags(options, {"tag": "b", "id": "positional"})["tag"] == ["b"]
+    pdfile = parse("RUN list\nFROM h.example.com\nTAG a\n", {}).pdfile
+    assert to_options(pdfile) == ListOptions(server="https://h.example.com", tag="a")
+    assert to_options(pdfile, {"tag": "b"}) == ListOptions(server="https://h.example.com", tag="b")
 
 
-def test_options_name_cli_dests_or_declared_gaps() -> None:
-    """Every option key is an argparse dest of pdcat push/pull/ls/import/import-vm, or listed in NO_FLAG_YET."""
-    from client.cli import _parser
+#: Options only a PDFile gives: ``pdcat`` has no flag for them.
+FILE_ONLY = {"insecure", "credentials", "min_cpu", "min_memory_mb", "min_disk_mb"}
 
-    subparsers = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
-    dests: set[str] = set()
-    for name in ("push", "pull", "ls", "import", "import-vm"):
-        dests |= {a.dest for a in subparsers.choices[name]._actions}
-    keys = set(CliOptions.__optional_keys__) | {"command"}
-    assert keys - dests - NO_FLAG_YET == {"command"}
-    assert NO_FLAG_YET.isdisjoint(dests)
+
+def test_options_are_the_argparse_dests_of_their_command() -> None:
+    """Every option of pdcat ls/push/pull/import/import-vm is an argparse dest of that command (or file-only),
+    and every dest is an option: argparse builds the options, field for field."""
+    from client.cli.parser import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command, cls in COMMANDS.items():
+        dests = {a.dest for a in subparsers.choices[command]._actions} - {"help"}
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert dests <= names, command
+        assert names - dests <= FILE_ONLY | {"vm_type"}, command  # push reads VM_TYPE from a file only
 
 
 # ---- errors -------------------------------------------------------------------------------------

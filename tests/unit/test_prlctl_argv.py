@@ -208,11 +208,3 @@ def test_public_names_are_pinned() -> None:
     for module in (prlctl_module, vm_setup_module):
         for name in module.__all__:
             assert hasattr(module, name), name
-
-
-def test_use_case_names_stay_importable_from_the_adapter() -> None:
-    """client.cli (and older code) imports them from client.prlctl; they resolve to the moved objects."""
-    for name in vm_setup_module.__all__:
-        assert getattr(prlctl_module, name) is getattr(vm_setup_module, name), name
-    with pytest.raises(AttributeError):
-        _ = prlctl_module.no_such_name

@@ -1,0 +1,377 @@
+"""The ``pdcat`` commands: each takes its options and the catalog client factory, and returns the exit
+code. :func:`dispatch` picks the command; push, pull, import and import-vm live in
+``client.cli.transfers``. Commands without an options type read their argparse namespace directly."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from client.api import CatalogClient
+from client.cache import CacheEntry, VmCache, budget_from_env
+from client.cli.session import Connect, common, reference, say
+from client.cli.transfers import cmd_import, cmd_import_vm, cmd_pull, cmd_push
+from client.config import Credentials, save_credentials
+from client.options import (
+    COMMANDS,
+    ImportOptions,
+    ImportVmOptions,
+    ListOptions,
+    Options,
+    PullOptions,
+    PushOptions,
+    resolve,
+)
+from client.output import console, err_console, human_size, manifest_table, print_json
+from core.errors import InvalidInput, PdcatError
+from core.identity import LATEST, normalize_architecture
+
+__all__ = ["dispatch", "run_options"]
+
+
+def dispatch(args: argparse.Namespace, connect: Connect) -> int:
+    """Run the command ``args`` names: ls, push, pull, import and import-vm (and any PDFile) through
+    their typed options, the others with their namespace."""
+    if args.command in COMMANDS or args.command == "run":
+        return run_options(_options(args), connect)
+    return _COMMANDS[args.command](args, connect)
+
+
+def run_options(options: Options, connect: Connect) -> int:
+    """The command for a set of options: how ``pdcat run`` follows a recipe's RUN."""
+    match options:
+        case ImportVmOptions():
+            return cmd_import_vm(options, connect)
+        case ImportOptions():
+            return cmd_import(options, connect)
+        case PushOptions():
+            return cmd_push(options, connect)
+        case PullOptions():
+            return cmd_pull(options, connect)
+        case ListOptions():
+            return cmd_ls(options, connect)
+    raise TypeError(f"no command takes {type(options).__name__}")
+
+
+def _options(args: argparse.Namespace) -> Options:
+    """The typed options of the command line, or of the PDFile it names (``pdcat run FILE``, ``pdcat
+    push|pull FILE.pdfile``) with the flags typed here on top."""
+    if args.command == "run":
+        if not _is_pdfile(args.path):
+            raise InvalidInput(f"{args.path} is not a PDFile (the file name must end in .pdfile)")
+        return _recipe(args, args.path, "path", None)
+    if args.command == "push" and _is_pdfile(args.path):
+        return _recipe(args, args.path, "path", "push")
+    if args.command == "pull" and _is_pdfile(args.ref):
+        return _recipe(args, args.ref, "ref", "pull")
+    return resolve(COMMANDS[args.command], flags=vars(args))
+
+
+def _is_pdfile(path: str) -> bool:
+    return path.lower().endswith(".pdfile")
+
+
+def _recipe(args: argparse.Namespace, path: str, positional: str, expected: str | None) -> Options:
+    from client.recipes import recipe_options
+
+    def warn(message: str) -> None:
+        err_console.print(f"pdcat: warning: {message}", markup=False, highlight=False)
+
+    flags = {name: value for name, value in vars(args).items() if name != positional}  # it names the file
+    return recipe_options(path, flags, expected, warn)
+
+
+def cmd_serve(args: argparse.Namespace, connect: Connect) -> int:
+    from core.config import load_settings
+    from core.local.bootstrap import open_local_catalog
+    from core.local.server import LocalServer, WsgiApp, data_dir_default
+    from core.logs import configure_logging
+
+    # Everything the server creates (data folder, database and its -wal/-shm, blobs, temp files) is
+    # private to this user, whatever umask it was started with.
+    os.umask(0o077)
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    data = Path(args.data) if args.data else data_dir_default()
+    app = WsgiApp()
+    server = LocalServer(app, args.host, args.port, threads=args.threads)
+    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+    public_url = os.environ.get("PDCAT_PUBLIC_URL") or f"http://{shown_host}:{server.port}"
+    catalog = open_local_catalog(data, public_url, settings)
+    app.catalog = catalog
+    print(f"pdcat catalog serving on {public_url} (data: {data})", flush=True)
+    if catalog.first_start:
+        fs = catalog.first_start
+        print(
+            f"First start: created user '{fs.username}' (SUPER_USER); its password is in {fs.password_file}", flush=True
+        )
+        print(
+            f'Log in with: pdcat login --server {public_url} -u {fs.username} -p "$(cat {fs.password_file})"',
+            flush=True,
+        )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        catalog.close()
+    return 0
+
+
+def cmd_login(args: argparse.Namespace, connect: Connect) -> int:
+    password = args.password or os.environ.get("PDCAT_PASSWORD")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise InvalidInput("no password: pass -p, set PDCAT_PASSWORD, or run in a terminal")
+        password = getpass.getpass(f"Password for {args.username}: ")
+    with CatalogClient(args.server) as api:
+        answer = api.login(args.username, password)
+    path = save_credentials(
+        Credentials(args.server.rstrip("/"), answer["token"], None, args.username, answer["expires_at"])
+    )
+    say(
+        common(args),
+        f"Logged in to {args.server} as {args.username} (token until {answer['expires_at']}; saved in {path})",
+    )
+    return 0
+
+
+def cmd_whoami(args: argparse.Namespace, connect: Connect) -> int:
+    with connect(common(args)) as api:
+        me = api.whoami()
+    if args.json:
+        print_json(me)
+    else:
+        console.print(f"{me['subject']} (roles: {', '.join(me['roles']) or '-'}; via {me['via']})")
+    return 0
+
+
+def cmd_ls(opts: ListOptions, connect: Connect) -> int:
+    arch = normalize_architecture(opts.arch) if opts.arch else None
+    with connect(opts) as api:
+        if opts.id:
+            items = api.versions(opts.id)
+            items = [
+                m
+                for m in items
+                if (arch is None or m["architecture"] == arch) and (not opts.tag or opts.tag in m["tags"])
+            ]
+        else:
+            items = list(api.list_manifests(tag=opts.tag, architecture=arch))
+    if opts.json:
+        print_json({"items": items})
+    elif not items:
+        console.print("No VMs visible to you.")
+    else:
+        console.print(manifest_table(items))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, connect: Connect) -> int:
+    catalog_id, version, arch = reference(args.ref, args.arch)
+    with connect(common(args)) as api:
+        m = api.get(catalog_id, version, arch)
+    if args.json:
+        print_json(m)
+        return 0
+    console.print(manifest_table([m]))
+    details = {
+        "description": m["description"] or "-",
+        "vm type": m["vm_type"],
+        "size": f"{human_size(m['size'])} unpacked, {human_size(m['stored_size'])} stored",
+        "pack digest": m["pack"]["digest"] or "-",
+        "required roles": ", ".join(m["required_roles"]) or "-",
+        "required claims": ", ".join(m["required_claims"]) or "-",
+        "downloads": str(m["download_count"]),
+        "created": f"{m['created_at']} by {m['created_by']}",
+    }
+    if m["tainted"]:
+        details["tainted"] = f"{m['tainted_at']} by {m['tainted_by']}"
+    if m["revoked"]:
+        details["revoked"] = f"{m['revoked_at']} by {m['revoked_by']}"
+    for k, v in details.items():
+        console.print(f"  [bold]{k:>15}[/bold]  {v}")
+    return 0
+
+
+def cmd_state(args: argparse.Namespace, connect: Connect) -> int:
+    catalog_id, version, arch = reference(args.ref, args.arch)
+    if version == LATEST:
+        raise InvalidInput(f"{args.command} needs an explicit version (ID:VERSION), not latest")
+    with connect(common(args)) as api:
+        m = api.state(catalog_id, version, arch, args.command)
+    if args.json:
+        print_json(m)
+    else:
+        say(common(args), f"{m['catalog_id']}:{m['version']} ({m['architecture']}) is now {args.command.rstrip('e')}ed")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace, connect: Connect) -> int:
+    catalog_id, _, version = args.ref.partition(":")
+    arch = normalize_architecture(args.arch) if args.arch else None
+    if arch and not version:
+        raise InvalidInput("--arch needs ID:VERSION")
+    with connect(common(args)) as api:
+        api.delete(catalog_id, version or None, arch, purge=args.purge)
+    removed = f"Removed {args.ref}" + (f" ({arch})" if arch else "")
+    if args.purge:
+        say(common(args), f"{removed} and reclaimed the data no other version uses")
+    else:
+        say(common(args), f"{removed}; its data stays in storage until `pdcat gc` reclaims what no other version uses")
+    return 0
+
+
+def cmd_apikey(args: argparse.Namespace, connect: Connect) -> int:
+    with connect(common(args)) as api:
+        if args.action == "create":
+            body: dict[str, Any] = {"roles": args.role, "claims": args.claim, "expires_in_days": args.days}
+            if args.service_account:
+                body["service_account"] = args.service_account
+            if args.description:
+                body["description"] = args.description
+            created = api.create_api_key(**body)
+            if args.json:
+                print_json(created)
+            else:
+                console.print(f"API key {created['id']} for {created['subject']}, expires {created['expires_at']}")
+                console.print("Shown only once; use it as PDCAT_API_KEY or the X-Api-Key header:")
+                print(created["key"])
+        elif args.action == "ls":
+            keys = api.list_api_keys()
+            if args.json:
+                print_json({"items": keys})
+            else:
+                for k in keys:
+                    state = "revoked" if k["revoked"] else f"expires {k['expires_at']}"
+                    console.print(f"{k['id']}  {k['subject']}  roles={','.join(k['roles']) or '-'}  {state}")
+        else:
+            if not args.key_id:
+                raise InvalidInput("revoke needs the key id")
+            api.revoke_api_key(args.key_id)
+            say(common(args), f"Revoked API key {args.key_id}")
+    return 0
+
+
+_GC_COUNTS = ("catalogs", "chunks_deleted", "chunk_bytes_deleted", "staged_deleted", "staged_bytes_deleted",
+              "sessions_aborted")  # fmt: skip
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def cmd_gc(args: argparse.Namespace, connect: Connect) -> int:
+    """Every step of one garbage-collection walk, summed into one line (or one JSON object)."""
+    if args.grace is not None and args.grace < 0:
+        raise InvalidInput("--grace must be 0 seconds or more")
+    totals = dict.fromkeys(_GC_COUNTS, 0)
+    cursor: str | None = None
+    steps = 0
+    with connect(common(args)) as api:
+        while True:
+            answer = api.gc(dry_run=args.dry_run, cursor=cursor, grace_seconds=args.grace)
+            steps += 1
+            for name in _GC_COUNTS:
+                totals[name] += int(answer.get(name) or 0)
+            following = answer.get("next_cursor")
+            if not following:
+                break
+            if following == cursor:
+                raise PdcatError("the catalog's garbage collection did not move on; try again later")
+            cursor = str(following)
+    if args.json:
+        print_json({"dry_run": args.dry_run, "steps": steps, **totals})
+        return 0
+    verb = "would be reclaimed" if args.dry_run else "reclaimed"
+    line = (
+        f"gc: {_plural(totals['chunks_deleted'], 'chunk')} ({human_size(totals['chunk_bytes_deleted'])}) and "
+        f"{_plural(totals['staged_deleted'], 'staged object')} ({human_size(totals['staged_bytes_deleted'])}) "
+        f"{verb} in {_plural(totals['catalogs'], 'catalog')}"
+    )
+    if totals["sessions_aborted"]:
+        aborted = "would be aborted" if args.dry_run else "aborted"
+        line += f"; {_plural(totals['sessions_aborted'], 'abandoned upload')} {aborted}"
+    say(common(args), line)
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace, connect: Connect) -> int:
+    overrides = {"max_bytes": args.max_size, "keep_free_bytes": args.keep_free}
+    budget = replace(budget_from_env(), **{k: v for k, v in overrides.items() if v is not None})
+    cache = VmCache(budget=budget)
+    try:
+        if args.action == "ls":
+            entries = sorted(cache.entries(), key=lambda e: e.last_used, reverse=True)
+            if args.json:
+                print_json(
+                    {"root": str(cache.root), "usage": cache.usage(), "items": [_entry_json(e) for e in entries]}
+                )
+            elif not entries:
+                console.print(f"The cache at {cache.root} is empty.")
+            else:
+                for e in entries:
+                    pin = " pinned" if e.pinned else ""
+                    console.print(
+                        f"{e.digest[:12]}  {e.catalog_id}:{e.version} ({e.architecture})  "
+                        f"{human_size(e.disk_usage)} on disk  used {e.use_count}x{pin}"
+                    )
+                console.print(f"{len(entries)} VM(s), {human_size(cache.usage())} in {cache.root}")
+        elif args.action == "prune":
+            victims = cache.prune(dry_run=args.dry_run)
+            if args.json:
+                print_json({"dry_run": args.dry_run, "evicted": [_entry_json(e) for e in victims]})
+            else:
+                verb = "Would evict" if args.dry_run else "Evicted"
+                for e in victims:
+                    console.print(f"{verb} {e.catalog_id}:{e.version} ({e.architecture}), {human_size(e.disk_usage)}")
+                if not victims:
+                    console.print("Nothing to evict: the cache is within its budget.")
+        else:
+            if not args.ref:
+                raise InvalidInput(f"cache {args.action} needs a digest prefix or ID:VERSION[:ARCH]")
+            if args.action == "rm":
+                e = cache.remove(args.ref)
+                say(common(args), f"Removed {e.catalog_id}:{e.version} ({e.architecture}) from the cache")
+            else:
+                e = cache.pin(args.ref, args.action == "pin")
+                say(common(args), f"{args.action.capitalize()}ned {e.catalog_id}:{e.version} ({e.architecture})")
+    finally:
+        cache.close()
+    return 0
+
+
+def _entry_json(e: CacheEntry) -> dict[str, Any]:
+    return {
+        "digest": e.digest,
+        "catalog_id": e.catalog_id,
+        "version": e.version,
+        "architecture": e.architecture,
+        "size": e.size,
+        "disk_usage": e.disk_usage,
+        "last_used": e.last_used,
+        "use_count": e.use_count,
+        "pinned": e.pinned,
+    }
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, Connect], int]] = {
+    "serve": cmd_serve,
+    "login": cmd_login,
+    "whoami": cmd_whoami,
+    "show": cmd_show,
+    "taint": cmd_state,
+    "untaint": cmd_state,
+    "revoke": cmd_state,
+    "rm": cmd_rm,
+    "cache": cmd_cache,
+    "gc": cmd_gc,
+    "apikey": cmd_apikey,
+}

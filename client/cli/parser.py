@@ -1,0 +1,157 @@
+"""The ``pdcat`` argument parser: commands, flags and help, and nothing else (no imports of the
+transfer engine, so ``pdcat --help`` stays quick)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from core.pack import DEFAULT_CHUNK_SIZE
+
+__all__ = ["build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command, flag and help text of ``pdcat``. The ``dest`` of each option of ls, push, pull, import
+    and import-vm is the name of its field in ``client.options``; ``args.command`` picks the command."""
+    p = argparse.ArgumentParser(prog="pdcat", description="Push and pull Parallels Desktop VMs through a catalog.")
+    p.add_argument("--debug", action="store_true", help="show logs and full errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, *, json_flag: bool = False, server: bool = True) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_text, description=help_text)
+        if json_flag:
+            c.add_argument("--json", action="store_true", help="machine-readable output")
+        if server:
+            c.add_argument("--server", help="catalog URL (default: the one you logged in to, or PDCAT_SERVER)")
+        c.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+        return c
+
+    def manifest_flags(c: argparse.ArgumentParser) -> None:
+        """What a push (or an import) records about the version."""
+        c.add_argument("--arch", help="(default: this machine's)")
+        c.add_argument("--role", action="append", default=[], help="required role to see it (repeatable)")
+        c.add_argument("--claim", action="append", default=[], help="required claim to see it (repeatable)")
+        c.add_argument("--tag", action="append", default=[])
+        c.add_argument("--description")
+        c.add_argument("--force", action="store_true", help="replace an existing version")
+
+    c = command("serve", "Run the embedded catalog (SQLite + local files) on this machine", server=False)
+    c.add_argument("--data", help="data folder (default: the platform's user data folder)")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=int(os.environ.get("PDCAT_PORT", "8080")))
+    c.add_argument("--threads", type=int, default=16)
+
+    c = command("login", "Log in and store a token", server=False)
+    c.add_argument("--server", required=True)
+    c.add_argument("-u", "--username", required=True)
+    c.add_argument("-p", "--password", help="(default: PDCAT_PASSWORD, or asked for)")
+
+    command("whoami", "Show who you are logged in as", json_flag=True)
+
+    c = command("ls", "List VMs (every visible one, or the versions of one id)", json_flag=True)
+    c.add_argument("id", nargs="?")
+    c.add_argument("--tag")
+    c.add_argument("--arch")
+
+    c = command("show", "Show one VM version", json_flag=True)
+    c.add_argument("ref", metavar="ID:VERSION")
+    c.add_argument("--arch", help="(default: this machine's)")
+
+    c = command("push", "Push a VM bundle (.pvm/.macvm folder), or run a push PDFile", json_flag=True)
+    c.add_argument("path", help="the bundle, or FILE.pdfile")
+    c.add_argument("--catalog", help="catalog id")
+    c.add_argument("--version")
+    c.add_argument("--to", dest="storage", metavar="CONNECTION", help="export to your own storage instead, in the "
+                   "original pack format (provider=aws-s3;bucket=...)")  # fmt: skip
+    c.add_argument("--no-compress", dest="compress", action="store_false", help="(--to) plain tar")
+    manifest_flags(c)
+    c.add_argument("--chunk-size", type=int, help=f"bytes per chunk (default {DEFAULT_CHUNK_SIZE})")
+    c.add_argument("--level", type=int, help="zstd level (default 3)")
+    c.add_argument("--workers", type=int)
+
+    c = command("pull", "Pull a VM, verify every byte, register it with prlctl (or run a pull PDFile)", json_flag=True)
+    c.add_argument("ref", metavar="ID[:VERSION]|FILE.pdfile")
+    c.add_argument("--from", dest="storage", metavar="CONNECTION", help="pull an original-format pack from your own "
+                   "storage instead (provider=aws-s3;bucket=...)")  # fmt: skip
+    c.add_argument("--arch", help="(default: this machine's)")
+    c.add_argument("--dest", help="folder to put the VM in (default: current folder)")
+    c.add_argument("--name", help="VM name (default: the catalog id)")
+    c.add_argument("--no-register", action="store_true")
+    c.add_argument("--start", action="store_true", help="start the VM after registering it (the clone, with --clone)")
+    c.add_argument("--owner", help="hand the VM to this user: chown its files, register it as them (needs root)")
+    c.add_argument(
+        "--clone",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="also clone it (default name: <name>-clone); --start and --exec then act on the clone",
+    )
+    c.add_argument("--clone-dest", metavar="DIR", help="folder for the clone (default: Parallels' own)")
+    c.add_argument(
+        "--exec", action="append", default=[], dest="execute", metavar="CMD", help="run in the guest (repeatable)"
+    )
+    c.add_argument("--exec-timeout", type=float, default=300.0, metavar="S", help="wait for the guest (default 300)")
+    c.add_argument("--no-cache", action="store_true", help="download straight to --dest, bypassing the local cache")
+    c.add_argument("--workers", type=int)
+
+    for action, text in (
+        ("taint", "Taint a version: pulls are refused until untainted"),
+        ("untaint", "Untaint a version"),
+        ("revoke", "Revoke a version, permanently"),
+    ):
+        c = command(action, text, json_flag=True)
+        c.add_argument("ref", metavar="ID:VERSION")
+        c.add_argument("--arch", help="(default: this machine's)")
+
+    def import_flags(c: argparse.ArgumentParser) -> None:
+        c.add_argument("ref", metavar="ID:VERSION")
+        manifest_flags(c)
+        c.add_argument("--workers", type=int)
+
+    c = command("import", "Bring an original-format pack (.pdpack + .meta) into the catalog", json_flag=True)
+    import_flags(c)
+    c.add_argument("--from", dest="storage", metavar="CONNECTION", help="your own storage holding the pack "
+                   "(default: the catalog's own storage, registered in place)")  # fmt: skip
+
+    c = command("import-vm", "Push a VM kept in your own storage (a folder of files, or one tar) into the catalog",
+                json_flag=True)  # fmt: skip
+    import_flags(c)
+    c.add_argument("--from", dest="storage", metavar="CONNECTION", help="your own storage (provider=...)")
+    c.add_argument("--remote-path", dest="vm_remote_path", metavar="PATH", help="where the VM is in that storage")
+    c.add_argument("--compressed", dest="is_compressed", action="store_true", help="the VM is one tar(.gz) file")
+    c.add_argument("--vm-type", choices=("pvm", "macvm"))
+
+    c = command("run", "Run a PDFile (push, pull, list, import or import-vm)", json_flag=True, server=False)
+    c.add_argument("path", metavar="FILE.pdfile")
+
+    c = command("rm", "Remove a VM id, a version, or one architecture of a version")
+    c.add_argument("ref", metavar="ID[:VERSION]")
+    c.add_argument("--arch")
+    c.add_argument("--purge", action="store_true", help="also delete stored data no other version uses")
+
+    c = command("cache", "Inspect and trim the local cache of pulled VMs", json_flag=True, server=False)
+    c.add_argument("action", choices=("ls", "prune", "rm", "pin", "unpin"))
+    c.add_argument("ref", nargs="?", metavar="DIGEST|ID:VERSION[:ARCH]")
+    c.add_argument("--dry-run", action="store_true", help="(prune) only say what would be evicted")
+    c.add_argument("--max-size", type=int, help="(prune) budget in bytes (default: PDCAT_CACHE_MAX_BYTES)")
+    c.add_argument("--keep-free", type=int, help="(prune) bytes of disk to keep free (default 5 GiB)")
+
+    c = command("gc", "Reclaim storage nothing references (chunks, staged uploads); needs the delete claim",
+                json_flag=True)  # fmt: skip
+    c.add_argument("--dry-run", action="store_true", help="only count what would be reclaimed")
+    c.add_argument("--grace", type=float, metavar="SECONDS", help="keep anything younger (default: the catalog's, 1 h)")
+
+    c = command("apikey", "Create, list or revoke API keys", json_flag=True)
+    c.add_argument("action", choices=("create", "ls", "revoke"))
+    c.add_argument("key_id", nargs="?")
+    c.add_argument(
+        "--service-account",
+        metavar="NAME",
+        help="mint the key for a robot, acting as svc:<you>/NAME (default: the key acts as you)",
+    )
+    c.add_argument("--role", action="append", default=[])
+    c.add_argument("--claim", action="append", default=[])
+    c.add_argument("--days", type=int, default=90)
+    c.add_argument("--description")
+    return p

@@ -1,0 +1,85 @@
+"""What every command shares: the catalog client, what to print, and references to versions."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from collections.abc import Callable
+
+from client.api import CatalogClient
+from client.config import load_credentials
+from client.options import Options, resolve
+from client.output import RichProgress, console
+from client.transfer import NoProgress, Progress, TransferConfig
+from core.errors import InvalidInput, Unauthenticated
+from core.identity import normalize_architecture, parse_reference
+from core.pack import DEFAULT_CHUNK_SIZE
+
+__all__ = [
+    "Connect",
+    "common",
+    "connect",
+    "host_architecture",
+    "progress",
+    "reference",
+    "say",
+    "transfer_config",
+]
+
+#: How a command gets its catalog client; ``client.cli.main`` passes :func:`connect` (tests, their own).
+Connect = Callable[[Options], CatalogClient]
+
+
+def connect(options: Options) -> CatalogClient:
+    """A client for the catalog: a PDFile's AUTHENTICATE lines if it has them, else the stored login
+    (or ``PDCAT_SERVER``/``PDCAT_TOKEN``/``PDCAT_API_KEY``)."""
+    recipe_creds = options.credentials
+    if recipe_creds is not None and options.server:
+        verify = not options.insecure
+        if recipe_creds.api_key:
+            return CatalogClient(options.server, api_key=recipe_creds.api_key, verify=verify)
+        if recipe_creds.username and recipe_creds.password:
+            with CatalogClient(options.server, verify=verify) as anonymous:
+                token = anonymous.login(recipe_creds.username, recipe_creds.password)["token"]
+            return CatalogClient(options.server, token=token, verify=verify)
+    creds = load_credentials(options.server)
+    if not creds.token and not creds.api_key:
+        raise Unauthenticated(f"not logged in to {creds.server}: run 'pdcat login --server {creds.server} -u USER'")
+    return CatalogClient(creds.server, token=creds.token, api_key=creds.api_key)
+
+
+def common(args: argparse.Namespace) -> Options:
+    """The shared options (server, --json, --quiet) of a command that has no options type of its own."""
+    return resolve(Options, flags=vars(args))
+
+
+def progress(options: Options) -> Progress:
+    if options.json or options.quiet or not sys.stderr.isatty():
+        return NoProgress()
+    return RichProgress()
+
+
+def say(options: Options, text: str) -> None:
+    if not options.quiet and not options.json:
+        console.print(text)
+
+
+def transfer_config(workers: int | None, chunk_size: int | None = None, level: int | None = None) -> TransferConfig:
+    base = TransferConfig()
+    return TransferConfig(
+        workers=workers or base.workers, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, level=level or base.level
+    )
+
+
+def host_architecture() -> str:
+    try:
+        return normalize_architecture(platform.machine())
+    except InvalidInput:
+        return "x86_64"
+
+
+def reference(ref: str, arch: str | None) -> tuple[str, str, str]:
+    """``ID[:VERSION]`` and ``--arch`` (default: this machine's) as catalog id, version, architecture."""
+    catalog_id, version = parse_reference(ref)
+    return catalog_id, version, normalize_architecture(arch or host_architecture())
