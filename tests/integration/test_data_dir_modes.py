@@ -22,8 +22,12 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
 
 
 @pytest.fixture
-def lax_umask() -> Iterator[None]:
-    """The usual 022 (files 0644 by default), so only the code's own modes can make them private."""
+def lax_umask(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The usual 022 (files 0644 by default), so only the code's own modes can make them private.
+
+    The in-process cloud backends put ``PDCAT_JWT_SECRET`` in this process's environment; without it
+    the catalog keeps its secret in a file of the data folder, which is what these tests check."""
+    monkeypatch.delenv("PDCAT_JWT_SECRET", raising=False)
     old = os.umask(0o022)
     try:
         yield
