@@ -2,7 +2,7 @@
 
 Frontends (the embedded WSGI server, Chalice, Azure Functions) only convert their native request into
 :class:`Request`, call :meth:`Router.dispatch`, and convert the :class:`Response` back. Routing,
-authentication, error mapping and request ids happen here, once.
+authentication, the route's claim, error mapping and request ids happen here, once.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 from core.errors import InvalidInput, MethodNotAllowed, NotFound, PayloadTooLarge, PdcatError
 from core.limits import API_BODY_BUDGET_BYTES
-from core.rbac import ANONYMOUS, Principal
+from core.rbac import ANONYMOUS, Claim, Principal, require
 
 __all__ = [
     "API_PREFIX",
@@ -123,7 +123,11 @@ Handler = Callable[[Call], Response]
 
 @dataclass(frozen=True)
 class Route:
-    """One entry of the contract. ``claim`` and ``body`` feed the OpenAPI document."""
+    """One entry of the contract, and of the OpenAPI document.
+
+    ``auth``: the caller must authenticate (401 otherwise). ``claim``: the router refuses (403) a
+    caller without it, after authentication and before the handler runs; the service checks it again.
+    """
 
     method: str
     pattern: str
@@ -157,10 +161,25 @@ class Route:
 Authenticate = Callable[[Request], Principal]
 
 
+def _check_claim(route: Route) -> None:
+    """A route's claim must be a known one, on an authenticated route: a typo must not become a 500
+    at dispatch, nor a claim on an anonymous route be silently ignored."""
+    if route.claim is None:
+        return
+    if not route.auth:
+        raise ValueError(f"{route.method} {route.pattern}: a route without auth cannot require a claim")
+    try:
+        Claim(route.claim)
+    except ValueError:
+        raise ValueError(f"{route.method} {route.pattern}: unknown claim {route.claim!r}") from None
+
+
 class Router:
     """Dispatches a :class:`Request` to the route table; the only place errors become responses."""
 
     def __init__(self, routes: list[Route], authenticate: Authenticate, *, max_body: int = MAX_BODY) -> None:
+        for route in routes:
+            _check_claim(route)
         self.routes = routes
         self._authenticate = authenticate
         self._max_body = max_body
@@ -177,6 +196,8 @@ class Router:
                 raise PayloadTooLarge(f"request body is larger than {self._max_body} bytes")
             if route.auth:
                 principal = self._authenticate(request)
+                if route.claim is not None:
+                    require(principal, Claim(route.claim))
             response = route.handler(Call(request, principal, params))
         except PdcatError as exc:
             response = Response.error(exc.status, exc.code, exc.message)

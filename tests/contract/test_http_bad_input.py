@@ -205,14 +205,16 @@ def test_invalid_identities_in_paths_are_4xx(backend, path):
             assert_error(r, (400, 404))
 
 
-def test_push_identity_rules(publisher, cid):
+def test_push_identity_rules(publisher, admin, cid):
     body = EMPTY_DECLARATION
     assert_error(publisher.post(f"/catalog/{cid}/latest/x86_64/push", json=body), 400, "invalid_input")
     assert_error(publisher.post(f"/catalog/{cid}/LATEST/x86_64/push", json=body), 400, "invalid_input")
     assert_error(publisher.post(f"/catalog/{cid}/1.0/sparc/push", json=body), 400, "invalid_input")
     assert_error(publisher.post(f"/catalog/{cid}/1.0/x86_64/push", json={**declaration(build_pack({})), "force": None}),
                  400, "invalid_input")  # fmt: skip
-    assert_error(publisher.patch(f"/catalog/{cid}/latest/x86_64/taint"), (400, 404))
+    assert_error(admin.patch(f"/catalog/{cid}/latest/x86_64/taint"), (400, 404))
+    # the claim is checked before anything else: a publisher (no TAINT) learns nothing about the path
+    assert_error(publisher.patch(f"/catalog/{cid}/latest/x86_64/taint"), 403, "forbidden")
     assert_error(publisher.post(f"/catalog/{cid}/1.0/sparc/pull"), 400, "invalid_input")
     assert_error(publisher.get(f"/catalog/{cid}/1.0/sparc"), 400, "invalid_input")
 

@@ -1,0 +1,411 @@
+"""Push, storage protocol v2 (docs/adr-002-storage-protocol-v2.md): begin a session, say which chunks
+are stored, verify staged chunks, commit, abort.
+
+A session belongs to the subject that began it. A push to an identity hidden from the caller gets a
+*decoy* session: it works like a real one (index, chunks, verify) but never commits, and answers the
+409 of a lost race, so what the caller learns costs a whole upload and proves nothing.
+
+Every function checks the PUSH claim itself, as a second line behind the router's check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+from dataclasses import dataclass, replace
+from typing import Any
+
+from core.chunk_check import promote_staged
+from core.errors import Conflict, Gone, InvalidInput, NotFound, PayloadTooLarge, Unavailable
+from core.gc import lease_active
+from core.identity import ManifestKey
+from core.manifest import STATUS_READY, Manifest, UploadSession, now_iso, whole_number
+from core.marks import Confirmed, read_marks, write_confirmed, write_intent
+from core.pack import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, PackIndex, is_digest
+from core.ports import Stored
+from core.rbac import Claim, Principal, require
+from core.service_common import (
+    ServiceContext,
+    b64,
+    digest_list,
+    expires_at,
+    metadata_to_json,
+    pack_fields,
+    parallel,
+    parse_metadata,
+    refuse_unknown,
+    sees,
+    unb64,
+)
+from core.storage_layout import (
+    chunk_key,
+    index_key,
+    is_nonce,
+    nonce_of_staging_key,
+    staging_chunk_key,
+    staging_index_key,
+    staging_meta_key,
+)
+from core.wire import CHUNK_PAGE, MAX_INDEX_BYTES, VERIFY_PAGE, ChunksAnswer, PushAnswer, VerifyAnswer
+
+__all__ = ["abort", "begin", "commit", "upload_chunks", "verify_chunks"]
+
+log = logging.getLogger("pdcat.service")
+
+_MAX_SESSION_META = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """What a pusher declared about its index when it began; the uploaded index must match it."""
+
+    digest: str
+    size: int
+    chunk_size: int
+
+
+def _declared_index(body: dict[str, Any]) -> _Declared:
+    digest = body.get("index_digest")
+    size, chunk_size = whole_number(body.get("index_size")), whole_number(body.get("chunk_size"))
+    if not is_digest(digest):
+        raise InvalidInput("index_digest must be the sha256 (64 lower-case hex characters) of the index")
+    if size is None or not 0 < size <= MAX_INDEX_BYTES:
+        raise InvalidInput(f"index_size must be an integer from 1 to {MAX_INDEX_BYTES}")
+    if chunk_size is None or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or chunk_size % MIN_CHUNK_SIZE:
+        raise InvalidInput(
+            f"chunk_size must be a multiple of {MIN_CHUNK_SIZE} between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
+        )
+    return _Declared(str(digest), size, chunk_size)
+
+
+@dataclass(frozen=True)
+class _OpenSession:
+    manifest: Manifest
+    etag: str
+    session: UploadSession
+    nonce: str
+    declared: _Declared
+    metadata: dict[str, Any]
+    dedup: bool = True  # may the pusher learn which chunks are stored already (see _may_dedup)
+    decoy: bool = False  # a push to a hidden identity: works like a session, never commits
+
+
+def _open_session(stored: Stored, session: UploadSession, nonce: str, doc: dict[str, Any]) -> _OpenSession:
+    declared = _Declared(str(doc["index_digest"]), int(doc["index_size"]), int(doc["chunk_size"]))
+    return _OpenSession(
+        stored.manifest,
+        stored.etag,
+        session,
+        nonce,
+        declared,
+        doc.get("metadata") or {},
+        dedup=bool(doc.get("dedup", True)),
+        decoy=bool(doc.get("decoy", False)),
+    )
+
+
+def _own_session(who: Principal, manifest: Manifest) -> bool:
+    """The pusher keeps their session even if the roles they pushed with hide the manifest from them."""
+    return manifest.upload is not None and manifest.upload.started_by == who.subject
+
+
+def _upload_id(key: ManifestKey, nonce: str) -> str:
+    return b64([key.catalog_id, key.version, key.architecture, nonce])
+
+
+def _upload_nonce(upload_id: str) -> str | None:
+    data = unb64(upload_id)
+    if isinstance(data, list) and len(data) == 4 and isinstance(data[3], str) and is_nonce(data[3]):
+        return data[3]
+    return None
+
+
+def _parse_upload_id(upload_id: str) -> ManifestKey:
+    data = unb64(upload_id)
+    if not (isinstance(data, list) and len(data) == 4 and all(isinstance(x, str) for x in data)):
+        raise NotFound("no such upload")
+    try:
+        return ManifestKey.parse(data[0], data[1], data[2])
+    except InvalidInput:
+        raise NotFound("no such upload") from None
+
+
+# ---- begin ------------------------------------------------------------------------------------
+
+
+def begin(ctx: ServiceContext, who: Principal, key: ManifestKey, body: dict[str, Any]) -> PushAnswer:
+    """Open (or take over) an upload session; the client puts its index at ``index_url``."""
+    require(who, Claim.PUSH)
+    if "index" in body:
+        raise InvalidInput(
+            "this catalog speaks storage protocol v2: declare index_digest, index_size and chunk_size, "
+            "then upload the index to index_url (update pdcat)"
+        )
+    refuse_unknown(body, {"index_digest", "index_size", "chunk_size", "force"})
+    declared = _declared_index(body)
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise InvalidInput("force must be true or false")
+    meta = parse_metadata(body)
+    nonce = secrets.token_urlsafe(12)
+    upload_id = _upload_id(key, nonce)
+    session = UploadSession(upload_id, now_iso(), who.subject, staging_index_key(nonce), 0, force)
+
+    stored = ctx.store.get(key)
+    if stored is not None and not _own_session(who, stored.manifest) and not sees(who, stored.manifest):
+        # Hidden from this caller: answer exactly as for a free identity. The decoy session works
+        # like a real one (index, chunks, verify) but never commits: its commit answers the 409 of a
+        # lost race, so what the caller learns costs a whole upload and proves nothing.
+        _write_session_meta(ctx, nonce, key, declared, meta, owner=who.subject, decoy=True, dedup=False)
+        log.warning("push to a hidden identity: decoy session", extra={"manifest": str(key), "by": who.subject})
+        return _push_answer(ctx, key, upload_id, nonce)
+    if stored is None:
+        manifest = ctx.new_manifest(key, who, upload=session, **meta)
+        try:
+            ctx.store.create(manifest)
+        except Conflict:
+            raise Conflict(f"{key} is being pushed by someone else right now") from None
+    else:
+        current = stored.manifest
+        if current.revoked:
+            raise Gone(f"{key} was revoked; a revoked version cannot be pushed again")
+        if current.is_ready and not force:
+            raise Conflict(f"{key} already exists; push with force to replace it")
+        if current.upload is not None and current.upload.started_by != who.subject and not force:
+            # Resuming is for the pusher; taking over someone else's push must be explicit.
+            raise Conflict(f"{key} is being pushed by someone else right now; push with force to take over")
+        if current.is_deleted:
+            # A tombstone stays one (invisible, its access rules kept) until the commit: an aborted
+            # or abandoned push over it must not lose it.
+            replacement = current.touched(upload=session)
+        else:
+            changes: dict[str, Any] = {"upload": session}
+            if not current.is_ready:
+                changes.update(meta)
+            replacement = current.touched(**changes)
+        try:
+            ctx.store.replace(replacement, stored.etag)
+        except Conflict:
+            raise Conflict(f"{key} is being pushed by someone else right now") from None
+    # Written once the session exists, so a refused push leaves nothing behind; until it lands, the
+    # session's requests answer 404 and gc judges the staging area by its age alone.
+    dedup = _may_dedup(ctx, who, key.catalog_id)
+    _write_session_meta(ctx, nonce, key, declared, meta, owner=who.subject, dedup=dedup)
+    log.info("push started", extra={"manifest": str(key), "by": who.subject, "chunk_size": declared.chunk_size})
+    return _push_answer(ctx, key, upload_id, nonce)
+
+
+def _push_answer(ctx: ServiceContext, key: ManifestKey, upload_id: str, nonce: str) -> PushAnswer:
+    return {
+        "upload_id": upload_id,
+        "catalog_id": key.catalog_id,
+        "version": key.version,
+        "architecture": key.architecture,
+        "index_url": ctx.blobs.presign(staging_index_key(nonce), "PUT", ctx.settings.url_expiry_seconds),
+        "put_headers": dict(ctx.blobs.put_headers),
+        "expires_at": expires_at(ctx.settings.url_expiry_seconds),
+    }
+
+
+def _may_dedup(ctx: ServiceContext, who: Principal, catalog_id: str) -> bool:
+    """Whether this pusher may learn which chunks the catalog id already holds: only if it can see
+    every version of it, tombstones included (a hidden version's content must not be probed by
+    asking which digests are stored). One store query per 500 versions, never a storage listing."""
+    return all(sees(who, m) for m in ctx.store.iter_all(catalog_id))
+
+
+def _write_session_meta(
+    ctx: ServiceContext,
+    nonce: str,
+    key: ManifestKey,
+    declared: _Declared,
+    meta: dict[str, Any],
+    *,
+    owner: str,
+    dedup: bool,
+    decoy: bool = False,
+) -> None:
+    doc = {
+        "owner": owner,
+        "dedup": dedup,
+        "decoy": decoy,
+        "catalog_id": key.catalog_id,
+        "version": key.version,
+        "architecture": key.architecture,
+        "index_digest": declared.digest,
+        "index_size": declared.size,
+        "chunk_size": declared.chunk_size,
+        "metadata": metadata_to_json(meta),
+    }
+    ctx.blobs.put_bytes(staging_meta_key(nonce), json.dumps(doc, separators=(",", ":")).encode())
+
+
+# ---- finding a session ------------------------------------------------------------------------
+
+
+def _session(ctx: ServiceContext, who: Principal, upload_id: str) -> _OpenSession:
+    require(who, Claim.PUSH)
+    key = _parse_upload_id(upload_id)
+    stored = ctx.store.get(key)
+    if stored is None or stored.manifest.upload is None or stored.manifest.upload.upload_id != upload_id:
+        if stored is not None and not sees(who, stored.manifest):
+            return _decoy_session(ctx, who, upload_id, stored)
+        raise NotFound("no such upload (it was committed, aborted or replaced by a newer push)")
+    # A session belongs to whoever began it: another publisher takes a push over only by beginning
+    # its own (with force), never by using this one. The pusher keeps it even if the roles they
+    # pushed with hide the manifest from them.
+    if stored.manifest.upload.started_by != who.subject:
+        raise NotFound("no such upload (it was committed, aborted or replaced by a newer push)")
+    session = stored.manifest.upload
+    nonce = nonce_of_staging_key(session.index_key)
+    if nonce is None:  # a session opened by protocol v1, before an upgrade: it cannot be finished
+        raise NotFound("no such upload (it was opened by an older catalog; push again)")
+    try:
+        doc = json.loads(ctx.blobs.get_bytes(staging_meta_key(nonce), max_bytes=_MAX_SESSION_META))
+    except NotFound:
+        raise NotFound("no such upload (its staging area was collected; push again)") from None
+    return _open_session(stored, session, nonce, doc)
+
+
+def _decoy_session(ctx: ServiceContext, who: Principal, upload_id: str, stored: Stored) -> _OpenSession:
+    """The session a push to a hidden identity was given (see ``begin``); 404 otherwise."""
+    nonce = _upload_nonce(upload_id)
+    doc = None
+    if nonce is not None:
+        with contextlib.suppress(NotFound, PayloadTooLarge, ValueError):
+            doc = json.loads(ctx.blobs.get_bytes(staging_meta_key(nonce), max_bytes=_MAX_SESSION_META))
+    if nonce is None or not isinstance(doc, dict) or not doc.get("decoy") or doc.get("owner") != who.subject:
+        raise NotFound("no such upload (it was committed, aborted or replaced by a newer push)")
+    session = UploadSession(upload_id, "", who.subject, staging_index_key(nonce), 0)
+    return _open_session(stored, session, nonce, doc)
+
+
+def _refuse_during_gc(ctx: ServiceContext, open_session: _OpenSession, digests: list[str]) -> None:
+    """Name the digests first, then look at the lease: a sweep either sees this mark or blocks us."""
+    write_intent(ctx.blobs, open_session.nonce, digests)
+    if lease_active(ctx.blobs, open_session.manifest.catalog_id):
+        raise Unavailable("garbage collection is sweeping this catalog; retry in a minute")
+
+
+# ---- chunks and verify ------------------------------------------------------------------------
+
+
+def upload_chunks(ctx: ServiceContext, who: Principal, upload_id: str, digests: object) -> ChunksAnswer:
+    """Which of these chunks are already verified; staging PUT URLs for the rest."""
+    open_session = _session(ctx, who, upload_id)
+    wanted = digest_list(digests, CHUNK_PAGE)
+    _refuse_during_gc(ctx, open_session, wanted)
+    catalog_id = open_session.manifest.catalog_id
+    stored: dict[str, Confirmed] = {}
+    if open_session.dedup:
+        heads = parallel(lambda d: ctx.blobs.head(chunk_key(catalog_id, d)), wanted)
+        stored = {d: Confirmed(info.size) for d, info in zip(wanted, heads, strict=True) if info is not None}
+        write_confirmed(ctx.blobs, open_session.nonce, stored)
+    expiry = ctx.settings.url_expiry_seconds
+    return {
+        "stored": list(stored),
+        "urls": {
+            d: ctx.blobs.presign(staging_chunk_key(open_session.nonce, d), "PUT", expiry)
+            for d in wanted
+            if d not in stored
+        },
+        "put_headers": dict(ctx.blobs.put_headers),
+        "expires_at": expires_at(expiry),
+    }
+
+
+def verify_chunks(ctx: ServiceContext, who: Principal, upload_id: str, digests: object) -> VerifyAnswer:
+    """Read, decompress and hash each staged chunk; promote the good ones, write-once."""
+    open_session = _session(ctx, who, upload_id)
+    wanted = digest_list(digests, VERIFY_PAGE)
+    _refuse_during_gc(ctx, open_session, wanted)
+    catalog_id, nonce = open_session.manifest.catalog_id, open_session.nonce
+    limit = open_session.declared.chunk_size
+    verdicts = parallel(lambda d: promote_staged(ctx.blobs, catalog_id, nonce, d, limit), wanted, workers=4)
+    write_confirmed(ctx.blobs, nonce, {v.digest: v.confirmed for v in verdicts if v.confirmed is not None})
+    answer: VerifyAnswer = {"verified": [], "missing": [], "corrupt": []}
+    for verdict in verdicts:
+        answer[verdict.outcome].append(verdict.digest)
+    return answer
+
+
+# ---- commit and abort -------------------------------------------------------------------------
+
+
+def _staged_index(ctx: ServiceContext, open_session: _OpenSession) -> PackIndex:
+    """The index the client put in staging, checked against what it declared when it began."""
+    declared = open_session.declared
+    try:
+        data = ctx.blobs.get_bytes(open_session.session.index_key, max_bytes=declared.size)
+    except NotFound:
+        raise Conflict("the index has not been uploaded to index_url yet") from None
+    except PayloadTooLarge:
+        raise Conflict("the uploaded index is larger than declared; push again") from None
+    if len(data) != declared.size or hashlib.sha256(data).hexdigest() != declared.digest:
+        raise Conflict("the uploaded index does not match the declared index_digest and index_size; push again")
+    index = PackIndex.from_bytes(data)
+    if index.chunk_size != declared.chunk_size:
+        raise InvalidInput("the index's chunk_size differs from the declared chunk_size")
+    return index
+
+
+def commit(ctx: ServiceContext, who: Principal, upload_id: str, body: dict[str, Any]) -> Manifest:
+    """Refuse until every chunk of the index is verified; then write the index, flip to ready."""
+    refuse_unknown(body, set(), metadata=False)
+    open_session = _session(ctx, who, upload_id)
+    manifest, etag = open_session.manifest, open_session.etag
+    index = _staged_index(ctx, open_session)
+    confirmed = read_marks(ctx.blobs, open_session.nonce).confirmed
+    needed = index.unique_digests()
+    missing = [d for d in needed if d not in confirmed]
+    if missing:
+        raise Conflict(
+            f"{len(missing)} chunk(s) are not verified yet (e.g. {missing[0][:12]}); "
+            "upload and verify them, then commit again"
+        )
+    wrong = [d for d, size in needed.items() if confirmed[d].raw_size not in (None, size)]
+    if wrong:
+        raise Conflict(f"{len(wrong)} chunk(s) do not have the size the index gives them (e.g. {wrong[0][:12]})")
+    if open_session.decoy:
+        raise Conflict(f"{manifest.key} changed while committing; push again")
+    final = index.with_stored_sizes({d: confirmed[d].stored_size for d in needed})
+    ctx.blobs.put_bytes(index_key(manifest.key.prefix), final.canonical_bytes())
+    at = now_iso()
+    base = manifest
+    if manifest.is_deleted:  # a new version over a tombstone: a fresh manifest, the access rules kept
+        base = replace(
+            ctx.new_manifest(manifest.key, who),
+            required_roles=manifest.required_roles,
+            required_claims=manifest.required_claims,
+        )
+    ready = replace(
+        base,
+        **parse_metadata(open_session.metadata),
+        **pack_fields(final),
+        status=STATUS_READY,
+        upload=None,
+        pushed_at=at,
+        updated_at=at,
+    )
+    try:
+        ctx.store.replace(ready, etag)
+    except Conflict:
+        raise Conflict(f"{manifest.key} changed while committing; push again") from None
+    # The staging area stays until gc: a sweep that listed this session must still find its marks.
+    log.info("push committed", extra={"manifest": str(manifest.key), "by": who.subject, "digest": final.digest})
+    return ready
+
+
+def abort(ctx: ServiceContext, who: Principal, upload_id: str) -> None:
+    open_session = _session(ctx, who, upload_id)
+    if open_session.decoy:
+        ctx.blobs.delete([staging_meta_key(open_session.nonce)])
+        return
+    manifest, etag = open_session.manifest, open_session.etag
+    if manifest.is_ready or manifest.revoked or manifest.is_deleted:  # a revoked identity stays burned
+        ctx.store.replace(manifest.touched(upload=None), etag)
+    else:
+        ctx.store.delete(manifest.key, etag)
