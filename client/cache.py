@@ -19,6 +19,7 @@ size, nothing else is, and each file still has the ``(size, mtime_ns)`` it had w
 Chunks reused from another cached version are always verified by their sha256.
 
 Which entries to evict is decided by ``plan_eviction``, a pure function; ``VmCache.prune`` applies it.
+The folder checks live in ``client.bundle_check``.
 """
 
 from __future__ import annotations
@@ -34,21 +35,21 @@ import re
 import secrets
 import shutil
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import filelock
 import platformdirs
 
+from client.bundle_check import check_tree, measure
+from client.cache_budget import DEFAULT_KEEP_FREE_BYTES, Budget, CacheEntry, budget_from_env, lru_key, plan_eviction
 from client.clone import clone_tree, remove_tree
 from core.errors import Conflict, InvalidInput, NotFound
 from core.identity import normalize_architecture, normalize_catalog_id, normalize_version
-from core.pack import DIR, FILE, SYMLINK, PackIndex, is_digest
+from core.pack import PackIndex, is_digest
 
 __all__ = [
     "DEFAULT_KEEP_FREE_BYTES",
@@ -63,8 +64,6 @@ __all__ = [
 
 log = logging.getLogger("pdcat.cache")
 
-GiB = 1024**3
-DEFAULT_KEEP_FREE_BYTES = 5 * GiB
 MIN_PREFIX = 8
 _HEX_PREFIX = re.compile(rf"[0-9a-f]{{{MIN_PREFIX},64}}")
 _TRASH = ".trash-"
@@ -95,82 +94,6 @@ def cache_dir() -> Path:
     ``$XDG_CACHE_HOME/pdcat``)."""
     override = os.environ.get("PDCAT_CACHE_DIR")
     return Path(override) if override else Path(platformdirs.user_cache_dir("pdcat"))
-
-
-@dataclass(frozen=True)
-class CacheEntry:
-    digest: str
-    catalog_id: str
-    version: str
-    architecture: str
-    size: int  # logical bytes, holes included
-    disk_usage: int  # bytes allocated on disk (st_blocks * 512), what evicting it frees at most
-    created_at: float
-    last_used: float
-    use_count: int
-    pinned: bool
-
-
-@dataclass(frozen=True)
-class Budget:
-    """``max_bytes``: the cache's own disk usage; ``keep_free_bytes``: free space left on its disk.
-    ``None`` means no limit of that kind."""
-
-    max_bytes: int | None = None
-    keep_free_bytes: int | None = None
-
-
-def _env_bytes(name: str) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(f"{name} must be a number of bytes, not {raw[:32]!r}") from None
-    if value < 0:
-        raise InvalidInput(f"{name} must not be negative")
-    return value
-
-
-def budget_from_env() -> Budget:
-    """``PDCAT_CACHE_MAX_BYTES`` (default: no limit) and ``PDCAT_CACHE_KEEP_FREE_BYTES`` (default 5 GiB)."""
-    keep_free = _env_bytes("PDCAT_CACHE_KEEP_FREE_BYTES")
-    return Budget(
-        max_bytes=_env_bytes("PDCAT_CACHE_MAX_BYTES"),
-        keep_free_bytes=DEFAULT_KEEP_FREE_BYTES if keep_free is None else keep_free,
-    )
-
-
-# ---- eviction (pure) --------------------------------------------------------------------------
-def _lru_key(entry: CacheEntry) -> tuple[float, int, float, str]:
-    return entry.last_used, entry.use_count, entry.created_at, entry.digest
-
-
-def plan_eviction(
-    entries: Sequence[CacheEntry], budget: Budget, free_bytes: int, incoming: int = 0
-) -> list[CacheEntry]:
-    """The entries to evict, in order, so that ``incoming`` more bytes fit the budget.
-
-    Least recently used first (ties: fewer uses, then older); pinned entries never. Stops as soon as
-    the budget is met. If even evicting every unpinned entry cannot meet it, all of them are returned
-    and the caller decides what to do (the pull may still fit on the disk).
-    """
-
-    def over(freed: int) -> bool:
-        if budget.max_bytes is not None and total - freed + incoming > budget.max_bytes:
-            return True
-        return budget.keep_free_bytes is not None and free_bytes + freed - incoming < budget.keep_free_bytes
-
-    total = sum(e.disk_usage for e in entries)
-    victims: list[CacheEntry] = []
-    freed = 0
-    for entry in sorted((e for e in entries if not e.pinned), key=_lru_key):
-        if not over(freed):
-            break
-        victims.append(entry)
-        freed += entry.disk_usage
-    return victims
 
 
 # ---- the cache --------------------------------------------------------------------------------
@@ -285,7 +208,7 @@ class VmCache:
             if fingerprint is None:
                 return None
             folder = self.bundle_path(digest)
-            problem = _check_tree(folder, index, fingerprint)
+            problem = check_tree(folder, index, fingerprint)
             if problem is not None:
                 log.warning("cached %s is no longer intact (%s); dropping it", digest[:12], problem)
                 self._discard(digest)
@@ -346,7 +269,7 @@ class VmCache:
                 self._discard(digest)
             elif os.path.lexists(target):  # a folder without a row: a crash before the row was written
                 _trash_and_remove(target)
-            problem = _check_tree(folder, index, None)
+            problem = check_tree(folder, index, None)
             if problem is not None:
                 raise Conflict(f"{folder} does not hold the VM its index describes: {problem}")
             try:
@@ -357,7 +280,7 @@ class VmCache:
                 clone_tree(folder, target)
             try:
                 _write_atomic(self._index_file(digest), index.canonical_bytes())
-                fingerprint, disk_usage = _measure(target, index)
+                fingerprint, disk_usage = measure(target, index)
                 now = time.time()
                 entry = CacheEntry(
                     digest, catalog_id, version, architecture, index.size, disk_usage, now, now, 1, False
@@ -381,7 +304,7 @@ class VmCache:
         """
         wanted = index.unique_digests()
         found: dict[str, ChunkSource] = {}
-        for entry in sorted(self.entries(), key=_lru_key, reverse=True):
+        for entry in sorted(self.entries(), key=lru_key, reverse=True):
             if entry.digest == exclude or len(found) == len(wanted):
                 continue
             chunk_map = self._chunk_map(entry.digest)
@@ -618,69 +541,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _walk(folder: Path) -> dict[str, os.stat_result]:
-    """Every path under ``folder`` (relative, POSIX) with its lstat; symlinks are not followed."""
-    found: dict[str, os.stat_result] = {}
-    pending = [""]
-    while pending:
-        prefix = pending.pop()
-        with os.scandir(folder / prefix if prefix else folder) as it:
-            for child in it:
-                rel = f"{prefix}{child.name}"
-                st = child.stat(follow_symlinks=False)
-                found[rel] = st
-                if stat.S_ISDIR(st.st_mode):
-                    pending.append(rel + "/")
-    return found
-
-
-def _check_tree(folder: Path, index: PackIndex, fingerprint: dict[str, list[int]] | None) -> str | None:
-    """Why ``folder`` is not the bundle ``index`` describes, or None. No file is read: paths, types,
-    sizes, symlink targets and (given a fingerprint) each file's ``(size, mtime_ns)``."""
-    try:
-        if not stat.S_ISDIR(os.lstat(folder).st_mode):
-            return "not a folder"
-        tree = _walk(folder)
-    except FileNotFoundError:
-        return "the folder is missing"
-    except OSError as exc:
-        return f"cannot list it ({exc.strerror})"
-    expected = {f.path for f in index.files}
-    extra = sorted(set(tree) - expected)
-    if extra:
-        return f"{extra[0]!r} is not part of the VM"
-    for f in index.files:
-        st = tree.get(f.path)
-        if st is None:
-            return f"{f.path!r} is missing"
-        if f.type == DIR and not stat.S_ISDIR(st.st_mode):
-            return f"{f.path!r} is not a folder"
-        if f.type == SYMLINK:
-            if not stat.S_ISLNK(st.st_mode):
-                return f"{f.path!r} is not a symlink"
-            try:
-                if os.readlink(folder / f.path) != f.target:
-                    return f"{f.path!r} points elsewhere"
-            except OSError:
-                return f"{f.path!r} cannot be read"
-        if f.type == FILE:
-            if not stat.S_ISREG(st.st_mode):
-                return f"{f.path!r} is not a regular file"
-            if st.st_size != f.size:
-                return f"{f.path!r} has {st.st_size} bytes instead of {f.size}"
-            if fingerprint is not None and fingerprint.get(f.path) != [st.st_size, st.st_mtime_ns]:
-                return f"{f.path!r} was modified"
-    return None
-
-
-def _measure(folder: Path, index: PackIndex) -> tuple[dict[str, list[int]], int]:
-    """The ``(size, mtime_ns)`` of every file, and the disk bytes of the whole tree."""
-    tree = _walk(folder)
-    fingerprint = {f.path: [tree[f.path].st_size, tree[f.path].st_mtime_ns] for f in index.files if f.type == FILE}
-    disk = os.lstat(folder).st_blocks * 512 + sum(st.st_blocks * 512 for st in tree.values())
-    return fingerprint, disk
 
 
 def _trash_and_remove(path: Path) -> None:
