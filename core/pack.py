@@ -3,8 +3,9 @@
 Every regular file is cut on a fixed grid of ``chunk_size`` bytes (4 MiB by default). A grid cell that is all zeros or
 lies in a hole is simply absent from the file's chunk list (it reads back as zeros and is written back
 as a hole). Every other cell is a chunk, named by the sha256 of its *raw* bytes and stored
-zstd-compressed at ``catalogs/<catalog_id>/chunks/<sha256>``. The grid keeps chunk boundaries stable
-between versions of a VM, which is what makes a second version upload only what changed.
+zstd-compressed at ``catalogs/<catalog_id>/chunks/<sha256>`` (``core.storage_layout.chunk_key``). The
+grid keeps chunk boundaries stable between versions of a VM, which is what makes a second version
+upload only what changed.
 
 The index is JSON; its canonical form (sorted keys, no spaces) hashed with sha256 is the pack digest.
 This module is pure: parsing and validation here, file I/O in ``client.packer``.
@@ -35,8 +36,6 @@ __all__ = [
     "Chunk",
     "FileEntry",
     "PackIndex",
-    "chunk_key",
-    "chunks_prefix",
     "grid",
     "is_digest",
     "validate_relative_path",
@@ -70,15 +69,6 @@ FILE, DIR, SYMLINK = "file", "dir", "symlink"
 
 def is_digest(value: object) -> bool:
     return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
-
-
-def chunks_prefix(catalog_id: str) -> str:
-    return f"catalogs/{catalog_id}/chunks/"
-
-
-def chunk_key(catalog_id: str, digest: str) -> str:
-    """Dedup is scoped to one catalog id: a digest from another catalog grants nothing here."""
-    return f"{chunks_prefix(catalog_id)}{digest}"
 
 
 def grid(size: int, chunk_size: int) -> Iterator[tuple[int, int]]:

@@ -157,7 +157,7 @@ def random_bundle(parent: Path, name: str, data_bytes: int, *, seed: int) -> Pat
 
 
 def chunk_dir(data_dir: Path, catalog_id: str) -> Path:
-    """Where the embedded server keeps the chunks of one catalog id (core.pack.chunks_prefix under
+    """Where the embedded server keeps the chunks of one catalog id (core.storage_layout.chunks_prefix under
     the file blob store's ``objects`` folder); tests check the count matches, so a layout change
     fails loudly instead of making a poll wait for files that never appear."""
     return data_dir / "blobs" / "objects" / "catalogs" / catalog_id / "chunks"
