@@ -33,7 +33,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -82,6 +82,19 @@ def _raise_if_full(exc: OSError) -> None:
     """A full disk is the backend being unavailable; the caller re-raises any other OS error."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         raise Unavailable("local storage is full") from exc
+
+
+@contextmanager
+def _removed_on_failure(temp: str) -> Iterator[None]:
+    """A staged temp file is removed if what follows fails; a full disk says so (``_raise_if_full``)."""
+    try:
+        yield
+    except BaseException as exc:
+        with suppress(FileNotFoundError):
+            os.unlink(temp)
+        if isinstance(exc, OSError):
+            _raise_if_full(exc)
+        raise
 
 
 def _method(value: object) -> HttpMethod:
@@ -295,16 +308,8 @@ class FileBlobStore(BlobStore):
         """
         path = self._path(key)
         temp = self._stage(stream, length)
-        try:
-            try:
-                self._install(temp, path, key)
-            except OSError as exc:
-                _raise_if_full(exc)
-                raise
-        except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
+        with _removed_on_failure(temp):
+            self._install(temp, path, key)
 
     def _stage(self, stream: BinaryIO, length: int) -> str:
         """Exactly ``length`` bytes of ``stream`` in a new temp file (fsynced if configured); its path.
@@ -318,27 +323,18 @@ class FileBlobStore(BlobStore):
                 f"an object of {length} bytes is larger than the limit of {self._max_object_size} bytes"
             )
         fd, temp = tempfile.mkstemp(dir=self._tmp, prefix="put-", suffix=".part")
-        try:
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    remaining = length
-                    while remaining:
-                        block = stream.read(min(_BLOCK, remaining))
-                        if not block:
-                            raise InvalidInput(f"upload truncated: received {length - remaining} of {length} bytes")
-                        block = block[:remaining]
-                        out.write(block)
-                        remaining -= len(block)
-                    if self._fsync:
-                        out.flush()
-                        os.fsync(out.fileno())
-            except OSError as exc:
-                _raise_if_full(exc)
-                raise
-        except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
+        with _removed_on_failure(temp), os.fdopen(fd, "wb") as out:
+            remaining = length
+            while remaining:
+                block = stream.read(min(_BLOCK, remaining))
+                if not block:
+                    raise InvalidInput(f"upload truncated: received {length - remaining} of {length} bytes")
+                block = block[:remaining]
+                out.write(block)
+                remaining -= len(block)
+            if self._fsync:
+                out.flush()
+                os.fsync(out.fileno())
         return temp
 
     def _install(self, temp: str, path: Path, key: str) -> None:
