@@ -18,13 +18,14 @@ from core.errors import Forbidden, InvalidInput, NotFound
 from core.manifest import now_iso, parse_description, parse_roles, whole_number
 from core.ports import ApiKeyRecord, ApiKeyStore
 from core.rbac import SERVICE_ACCOUNT_PREFIX, Claim, Principal, require
+from core.wire import SERVICE_ACCOUNT_PATTERN
 
 __all__ = ["SERVICE_ACCOUNT", "api_key_subject", "create_api_key", "list_api_keys", "revoke_api_key"]
 
 log = logging.getLogger("pdcat.service")
 
-SERVICE_ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-"""A service account's name (core.wire.SERVICE_ACCOUNT_PATTERN documents the same rule)."""
+SERVICE_ACCOUNT = re.compile(SERVICE_ACCOUNT_PATTERN)
+"""A service account's name: the rule the OpenAPI document states (core.wire)."""
 
 _FIELDS = {"roles", "claims", "service_account", "expires_in_days", "description"}
 

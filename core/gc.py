@@ -38,6 +38,7 @@ from core.pack import is_digest
 from core.ports import BlobInfo, BlobStore, ManifestStore
 from core.storage_layout import (
     GC_CURSOR_KEY,
+    MAX_SESSION_META_BYTES,
     STAGING_ROOT,
     chunks_prefix,
     gc_lease_key,
@@ -48,6 +49,7 @@ from core.storage_layout import (
     staging_meta_key,
     staging_prefix,
 )
+from core.wire import MAX_INDEX_BYTES
 
 __all__ = ["GcReport", "GcSettings", "collect", "lease_active", "run_scheduled"]
 
@@ -55,8 +57,6 @@ log = logging.getLogger("pdcat.gc")
 
 DELETE_BATCH = 1000  # keys per BlobStore.delete call (S3's DeleteObjects takes at most 1,000)
 _MAX_LEASE_BYTES = 4096
-_MAX_META_BYTES = 1 << 20
-_MAX_INDEX_BYTES = 256 * 1024 * 1024  # the same bound as the service's (core.wire.MAX_INDEX_BYTES)
 # A cursor names the phase it resumes and where: "c:" + the walk key of the last catalog id done (a
 # hash, so a cursor never reveals a catalog id), or "s:" + the last session whose staging area was
 # judged ("s:" alone: the staging phase from its start).
@@ -212,7 +212,7 @@ def _index_digests(data: bytes) -> set[str] | None:
 def _read_index(blobs: BlobStore, key: str) -> set[str] | None:
     """The digests of the index at ``key``; None when it is missing, too large or not an index."""
     try:
-        data = blobs.get_bytes(key, max_bytes=_MAX_INDEX_BYTES)
+        data = blobs.get_bytes(key, max_bytes=MAX_INDEX_BYTES)
     except (NotFound, PayloadTooLarge):
         return None
     return _index_digests(data)
@@ -354,7 +354,7 @@ def _collect_catalog(
 def _session_of_meta(store: ManifestStore, blobs: BlobStore, nonce: str) -> Manifest | None:
     """The manifest whose open upload is this session, found through the session's meta.json."""
     try:
-        doc = json.loads(blobs.get_bytes(staging_meta_key(nonce), max_bytes=_MAX_META_BYTES))
+        doc = json.loads(blobs.get_bytes(staging_meta_key(nonce), max_bytes=MAX_SESSION_META_BYTES))
     except (NotFound, PayloadTooLarge, ValueError, UnicodeDecodeError):
         return None
     if not isinstance(doc, dict):

@@ -41,6 +41,7 @@ from core.service_common import (
     unb64,
 )
 from core.storage_layout import (
+    MAX_SESSION_META_BYTES,
     chunk_key,
     index_key,
     is_nonce,
@@ -54,8 +55,6 @@ from core.wire import CHUNK_PAGE, MAX_INDEX_BYTES, VERIFY_PAGE, ChunksAnswer, Pu
 __all__ = ["abort", "begin", "commit", "upload_chunks", "verify_chunks"]
 
 log = logging.getLogger("pdcat.service")
-
-_MAX_SESSION_META = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -264,7 +263,7 @@ def _session(ctx: ServiceContext, who: Principal, upload_id: str) -> _OpenSessio
     if nonce is None:  # a session opened by protocol v1, before an upgrade: it cannot be finished
         raise NotFound("no such upload (it was opened by an older catalog; push again)")
     try:
-        doc = json.loads(ctx.blobs.get_bytes(staging_meta_key(nonce), max_bytes=_MAX_SESSION_META))
+        doc = json.loads(ctx.blobs.get_bytes(staging_meta_key(nonce), max_bytes=MAX_SESSION_META_BYTES))
     except NotFound:
         raise NotFound("no such upload (its staging area was collected; push again)") from None
     return _open_session(stored, session, nonce, doc)
@@ -276,7 +275,7 @@ def _decoy_session(ctx: ServiceContext, who: Principal, upload_id: str, stored: 
     doc = None
     if nonce is not None:
         with contextlib.suppress(NotFound, PayloadTooLarge, ValueError):
-            doc = json.loads(ctx.blobs.get_bytes(staging_meta_key(nonce), max_bytes=_MAX_SESSION_META))
+            doc = json.loads(ctx.blobs.get_bytes(staging_meta_key(nonce), max_bytes=MAX_SESSION_META_BYTES))
     if nonce is None or not isinstance(doc, dict) or not doc.get("decoy") or doc.get("owner") != who.subject:
         raise NotFound("no such upload (it was committed, aborted or replaced by a newer push)")
     session = UploadSession(upload_id, "", who.subject, staging_index_key(nonce), 0)

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_EXPIRES_IN",
     "MAX_KEY_LENGTH",
     "MAX_SEGMENT_BYTES",
+    "MAX_SESSION_META_BYTES",
     "STAGING_ROOT",
     "chunk_key",
     "chunks_prefix",
@@ -47,6 +48,7 @@ __all__ = [
 
 STAGING_ROOT = "staging/"
 GC_CURSOR_KEY = "gc/cursor.json"
+MAX_SESSION_META_BYTES = 1 << 20  # a session's meta.json, which only the server writes
 _NONCE = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 MAX_KEY_LENGTH: Final = 1024

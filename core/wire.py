@@ -147,7 +147,7 @@ ARCHITECTURE_PATTERN = r"^([Xx]86_64|[Aa][Mm][Dd]64|[Xx]64|[Aa][Rr][Mm]64|[Aa][A
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}$"
 ROLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 DIGEST_PATTERN = r"^[0-9a-f]{64}$"
-SERVICE_ACCOUNT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # core.api_keys.SERVICE_ACCOUNT
+SERVICE_ACCOUNT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # enforced by core.api_keys
 GC_CURSOR_PATTERN = r"^(c:[0-9a-f]{32}|s:([A-Za-z0-9_-]{8,64})?)?$"
 
 

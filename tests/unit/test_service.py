@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import zstandard
 
-from core.api_keys import SERVICE_ACCOUNT
 from core.errors import Conflict, Forbidden, Gone, InvalidInput, NotFound, PdcatError, Tainted, Unavailable
 from core.identity import ManifestKey
 from core.manifest import Manifest
@@ -28,7 +27,6 @@ from core.pdpack_meta import PackMeta, meta_key, pack_key
 from core.rbac import ALL_CLAIMS, Claim, Principal
 from core.service import CatalogService
 from core.storage_layout import chunk_key, gc_lease_key, index_key, quarantine_key, staging_prefix
-from core.wire import SERVICE_ACCOUNT_PATTERN
 from tests.fakes.memory import MemoryApiKeyStore, MemoryBlobStore, MemoryManifestStore
 
 CELL = 4096  # the smallest chunk size: a pack of a few cells is a few KiB
@@ -591,10 +589,6 @@ def test_an_api_key_acts_as_its_creator_or_the_creators_service_account(cat: Cat
     for days in (0, 367, "30", True):
         with pytest.raises(InvalidInput, match="expires_in_days"):
             cat.service.create_api_key(ADMIN, {"expires_in_days": days})
-
-
-def test_the_documented_service_account_pattern_is_the_enforced_one() -> None:
-    assert f"^{SERVICE_ACCOUNT.pattern}$" == SERVICE_ACCOUNT_PATTERN
 
 
 def test_api_keys_are_listed_by_age_and_revoked_once(cat: Catalog) -> None:
