@@ -14,7 +14,7 @@ The sha256 of the halves only exists because this server's API names chunks by d
 original product never computed it, so that time is measured but left out of the baseline's figure.
 
 Storage protocol v2 (docs/adr-002-storage-protocol-v2.md) shapes the upload the same way as pdcat's:
-declare the index (digest, size, chunk_size), PUT it to ``index_url``, ask ``/uploads/{id}/chunks``
+begin (chunk_size), declare the index (digest, size) and PUT it to its ``index_url``, ask ``/uploads/{id}/chunks``
 for staging URLs, PUT the halves, have the server verify them (``/verify``), commit. The server
 verifies a chunk by zstd-decompressing it, so each half travels wrapped in a zstd frame of *raw*
 (stored, uncompressed) blocks: 14 bytes of frame header plus 3 bytes per 128 KiB, written while the
@@ -214,18 +214,14 @@ def push(
         catalog_id,
         version,
         arch,
-        {
-            "index_digest": hashlib.sha256(index_bytes).hexdigest(),
-            "index_size": len(index_bytes),
-            "chunk_size": chunk_size,
-            "force": True,
-            "vm_type": "pvm",
-        },
+        {"chunk_size": chunk_size, "force": True, "vm_type": "pvm"},
     )
     upload_id = session["upload_id"]
     put_headers: dict[str, str] = dict(session.get("put_headers") or {})
+    declared = {"index_digest": hashlib.sha256(index_bytes).hexdigest(), "index_size": len(index_bytes)}
+    index_url = api.declare_index(upload_id, declared)["index_url"]
     with httpx.Client(timeout=600) as http:
-        r = http.put(session["index_url"], content=index_bytes, headers=put_headers)
+        r = http.put(index_url, content=index_bytes, headers=put_headers)
         if r.status_code >= 300:
             raise BaselineError(f"PUT of the index answered HTTP {r.status_code}: {r.text[:200]}")
         answer = api.upload_chunks(upload_id, list(by_digest))

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 
 from core.errors import PdcatError, Unavailable, error_for_status
-from core.wire import ChunksAnswer, ReportAnswer, VerifyAnswer
+from core.wire import ChunksAnswer, IndexAnswer, ReportAnswer, VerifyAnswer
 
 __all__ = ["CatalogClient", "ConnectionFailed"]
 
@@ -188,6 +188,11 @@ class CatalogClient:
 
     def verify_chunks(self, upload_id: str, digests: list[str]) -> VerifyAnswer:
         result: VerifyAnswer = self.request("POST", f"/uploads/{_seg(upload_id)}/verify", json={"digests": digests})
+        return result
+
+    def declare_index(self, upload_id: str, declared: dict[str, Any]) -> IndexAnswer:
+        """Declare the index (digest, size) once the chunks are in; answers where to PUT it."""
+        result: IndexAnswer = self.request("POST", f"/uploads/{_seg(upload_id)}/index", json=declared)
         return result
 
     def commit(self, upload_id: str) -> dict[str, Any]:

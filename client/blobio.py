@@ -6,7 +6,7 @@ The client used here never carries catalog credentials: a presigned URL is its o
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -14,6 +14,22 @@ import httpx
 from client.retry import BlobMissing, RetriesExceeded, RetryPolicy, UrlRefused, check_storage
 
 __all__ = ["BlobClient", "BlobMissing", "RetriesExceeded", "UrlBook", "UrlRefused"]
+
+
+class _ReleasedBody(httpx.SyncByteStream):
+    """A PUT body that lets go of its bytes once the request is over. httpx keeps a finished
+    response in a reference cycle (the response and its stream) that holds the request, and so the
+    body, until the cyclic garbage collector runs: without this a push holds every chunk it sent
+    since the last collection, not just the ones in flight."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._data
+
+    def release(self) -> None:
+        self._data = b""
 
 
 class BlobClient:
@@ -55,7 +71,21 @@ class BlobClient:
         refresh: Callable[[], str] | None = None,
     ) -> None:
         """``headers``: what the catalog said every PUT must carry (``put_headers``), e.g. Azure's blob type."""
-        self._send("PUT", url, what, refresh, content=data, headers=headers)
+        urls = [url]
+        sized = {**(headers or {}), "Content-Length": str(len(data))}
+
+        def attempt() -> None:
+            body = _ReleasedBody(data)
+            try:
+                request = self._http.build_request("PUT", urls[-1], headers=sized)
+                request.stream = body
+                response = self._http.send(request)
+                response.read()
+                check_storage(response, what)
+            finally:
+                body.release()
+
+        self.policy.run(attempt, what, refresh=None if refresh is None else lambda: urls.append(refresh()))
 
     def get(self, url: str, what: str, *, refresh: Callable[[], str] | None = None) -> bytes:
         return self._send("GET", url, what, refresh)

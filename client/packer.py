@@ -60,6 +60,7 @@ __all__ = [
     "is_zero",
     "prepare_tree",
     "read_cell",
+    "read_cell_into",
     "scan_tree",
     "unpack_from",
     "write_chunk",
@@ -227,7 +228,29 @@ def read_cell(path: Path, offset: int, size: int) -> bytes:
         os.close(fd)
 
 
-def is_zero(data: bytes) -> bool:
+def read_cell_into(path: Path, offset: int, view: memoryview) -> None:
+    """Fill ``view`` with the bytes at ``offset``, into a caller's reusable buffer: a push reads its
+    cells into a fixed pool of buffers instead of allocating (and page-faulting) new ones per cell."""
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        got, size = 0, len(view)
+        while got < size:
+            part = view[got:]
+            n = os.preadv(fd, [part], offset + got) if hasattr(os, "preadv") else _pread_into(fd, part, offset + got)
+            if n == 0:
+                raise Conflict(f"{path} shrank while being read; stop the VM and try again")
+            got += n
+    finally:
+        os.close(fd)
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    data = os.pread(fd, len(view), offset)
+    view[: len(data)] = data
+    return len(data)
+
+
+def is_zero(data: bytes | memoryview) -> bool:
     """True if every byte is zero: such a cell is stored as a hole, never as a chunk."""
     n = len(data)
     if n and (data[0] or data[-1]):
@@ -240,7 +263,7 @@ def is_zero(data: bytes) -> bool:
     return True
 
 
-def digest(data: bytes) -> str:
+def digest(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -266,7 +289,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dctx
 
 
-def compress(data: bytes, level: int = 3) -> bytes:
+def compress(data: bytes | memoryview, level: int = 3) -> bytes:
     """One zstd frame with its content size in the header (``decompress`` checks it before allocating)."""
     return _compressor(level).compress(data)
 

@@ -132,6 +132,9 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
         body = call.request.json()
         return Response.json(s.upload_chunks(call.principal, call.params["upload_id"], body.get("digests")))
 
+    def declare_index(call: Call) -> Response:
+        return Response.json(s.declare_index(call.principal, call.params["upload_id"], call.request.json()))
+
     def verify_chunks(call: Call) -> Response:
         body = call.request.json()
         return Response.json(s.verify_chunks(call.principal, call.params["upload_id"], body.get("digests")))
@@ -461,6 +464,16 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             body=SCHEMAS["VerifyRequest"],
             responses=(200, 400, 401, 403, 404, 503),
             answer="VerifyAnswer",
+        ),
+        Route(
+            "POST",
+            "/uploads/{upload_id}/index",
+            declare_index,
+            "Declare the index (sha256 and size) once the chunks are in; answers a PUT URL for it",
+            claim=Claim.PUSH,
+            body=SCHEMAS["IndexRequest"],
+            responses=(200, 400, 401, 403, 404),
+            answer="IndexAnswer",
         ),
         Route(
             "POST",

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import builtins
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
@@ -26,6 +27,7 @@ __all__ = [
     "ManifestQuery",
     "ManifestStore",
     "Stored",
+    "TakenBlob",
 ]
 
 HttpMethod = Literal["GET", "PUT"]
@@ -151,6 +153,15 @@ class BlobInfo:
     modified: float | None = field(default=None, compare=False)
 
 
+@dataclass(frozen=True)
+class TakenBlob:
+    """An object taken out of its client's reach (``BlobStore.taken``): its bytes, and a write-once
+    copy of exactly those bytes to another key (True if this call created it)."""
+
+    data: bytes
+    put_if_absent: Callable[[str], bool]
+
+
 class BlobStore(ABC):
     """Where VM bytes live. The service only signs URLs and moves small JSON objects (indexes).
 
@@ -185,6 +196,20 @@ class BlobStore(ABC):
         """Write ``data`` only if no object exists at ``key``, atomically (``If-None-Match: *`` on S3
         and Azure, ``O_EXCL``/``link`` on files). True if this call wrote it; False if an object was
         already there, which is never replaced. This is what makes ``chunks/`` write-once."""
+
+    @contextmanager
+    def taken(self, key: str, max_bytes: int) -> Iterator[TakenBlob]:
+        """``key``'s bytes, read once and out of reach of later writes to ``key`` (a client may PUT a
+        staged object again at any moment), to be checked and then copied write-once; the object is
+        removed afterwards, whatever happens. ``NotFound`` / ``PayloadTooLarge`` as ``get_bytes``.
+
+        A store that can move an object without rewriting it overrides this (files: a rename, then a
+        hard link)."""
+        data = self.get_bytes(key, max_bytes)
+        try:
+            yield TakenBlob(data, lambda final: self.put_if_absent(final, data))
+        finally:
+            self.delete([key])
 
     @abstractmethod
     def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:

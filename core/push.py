@@ -50,34 +50,38 @@ from core.storage_layout import (
     staging_index_key,
     staging_meta_key,
 )
-from core.wire import CHUNK_PAGE, MAX_INDEX_BYTES, VERIFY_PAGE, ChunksAnswer, PushAnswer, VerifyAnswer
+from core.wire import CHUNK_PAGE, MAX_INDEX_BYTES, VERIFY_PAGE, ChunksAnswer, IndexAnswer, PushAnswer, VerifyAnswer
 
-__all__ = ["abort", "begin", "commit", "upload_chunks", "verify_chunks"]
+__all__ = ["abort", "begin", "commit", "declare_index", "upload_chunks", "verify_chunks"]
 
 log = logging.getLogger("pdcat.service")
 
 
 @dataclass(frozen=True)
 class _Declared:
-    """What a pusher declared about its index when it began; the uploaded index must match it."""
+    """What a pusher declared about its index once its chunks were in; the uploaded index must match."""
 
     digest: str
     size: int
-    chunk_size: int
 
 
-def _declared_index(body: dict[str, Any]) -> _Declared:
-    digest = body.get("index_digest")
-    size, chunk_size = whole_number(body.get("index_size")), whole_number(body.get("chunk_size"))
-    if not is_digest(digest):
-        raise InvalidInput("index_digest must be the sha256 (64 lower-case hex characters) of the index")
-    if size is None or not 0 < size <= MAX_INDEX_BYTES:
-        raise InvalidInput(f"index_size must be an integer from 1 to {MAX_INDEX_BYTES}")
+def _chunk_size(body: dict[str, Any]) -> int:
+    chunk_size = whole_number(body.get("chunk_size"))
     if chunk_size is None or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or chunk_size % MIN_CHUNK_SIZE:
         raise InvalidInput(
             f"chunk_size must be a multiple of {MIN_CHUNK_SIZE} between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
         )
-    return _Declared(str(digest), size, chunk_size)
+    return chunk_size
+
+
+def _declared_index(body: dict[str, Any]) -> _Declared:
+    refuse_unknown(body, {"index_digest", "index_size"}, metadata=False)
+    digest, size = body.get("index_digest"), whole_number(body.get("index_size"))
+    if not is_digest(digest):
+        raise InvalidInput("index_digest must be the sha256 (64 lower-case hex characters) of the index")
+    if size is None or not 0 < size <= MAX_INDEX_BYTES:
+        raise InvalidInput(f"index_size must be an integer from 1 to {MAX_INDEX_BYTES}")
+    return _Declared(str(digest), size)
 
 
 @dataclass(frozen=True)
@@ -86,19 +90,23 @@ class _OpenSession:
     etag: str
     session: UploadSession
     nonce: str
-    declared: _Declared
+    chunk_size: int
+    declared: _Declared | None  # None until the pusher declares its index (``declare_index``)
     metadata: dict[str, Any]
     dedup: bool = True  # may the pusher learn which chunks are stored already (see _may_dedup)
     decoy: bool = False  # a push to a hidden identity: works like a session, never commits
 
 
 def _open_session(stored: Stored, session: UploadSession, nonce: str, doc: dict[str, Any]) -> _OpenSession:
-    declared = _Declared(str(doc["index_digest"]), int(doc["index_size"]), int(doc["chunk_size"]))
+    declared = None
+    if doc.get("index_digest") is not None:
+        declared = _Declared(str(doc["index_digest"]), int(doc["index_size"]))
     return _OpenSession(
         stored.manifest,
         stored.etag,
         session,
         nonce,
+        int(doc["chunk_size"]),
         declared,
         doc.get("metadata") or {},
         dedup=bool(doc.get("dedup", True)),
@@ -136,15 +144,15 @@ def _parse_upload_id(upload_id: str) -> ManifestKey:
 
 
 def begin(ctx: ServiceContext, who: Principal, key: ManifestKey, body: dict[str, Any]) -> PushAnswer:
-    """Open (or take over) an upload session; the client puts its index at ``index_url``."""
+    """Open (or take over) an upload session: chunks first, the index once they are in (``declare_index``)."""
     require(who, Claim.PUSH)
-    if "index" in body:
+    if "index" in body or "index_digest" in body:
         raise InvalidInput(
-            "this catalog speaks storage protocol v2: declare index_digest, index_size and chunk_size, "
-            "then upload the index to index_url (update pdcat)"
+            "this catalog speaks storage protocol v2: begin with chunk_size, upload the chunks, then declare "
+            "the index at /uploads/{upload_id}/index (update pdcat)"
         )
-    refuse_unknown(body, {"index_digest", "index_size", "chunk_size", "force"})
-    declared = _declared_index(body)
+    refuse_unknown(body, {"chunk_size", "force"})
+    chunk_size = _chunk_size(body)
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise InvalidInput("force must be true or false")
@@ -158,7 +166,7 @@ def begin(ctx: ServiceContext, who: Principal, key: ManifestKey, body: dict[str,
         # Hidden from this caller: answer exactly as for a free identity. The decoy session works
         # like a real one (index, chunks, verify) but never commits: its commit answers the 409 of a
         # lost race, so what the caller learns costs a whole upload and proves nothing.
-        _write_session_meta(ctx, nonce, key, declared, meta, owner=who.subject, decoy=True, dedup=False)
+        _write_session_meta(ctx, nonce, key, chunk_size, meta, owner=who.subject, decoy=True, dedup=False)
         log.warning("push to a hidden identity: decoy session", extra={"manifest": str(key), "by": who.subject})
         return _push_answer(ctx, key, upload_id, nonce)
     if stored is None:
@@ -192,8 +200,8 @@ def begin(ctx: ServiceContext, who: Principal, key: ManifestKey, body: dict[str,
     # Written once the session exists, so a refused push leaves nothing behind; until it lands, the
     # session's requests answer 404 and gc judges the staging area by its age alone.
     dedup = _may_dedup(ctx, who, key.catalog_id)
-    _write_session_meta(ctx, nonce, key, declared, meta, owner=who.subject, dedup=dedup)
-    log.info("push started", extra={"manifest": str(key), "by": who.subject, "chunk_size": declared.chunk_size})
+    _write_session_meta(ctx, nonce, key, chunk_size, meta, owner=who.subject, dedup=dedup)
+    log.info("push started", extra={"manifest": str(key), "by": who.subject, "chunk_size": chunk_size})
     return _push_answer(ctx, key, upload_id, nonce)
 
 
@@ -203,7 +211,6 @@ def _push_answer(ctx: ServiceContext, key: ManifestKey, upload_id: str, nonce: s
         "catalog_id": key.catalog_id,
         "version": key.version,
         "architecture": key.architecture,
-        "index_url": ctx.blobs.presign(staging_index_key(nonce), "PUT", ctx.settings.url_expiry_seconds),
         "put_headers": dict(ctx.blobs.put_headers),
         "expires_at": expires_at(ctx.settings.url_expiry_seconds),
     }
@@ -220,25 +227,27 @@ def _write_session_meta(
     ctx: ServiceContext,
     nonce: str,
     key: ManifestKey,
-    declared: _Declared,
+    chunk_size: int,
     meta: dict[str, Any],
     *,
     owner: str,
     dedup: bool,
     decoy: bool = False,
 ) -> None:
-    doc = {
+    doc: dict[str, Any] = {
         "owner": owner,
         "dedup": dedup,
         "decoy": decoy,
         "catalog_id": key.catalog_id,
         "version": key.version,
         "architecture": key.architecture,
-        "index_digest": declared.digest,
-        "index_size": declared.size,
-        "chunk_size": declared.chunk_size,
+        "chunk_size": chunk_size,
         "metadata": metadata_to_json(meta),
     }
+    _put_session_meta(ctx, nonce, doc)
+
+
+def _put_session_meta(ctx: ServiceContext, nonce: str, doc: dict[str, Any]) -> None:
     ctx.blobs.put_bytes(staging_meta_key(nonce), json.dumps(doc, separators=(",", ":")).encode())
 
 
@@ -262,11 +271,15 @@ def _session(ctx: ServiceContext, who: Principal, upload_id: str) -> _OpenSessio
     nonce = nonce_of_staging_key(session.index_key)
     if nonce is None:  # a session opened by protocol v1, before an upgrade: it cannot be finished
         raise NotFound("no such upload (it was opened by an older catalog; push again)")
+    return _open_session(stored, session, nonce, _session_doc(ctx, nonce))
+
+
+def _session_doc(ctx: ServiceContext, nonce: str) -> dict[str, Any]:
     try:
-        doc = json.loads(ctx.blobs.get_bytes(staging_meta_key(nonce), max_bytes=MAX_SESSION_META_BYTES))
+        doc: dict[str, Any] = json.loads(ctx.blobs.get_bytes(staging_meta_key(nonce), max_bytes=MAX_SESSION_META_BYTES))
     except NotFound:
         raise NotFound("no such upload (its staging area was collected; push again)") from None
-    return _open_session(stored, session, nonce, doc)
+    return doc
 
 
 def _decoy_session(ctx: ServiceContext, who: Principal, upload_id: str, stored: Stored) -> _OpenSession:
@@ -322,7 +335,7 @@ def verify_chunks(ctx: ServiceContext, who: Principal, upload_id: str, digests: 
     wanted = digest_list(digests, VERIFY_PAGE)
     _refuse_during_gc(ctx, open_session, wanted)
     catalog_id, nonce = open_session.manifest.catalog_id, open_session.nonce
-    limit = open_session.declared.chunk_size
+    limit = open_session.chunk_size
     verdicts = parallel(lambda d: promote_staged(ctx.blobs, catalog_id, nonce, d, limit), wanted, workers=4)
     write_confirmed(ctx.blobs, nonce, {v.digest: v.confirmed for v in verdicts if v.confirmed is not None})
     answer: VerifyAnswer = {"verified": [], "missing": [], "corrupt": []}
@@ -331,12 +344,30 @@ def verify_chunks(ctx: ServiceContext, who: Principal, upload_id: str, digests: 
     return answer
 
 
-# ---- commit and abort -------------------------------------------------------------------------
+# ---- index, commit and abort ------------------------------------------------------------------
+
+
+def declare_index(ctx: ServiceContext, who: Principal, upload_id: str, body: dict[str, Any]) -> IndexAnswer:
+    """Record the index's digest and size; answer where to PUT it. Declared after the chunks, so a
+    client can hash, compress and upload a bundle in one pass. Declaring again replaces it."""
+    open_session = _session(ctx, who, upload_id)
+    declared = _declared_index(body)
+    doc = _session_doc(ctx, open_session.nonce)
+    doc.update(index_digest=declared.digest, index_size=declared.size)
+    _put_session_meta(ctx, open_session.nonce, doc)
+    expiry = ctx.settings.url_expiry_seconds
+    return {
+        "index_url": ctx.blobs.presign(staging_index_key(open_session.nonce), "PUT", expiry),
+        "put_headers": dict(ctx.blobs.put_headers),
+        "expires_at": expires_at(expiry),
+    }
 
 
 def _staged_index(ctx: ServiceContext, open_session: _OpenSession) -> PackIndex:
-    """The index the client put in staging, checked against what it declared when it began."""
+    """The index the client put in staging, checked against what it declared."""
     declared = open_session.declared
+    if declared is None:
+        raise Conflict("declare the index at /uploads/{upload_id}/index and upload it before committing")
     try:
         data = ctx.blobs.get_bytes(open_session.session.index_key, max_bytes=declared.size)
     except NotFound:
@@ -346,7 +377,7 @@ def _staged_index(ctx: ServiceContext, open_session: _OpenSession) -> PackIndex:
     if len(data) != declared.size or hashlib.sha256(data).hexdigest() != declared.digest:
         raise Conflict("the uploaded index does not match the declared index_digest and index_size; push again")
     index = PackIndex.from_bytes(data)
-    if index.chunk_size != declared.chunk_size:
+    if index.chunk_size != open_session.chunk_size:
         raise InvalidInput("the index's chunk_size differs from the declared chunk_size")
     return index
 

@@ -46,7 +46,7 @@ from core.service_common import (
     visible_to,
 )
 from core.storage_layout import index_key
-from core.wire import ChunksAnswer, GcAnswer, PullAnswer, PushAnswer, ReportAnswer, VerifyAnswer
+from core.wire import ChunksAnswer, GcAnswer, IndexAnswer, PullAnswer, PushAnswer, ReportAnswer, VerifyAnswer
 
 __all__ = ["IMPORT_FORMATS", "CatalogService", "ServiceSettings", "decode_cursor", "encode_cursor", "parse_metadata"]
 
@@ -244,8 +244,12 @@ class CatalogService:
 
     # ---- push (core.push) -----------------------------------------------------------------
     def push_begin(self, who: Principal, key: ManifestKey, body: dict[str, Any]) -> PushAnswer:
-        """Open (or take over) an upload session; the client puts its index at ``index_url``."""
+        """Open (or take over) an upload session: chunks first, then the index (``declare_index``)."""
         return _push.begin(self._ctx, who, key, body)
+
+    def declare_index(self, who: Principal, upload_id: str, body: dict[str, Any]) -> IndexAnswer:
+        """Record the index's digest and size once the chunks are in; answer where to PUT it."""
+        return _push.declare_index(self._ctx, who, upload_id, body)
 
     def upload_chunks(self, who: Principal, upload_id: str, digests: object) -> ChunksAnswer:
         """Which of these chunks are already verified; staging PUT URLs for the rest."""

@@ -32,6 +32,7 @@ __all__ = [
     "VERSION_PATTERN",
     "ChunksAnswer",
     "GcAnswer",
+    "IndexAnswer",
     "PackAnswer",
     "PullAnswer",
     "PullChunksAnswer",
@@ -56,6 +57,13 @@ class PushAnswer(TypedDict):
     catalog_id: str
     version: str
     architecture: str
+    put_headers: dict[str, str]
+    expires_at: str
+
+
+class IndexAnswer(TypedDict):
+    """``POST /uploads/{id}/index``: where to PUT the index just declared."""
+
     index_url: str
     put_headers: dict[str, str]
     expires_at: str
@@ -395,8 +403,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     # ---- push (storage protocol v2) ----
     "PushRequest": _obj(
         {
-            "index_digest": _DIGEST,
-            "index_size": {"type": "integer", "minimum": 1, "maximum": MAX_INDEX_BYTES},
             "chunk_size": {
                 "type": "integer",
                 "minimum": MIN_CHUNK_SIZE,
@@ -412,11 +418,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "catalog_id": _STR,
             "version": _STR,
             "architecture": _ARCH_OUT,
-            "index_url": _STR,
             "put_headers": _HEADERS,
             "expires_at": _STR,
         }
     ),
+    "IndexRequest": _obj(
+        {"index_digest": _DIGEST, "index_size": {"type": "integer", "minimum": 1, "maximum": MAX_INDEX_BYTES}}
+    ),
+    "IndexAnswer": _obj({"index_url": _STR, "put_headers": _HEADERS, "expires_at": _STR}),
     "ChunksRequest": _digest_page(CHUNK_PAGE),
     "ChunksAnswer": _obj({"stored": _DIGESTS, "urls": _URLS, "put_headers": _HEADERS, "expires_at": _STR}),
     "VerifyRequest": _digest_page(VERIFY_PAGE),

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unavailable
-from core.ports import BlobInfo, BlobStore, HttpMethod
+from core.ports import BlobInfo, BlobStore, HttpMethod, TakenBlob
 from core.storage_layout import MAX_EXPIRES_IN, MAX_KEY_LENGTH, validate_key, validate_prefix
 
 # The key rules are core's (core.storage_layout); they stay importable from here for existing callers.
@@ -95,6 +95,32 @@ def _removed_on_failure(temp: str) -> Iterator[None]:
         if isinstance(exc, OSError):
             _raise_if_full(exc)
         raise
+
+
+def _copy_in_kernel(stream: BinaryIO, out_fd: int, length: int) -> int:
+    """Copy up to ``length`` bytes of a real file (the server's spooled request body) with
+    ``sendfile(2)``, without passing them through Python; the number of bytes copied (0 where the
+    stream is not a file or the platform cannot: the caller copies the rest itself)."""
+    sendfile = getattr(os, "sendfile", None)
+    try:
+        in_fd, start = stream.fileno(), stream.tell()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return 0
+    if sendfile is None or not stat.S_ISREG(os.fstat(in_fd).st_mode):
+        return 0
+    copied = 0
+    try:
+        while copied < length:
+            sent = sendfile(out_fd, in_fd, start + copied, length - copied)
+            if sent == 0:
+                break
+            copied += sent
+    except OSError:
+        if copied == 0:
+            return 0  # e.g. macOS, where sendfile writes to sockets only
+        raise
+    stream.seek(start + copied)
+    return copied
 
 
 def _method(value: object) -> HttpMethod:
@@ -252,6 +278,38 @@ class FileBlobStore(BlobStore):
                 raise PayloadTooLarge(f"object {key!r} is larger than {max_bytes} bytes")
             return data
 
+    @contextmanager
+    def taken(self, key: str, max_bytes: int) -> Iterator[TakenBlob]:
+        """Rename the object to a private temp name first (a later PUT to ``key`` makes a new file and
+        cannot touch it), read it, and promote *that* inode with ``link(2)``: no second write."""
+        path = self._path(key)
+        fd, temp = tempfile.mkstemp(dir=self._tmp, prefix="take-", suffix=".part")
+        os.close(fd)
+        try:
+            try:
+                os.rename(path, temp)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                raise NotFound(f"no object {key!r}") from None
+            self._prune(path.parent)
+            with open(temp, "rb") as handle:
+                if os.fstat(handle.fileno()).st_size > max_bytes:
+                    raise PayloadTooLarge(f"object {key!r} is larger than {max_bytes} bytes")
+                data = handle.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise PayloadTooLarge(f"object {key!r} is larger than {max_bytes} bytes")
+
+            def link(final: str) -> bool:
+                try:
+                    return self._link_new(temp, self._path(final), final)
+                except OSError as exc:
+                    _raise_if_full(exc)
+                    raise
+
+            yield TakenBlob(data, link)
+        finally:
+            with suppress(FileNotFoundError):
+                os.unlink(temp)
+
     def head(self, key: str) -> BlobInfo | None:
         """Size and mtime of one object; ``None`` when missing (a directory is a prefix, not an object)."""
         path = self._path(key)
@@ -324,7 +382,7 @@ class FileBlobStore(BlobStore):
             )
         fd, temp = tempfile.mkstemp(dir=self._tmp, prefix="put-", suffix=".part")
         with _removed_on_failure(temp), os.fdopen(fd, "wb") as out:
-            remaining = length
+            remaining = length - _copy_in_kernel(stream, out.fileno(), length)
             while remaining:
                 block = stream.read(min(_BLOCK, remaining))
                 if not block:

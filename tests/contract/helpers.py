@@ -108,21 +108,26 @@ def index_bytes(pack: Pack) -> bytes:
 
 
 def declaration(pack: Pack) -> dict[str, Any]:
-    data = index_bytes(pack)
-    return {
-        "index_digest": hashlib.sha256(data).hexdigest(),
-        "index_size": len(data),
-        "chunk_size": pack.index["chunk_size"],
-    }
+    """What a push begins with: the grid of ``pack``'s index (the index itself is declared later)."""
+    return {"chunk_size": pack.index["chunk_size"]}
 
 
 def begin_push(client: httpx.Client, cid: str, version: str, arch: str, pack: Pack, **body: Any) -> httpx.Response:
-    """Open a session declaring ``pack``'s index (protocol v2); the index itself is not uploaded."""
+    """Open a session for ``pack`` (protocol v2); nothing is uploaded yet."""
     return client.post(f"{manifest_path(cid, version, arch)}/push", json={**declaration(pack), **body})
 
 
-def put_index(session: Mapping[str, Any], data: bytes) -> None:
-    r = plain.put(session["index_url"], content=data, headers=dict(session["put_headers"]))
+def declare_index(client: httpx.Client, upload_id: str, data: bytes) -> httpx.Response:
+    body = {"index_digest": hashlib.sha256(data).hexdigest(), "index_size": len(data)}
+    return client.post(f"/uploads/{upload_id}/index", json=body)
+
+
+def put_index(client: httpx.Client, session: Mapping[str, Any], data: bytes) -> None:
+    """Declare ``data`` as the session's index and PUT it where the catalog says."""
+    r = declare_index(client, session["upload_id"], data)
+    assert r.status_code == 200, (r.status_code, r.text[:500])
+    target = r.json()
+    r = plain.put(target["index_url"], content=data, headers=dict(target["put_headers"]))
     assert r.status_code in (200, 201, 204), (r.status_code, r.text[:500])
 
 
@@ -195,7 +200,7 @@ def push_pack(
     r = begin_push(client, cid, version, arch, pack, **meta)
     assert r.status_code == 201, (r.status_code, r.text[:1000])
     session = r.json()
-    put_index(session, index_bytes(pack))
+    put_index(client, session, index_bytes(pack))
     sent = send_chunks(client, session["upload_id"], pack)
     assert not sent["verdict"]["corrupt"] and not sent["verdict"]["missing"], sent["verdict"]
     c = commit(client, session["upload_id"])
@@ -210,7 +215,7 @@ def push_empty(client: httpx.Client, cid: str, version: str, arch: str = "x86_64
     pack = Pack({"chunk_size": CHUNK_SIZE, "files": []})
     r = begin_push(client, cid, version, arch, pack, **meta)
     assert r.status_code == 201, (r.status_code, r.text[:1000])
-    put_index(r.json(), index_bytes(pack))
+    put_index(client, r.json(), index_bytes(pack))
     c = commit(client, r.json()["upload_id"])
     assert c.status_code == 200, (c.status_code, c.text[:1000])
     result: dict[str, Any] = c.json()

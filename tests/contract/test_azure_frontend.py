@@ -50,6 +50,7 @@ from tests.contract.helpers import (
     begin_push,
     build_pack,
     commit,
+    declare_index,
     download_chunk,
     fetch_index,
     index_bytes,
@@ -174,7 +175,7 @@ def test_an_encoded_slash_stays_inside_the_id(api: httpx.Client) -> None:
     empty = Pack({"chunk_size": 4096, "files": []})
     r = begin_push(api, cid, "1.0", "x86_64", empty)
     assert r.status_code == 201, r.text
-    put_index(r.json(), index_bytes(empty))
+    put_index(api, r.json(), index_bytes(empty))
     assert commit(api, r.json()["upload_id"]).status_code == 200
     # Decoded before routing, these would read and delete that manifest; as sent, the id is "<cid>/1.0".
     assert_error(api.get(f"/catalog/{cid}%2F1.0/x86_64"), 400, "invalid_input")
@@ -191,10 +192,10 @@ def test_push_commit_pull_moves_bytes_through_sas_urls(api: httpx.Client) -> Non
     assert r.status_code == 201, r.text
     session = r.json()
     assert session["put_headers"] == PUT_HEADERS  # the catalog tells the client what Put Blob needs
-    index_url = session["index_url"]
+    index_url = declare_index(api, session["upload_id"], index_bytes(pack)).json()["index_url"]
     assert "sig=" in index_url and AZURITE_KEY not in index_url and "/staging/" in index_url
     assert plain.put(index_url, content=index_bytes(pack)).status_code == 400  # no blob type: refused
-    put_index(session, index_bytes(pack))
+    put_index(api, session, index_bytes(pack))
 
     asked = ask_chunks(api, session["upload_id"], pack.digests)
     assert asked.status_code == 200, asked.text

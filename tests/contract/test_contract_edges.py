@@ -10,9 +10,11 @@ from tests.contract.helpers import CHUNK_SIZE, assert_error, build_pack, index_b
 
 def test_whole_numbers_written_with_a_fraction_are_integers(publisher, admin, cid):
     data = index_bytes(build_pack({"d": b"x" * 10}))
-    body = {"index_digest": hashlib.sha256(data).hexdigest(), "index_size": float(len(data)), "chunk_size": 4096.0}
+    body = {"chunk_size": 4096.0}
     r = publisher.post(f"{manifest_path(cid, '1.0', 'x86_64')}/push", json=body)
     assert r.status_code == 201, r.text
+    declared = {"index_digest": hashlib.sha256(data).hexdigest(), "index_size": float(len(data))}
+    assert publisher.post(f"/uploads/{r.json()['upload_id']}/index", json=declared).status_code == 200
     assert admin.post("/auth/api-keys", json={"roles": ["USER"], "expires_in_days": 30.0}).status_code == 201
     assert_error(
         publisher.post(f"{manifest_path(cid, '2.0', 'x86_64')}/push", json={**body, "chunk_size": 4096.5}),
@@ -43,8 +45,7 @@ def test_the_import_path_is_the_import_route_for_every_method(admin):
 
 
 def test_an_alias_and_its_field_together_are_refused(publisher, cid):
-    data = index_bytes(build_pack({"d": b"y" * 10}))
-    body = {"index_digest": hashlib.sha256(data).hexdigest(), "index_size": len(data), "chunk_size": CHUNK_SIZE}
+    body = {"chunk_size": CHUNK_SIZE}
     r = publisher.post(
         f"{manifest_path(cid, '1.0', 'x86_64')}/push", json={**body, "required_claims": [], "claims": [None]}
     )

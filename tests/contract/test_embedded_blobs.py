@@ -77,7 +77,7 @@ def _put_url(client: httpx.Client, cid: str, version: str, data: bytes) -> tuple
     """A pending push's staging PUT URL for its one chunk: (digest, url)."""
     pending = build_pack({"disk": data})
     session = begin_push(client, cid, version, "x86_64", pending).json()
-    put_index(session, index_bytes(pending))
+    put_index(client, session, index_bytes(pending))
     ((digest, url),) = ask_chunks(client, session["upload_id"], pending.digests).json()["urls"].items()
     return digest, url
 

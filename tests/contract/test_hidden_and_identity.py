@@ -36,7 +36,7 @@ def _full_push(client: httpx.Client, cid: str, version: str, files: dict[str, by
     r = begin_push(client, cid, version, "x86_64", pack)
     assert r.status_code == 201, r.text
     session = r.json()
-    put_index(session, index_bytes(pack))
+    put_index(client, session, index_bytes(pack))
     sent = send_chunks(client, session["upload_id"], pack)
     c = commit(client, session["upload_id"])
     return c.status_code, {"begin": session, "sent": sent, "commit": c.json()}
@@ -158,7 +158,7 @@ def test_an_admins_key_cannot_take_over_another_users_hidden_push(backend, admin
     pack = build_pack({"disk": _block(40)})
     with backend.http(roles=["PUBLISHER"], subject="carol") as carol:
         session = begin_push(carol, cid, "1.0", "x86_64", pack, required_roles=["QA"]).json()
-        put_index(session, index_bytes(pack))
+        put_index(carol, session, index_bytes(pack))
         key = admin.post("/auth/api-keys", json={"roles": ["ADMIN"], "service_account": "carol"}).json()["key"]
         with backend.http(anonymous=True, headers={"X-Api-Key": key}) as k:
             assert_error(

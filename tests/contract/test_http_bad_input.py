@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 
 import pytest
@@ -74,15 +73,8 @@ def test_wrongly_typed_push_fields_are_400(publisher, cid):
         {"vm_type": "docker"},
         {"minimum_requirements": [1, 2]},
         {"minimum_requirements": {"cpu": "2"}},
-        # the declaration of the index (protocol v2)
-        {"index_digest": None},
-        {"index_digest": "x"},
-        {"index_digest": DIGEST.upper()},
-        {"index_size": 0},
-        {"index_size": -1},
-        {"index_size": "12"},
-        {"index_size": True},
-        {"index_size": 1 << 40},
+        # the grid (protocol v2); the index is declared later, at /uploads/{id}/index
+        {"index_digest": DIGEST},
         {"chunk_size": 1000},
         {"chunk_size": 0},
         {"chunk_size": 4096 * 3 + 1},
@@ -99,6 +91,29 @@ def test_wrongly_typed_push_fields_are_400(publisher, cid):
     limits = {"description": "x" * 4096, "tags": [f"t{i}" for i in range(64)]}
     ok = publisher.post(push, json={**EMPTY_DECLARATION, **limits})
     assert ok.status_code == 201, ok.text
+
+
+def test_invalid_index_declarations_are_400(publisher, cid):
+    r = publisher.post(f"/catalog/{cid}/1.0/x86_64/push", json=EMPTY_DECLARATION)
+    assert r.status_code == 201, r.text
+    declare = f"/uploads/{r.json()['upload_id']}/index"
+    good = {"index_digest": DIGEST, "index_size": 10}
+    for extra in (
+        {"index_digest": None},
+        {"index_digest": "x"},
+        {"index_digest": DIGEST.upper()},
+        {"index_size": 0},
+        {"index_size": -1},
+        {"index_size": "12"},
+        {"index_size": True},
+        {"index_size": 1 << 40},
+        {"chunk_size": 4096},
+    ):
+        assert_error(publisher.post(declare, json={**good, **extra}), 400, "invalid_input")
+    for field in good:
+        assert_error(publisher.post(declare, json={k: v for k, v in good.items() if k != field}), 400, "invalid_input")
+    assert publisher.post(declare, json=good).status_code == 200
+    assert_error(publisher.post("/uploads/nope/index", json=good), 404, "not_found")
 
 
 def test_oversized_metadata_is_400(publisher, cid):
@@ -156,10 +171,9 @@ def test_invalid_pack_indexes_are_400(publisher, cid, index):
         assert_error(publisher.post(f"/catalog/{cid}/1.0/x86_64/push", json={}), 400, "invalid_input")
         return
     data = json.dumps(index).encode()
-    declared = {"index_digest": hashlib.sha256(data).hexdigest(), "index_size": len(data), "chunk_size": 4096}
-    r = publisher.post(f"/catalog/{cid}/1.0/x86_64/push", json=declared)
+    r = publisher.post(f"/catalog/{cid}/1.0/x86_64/push", json={"chunk_size": 4096})
     assert r.status_code == 201, r.text
-    put_index(r.json(), data)
+    put_index(publisher, r.json(), data)
     assert_error(commit(publisher, r.json()["upload_id"]), 400, "invalid_input")
     shown = publisher.get(f"/catalog/{cid}/1.0/x86_64").json()
     assert (shown["status"], shown["upload_in_progress"]) == ("uploading", True)

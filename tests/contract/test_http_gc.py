@@ -93,7 +93,7 @@ def test_gc_never_sweeps_a_chunk_a_running_push_reuses(publisher, admin, cid):
     pack = build_pack({"disk": shared + _block(11)})
     r = begin_push(publisher, cid, "2.0", "x86_64", pack)
     session = r.json()
-    put_index(session, index_bytes(pack))
+    put_index(publisher, session, index_bytes(pack))
     asked = ask_chunks(publisher, session["upload_id"], pack.digests).json()
     assert asked["stored"] == [hashlib.sha256(shared).hexdigest()]  # reused: it will not be uploaded
 
@@ -113,7 +113,7 @@ def test_gc_removes_the_staging_of_an_aborted_push(publisher, admin, cid):
     pack = build_pack({"disk": _block(20) + _block(21)})
     r = begin_push(publisher, cid, "1.0", "x86_64", pack)
     session = r.json()
-    put_index(session, index_bytes(pack))
+    put_index(publisher, session, index_bytes(pack))
     answer = ask_chunks(publisher, session["upload_id"], pack.digests).json()
     staged_url = next(iter(answer["urls"].values()))
     assert "staging/" in staged_url

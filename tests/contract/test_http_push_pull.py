@@ -22,6 +22,7 @@ from tests.contract.helpers import (
     begin_push,
     build_pack,
     commit,
+    declare_index,
     download_chunk,
     fetch_index,
     index_bytes,
@@ -37,7 +38,7 @@ from tests.contract.helpers import (
 )
 
 KIB4 = 4096
-SESSION_FIELDS = {"upload_id", "catalog_id", "version", "architecture", "index_url", "put_headers", "expires_at"}
+SESSION_FIELDS = {"upload_id", "catalog_id", "version", "architecture", "put_headers", "expires_at"}
 
 
 def _blocks(*seeds: int, size: int = KIB4) -> bytes:
@@ -67,7 +68,7 @@ def _open(client: httpx.Client, cid: str, version: str, arch: str, pack: Pack, *
     r = begin_push(client, cid, version, arch, pack, **body)
     assert r.status_code == 201, r.text
     session: dict[str, Any] = r.json()
-    put_index(session, index_bytes(pack))
+    put_index(client, session, index_bytes(pack))
     return session
 
 
@@ -115,7 +116,6 @@ def test_push_then_pull_round_trip(publisher, cid):
     assert set(session) == SESSION_FIELDS
     assert (session["catalog_id"], session["version"], session["architecture"]) == (cid, "1.0", "arm64")
     assert session["expires_at"]
-    _staging_url(session["index_url"], "index.json")
 
     during = publisher.get(f"/catalog/{cid}/1.0/arm64")
     assert during.status_code == 200
@@ -123,7 +123,7 @@ def test_push_then_pull_round_trip(publisher, cid):
     assert during.json()["upload_in_progress"] is True
     assert_error(pull(publisher, cid, "1.0", "arm64"), 409, "conflict")
 
-    put_index(session, index_bytes(pack))
+    put_index(publisher, session, index_bytes(pack))
     asked = _chunks(publisher, session["upload_id"], pack.digests)
     assert set(asked) == {"stored", "urls", "put_headers", "expires_at"}
     assert asked["stored"] == []
@@ -383,9 +383,9 @@ def test_commit_before_verify_is_409(publisher, cid):
     session = r.json()
     upload_id = session["upload_id"]
     assert_error(commit(publisher, upload_id), 409, "conflict")  # no index uploaded yet
-    put_index(session, index_bytes(build_pack({"d": _blocks(44)})))  # not the declared index
+    put_index(publisher, session, index_bytes(build_pack({"d": _blocks(44)})))  # not the declared index
     assert_error(commit(publisher, upload_id), 409, "conflict")
-    put_index(session, index_bytes(pack))
+    put_index(publisher, session, index_bytes(pack))
 
     asked = _chunks(publisher, upload_id, pack.digests)
     stored = upload_chunks(asked["urls"], pack.chunks, asked["put_headers"])
@@ -502,7 +502,7 @@ def test_concurrent_begins_of_one_new_identity_let_exactly_one_win(backend, cid)
                 assert_error(r, 409, "conflict")
         winner = statuses.index(201)
         session = answers[winner].json()
-        put_index(session, index_bytes(pack))
+        put_index(clients[winner], session, index_bytes(pack))
         send_chunks(clients[winner], session["upload_id"], pack)
         done = commit(clients[winner], session["upload_id"])
         assert done.status_code == 200
@@ -541,7 +541,7 @@ def test_someone_elses_push_in_progress_needs_force(backend, cid):
         assert taken.status_code == 201, taken.text
         assert_error(commit(first, session["upload_id"]), 404, "not_found")
         assert_error(ask_chunks(first, session["upload_id"], pack.digests), 404, "not_found")
-        put_index(taken.json(), index_bytes(pack))
+        put_index(second, taken.json(), index_bytes(pack))
         send_chunks(second, taken.json()["upload_id"], pack)
         assert commit(second, taken.json()["upload_id"]).json()["created_by"] == "first"
 
@@ -597,8 +597,10 @@ def test_no_response_carries_a_storage_secret_or_a_signed_url_in_a_manifest(back
     pack = build_pack({"a": _blocks(80, 81), "b": b"tail"})
     with backend.http(roles=["ADMIN"], subject="auditor") as c:
         session = record(begin_push(c, cid, "1.0", "x86_64", pack, tags=["audit"])).json()
-        _staging_url(session["index_url"], "index.json")
-        put_index(session, index_bytes(pack))
+        declared = record(declare_index(c, session["upload_id"], index_bytes(pack))).json()
+        _staging_url(declared["index_url"], "index.json")
+        put = plain.put(declared["index_url"], content=index_bytes(pack), headers=declared["put_headers"])
+        assert put.status_code in (200, 201), put.text
         asked = record(ask_chunks(c, session["upload_id"], pack.digests)).json()
         for digest, url in asked["urls"].items():
             _staging_url(url, digest)
@@ -664,7 +666,7 @@ def test_push_refuses_unknown_fields(publisher, cid):
     assert "descripton" in r.json()["error"]["message"]
     # a v1 client sends the index itself: refused, naming what v2 wants instead
     r = publisher.post(f"/catalog/{cid}/1.0/x86_64/push", json={"index": pack.index})
-    assert "index_digest" in assert_error(r, 400, "invalid_input")["message"]
+    assert "/uploads/{upload_id}/index" in assert_error(r, 400, "invalid_input")["message"]
     assert_error(publisher.get(f"/catalog/{cid}/1.0/x86_64"), 404, "not_found")
     session = _open(publisher, cid, "1.0", "x86_64", pack)
     send_chunks(publisher, session["upload_id"], pack)

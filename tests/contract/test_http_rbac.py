@@ -244,12 +244,12 @@ def test_a_pusher_may_restrict_a_version_to_roles_they_do_not_hold(backend, cid)
         with backend.http(roles=["PUBLISHER"], subject="other") as other:
             decoy = begin_push(other, cid, "1.0", "x86_64", pack)
             assert decoy.status_code == 201, decoy.text
-            put_index(decoy.json(), index_bytes(pack))
+            put_index(other, decoy.json(), index_bytes(pack))
             assert_error(commit(other, decoy.json()["upload_id"]), 409, "conflict")
             assert_error(commit(other, second.json()["upload_id"]), 404, "not_found")
             other_chunks = other.post(f"/uploads/{second.json()['upload_id']}/chunks", json={"digests": pack.digests})
             assert_error(other_chunks, 404, "not_found")
-        put_index(second.json(), index_bytes(pack))
+        put_index(ci, second.json(), index_bytes(pack))
         send_chunks(ci, second.json()["upload_id"], pack)
         done = commit(ci, second.json()["upload_id"])
         assert done.status_code == 200, done.text

@@ -40,6 +40,7 @@ CONTRACT_ROUTES = {
     ("POST", "/api/v1/catalog/{id}/{version}/{arch}/pull/urls"),
     ("POST", "/api/v1/catalog/{id}/{version}/{arch}/pull/report"),
     ("POST", "/api/v1/uploads/{upload_id}/chunks"),
+    ("POST", "/api/v1/uploads/{upload_id}/index"),
     ("POST", "/api/v1/uploads/{upload_id}/verify"),
     ("POST", "/api/v1/uploads/{upload_id}/commit"),
     ("DELETE", "/api/v1/uploads/{upload_id}"),

@@ -155,7 +155,7 @@ def test_delete_leaves_a_tombstone_that_only_someone_who_could_see_it_pushes_aga
     r = begin_push(publisher, cid, "1.0", "x86_64", again)
     assert r.status_code == 201, r.text
     session = r.json()
-    put_index(session, index_bytes(again))
+    put_index(publisher, session, index_bytes(again))
     asked = ask_chunks(publisher, session["upload_id"], again.digests).json()
     assert asked["stored"] == first.digests
     assert list(asked["urls"]) == [hashlib.sha256(_blocks(12)).hexdigest()]
@@ -188,7 +188,7 @@ def test_delete_leaves_a_tombstone_that_only_someone_who_could_see_it_pushes_aga
     decoy_pack = build_pack({"d": b"x"})
     decoy = begin_push(publisher, cid, "3.0", "x86_64", decoy_pack)
     assert decoy.status_code == 201, decoy.text
-    put_index(decoy.json(), index_bytes(decoy_pack))
+    put_index(publisher, decoy.json(), index_bytes(decoy_pack))
     assert_error(commit(publisher, decoy.json()["upload_id"]), 409, "conflict")
     with backend.http(roles=["PUBLISHER", "QA"], subject="quinn-qa") as qa:
         replaced = push_pack(qa, cid, "3.0", "x86_64", {"d": b"qa again"})
@@ -353,7 +353,7 @@ def test_purge_keeps_chunks_an_upload_in_progress_relies_on(admin, cid):
     push_pack(admin, cid, "1.0", "x86_64", {"disk": shared + old_only})
     pending = build_pack({"disk": shared + new_only})
     session = begin_push(admin, cid, "2.0", "x86_64", pending).json()
-    put_index(session, index_bytes(pending))
+    put_index(admin, session, index_bytes(pending))
     asked = ask_chunks(admin, session["upload_id"], pending.digests).json()
     new_digest = hashlib.sha256(new_only).hexdigest()
     assert asked["stored"] == [hashlib.sha256(shared).hexdigest()]

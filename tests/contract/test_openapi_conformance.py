@@ -255,7 +255,7 @@ def test_real_push_and_pull_answers_match_the_document(request: pytest.FixtureRe
     with httpx.Client(base_url=t.api_url, headers=t.headers, timeout=60) as c:
         pack = build_pack({"disk.hdd": b"conformance" * 5000, "config.pvs": b"<xml/>"})
         session = check("POST", m + "/push", begin_push(c, cid, version, arch, pack, tags=["oa"]), 201)
-        put_index(session, index_bytes(pack))
+        put_index(c, session, index_bytes(pack))
         asked = check(
             "POST", "/api/v1/uploads/{upload_id}/chunks", ask_chunks(c, session["upload_id"], pack.digests), 200
         )

@@ -628,6 +628,26 @@ class BlobStoreContract:
         winner = results.index(True)
         assert blobs.get_bytes(key) == b"writer-%d" % winner
 
+    def test_taken_is_immune_to_a_later_put_and_promotes_write_once(self, blobs: BlobStore, base: str) -> None:
+        staged, final = f"{base}/staging/x/{'ef' * 32}", f"{base}/chunks/{'ef' * 32}"
+        blobs.put_bytes(staged, b"checked bytes")
+        with blobs.taken(staged, max_bytes=100) as taken:
+            assert taken.data == b"checked bytes"
+            blobs.put_bytes(staged, b"swapped after the check")  # a client PUTs to its URL again
+            assert taken.put_if_absent(final) is True
+            assert taken.put_if_absent(final) is False
+        assert blobs.get_bytes(final) == b"checked bytes"  # what was checked, never what came later
+        blobs.put_bytes(f"{base}/other", b"y")
+        with blobs.taken(f"{base}/other", max_bytes=10) as taken:
+            assert taken.put_if_absent(final) is False  # an existing object is never replaced
+        assert blobs.get_bytes(final) == b"checked bytes"
+        assert blobs.head(f"{base}/other") is None  # taken objects are gone afterwards
+        with pytest.raises(NotFound):
+            blobs.taken(f"{base}/missing", max_bytes=10).__enter__()
+        blobs.put_bytes(f"{base}/big", b"x" * 11)
+        with pytest.raises(PayloadTooLarge):
+            blobs.taken(f"{base}/big", max_bytes=10).__enter__()
+
     def test_get_bytes_refuses_more_than_max(self, blobs: BlobStore, base: str) -> None:
         blobs.put_bytes(f"{base}/big", b"x" * 5000)
         assert blobs.get_bytes(f"{base}/big", max_bytes=5000) == b"x" * 5000

@@ -36,6 +36,7 @@ from tests.contract.helpers import (
     begin_push,
     build_pack,
     commit,
+    declare_index,
     download_chunk,
     fetch_index,
     index_bytes,
@@ -77,7 +78,7 @@ def _session(client: httpx.Client, cid: str, version: str, pack: Pack, **body: A
     r = begin_push(client, cid, version, ARCH, pack, **body)
     assert r.status_code == 201, (r.status_code, r.text[:1000])
     session: dict[str, Any] = r.json()
-    _assert_staging_url(session["index_url"])
+    assert "index_url" not in session  # the index is declared once the chunks are in
     return session
 
 
@@ -174,7 +175,7 @@ def test_a_stored_chunk_is_answered_stored_without_a_url(backend, publisher, mal
 def test_every_url_a_pusher_receives_points_into_staging(publisher, cid):
     pack = build_pack({"disk": _blocks(5, 6, 7, 8), "config.pvs": b"<config/>"})
     session = _session(publisher, cid, "1.0", pack)
-    put_index(session, index_bytes(pack))
+    put_index(publisher, session, index_bytes(pack))
     answer = _ask(publisher, session["upload_id"], pack.digests)
     assert set(answer["urls"]) == set(pack.digests)
     nonce_paths = {_storage_key(u).rsplit("/staging/", 1)[1].split("/", 1)[0] for u in answer["urls"].values()}
@@ -229,7 +230,7 @@ def test_garbage_at_own_staging_url_after_verification_leaves_the_chunk_intact(p
     files = {"disk": _blocks(21, 22, 23)}
     pack = build_pack(files)
     session = _session(publisher, cid, "1.0", pack)
-    put_index(session, index_bytes(pack))
+    put_index(publisher, session, index_bytes(pack))
     answer = _ask(publisher, session["upload_id"], pack.digests)
     upload_chunks(answer["urls"], pack.chunks, session["put_headers"])
     assert sorted(_verify(publisher, session["upload_id"], pack.digests)["verified"]) == sorted(pack.digests)
@@ -277,7 +278,7 @@ def test_garbage_during_a_force_push_never_replaces_an_honest_chunk(publisher, m
     bigger = build_pack(bigger_files)
     new = _digest(_blocks(43))
     forced = _session(mallory, cid, "1.0", bigger, force=True)
-    put_index(forced, index_bytes(bigger))
+    put_index(mallory, forced, index_bytes(bigger))
     answer = _ask(mallory, forced["upload_id"], bigger.digests)
     assert set(answer["urls"]) == {new}
     # meanwhile an honest push stores that chunk for version 2.0
@@ -324,7 +325,7 @@ def test_garbage_under_a_new_digest_is_corrupt_and_poisons_nothing(backend, publ
     target = _digest(_blocks(52))
 
     session = _session(mallory, cid, "0.1", pack)
-    put_index(session, index_bytes(pack))
+    put_index(mallory, session, index_bytes(pack))
     answer = _ask(mallory, session["upload_id"], pack.digests)
     for digest, url in answer["urls"].items():
         data = GARBAGE[kind](pack.chunks[digest]) if digest == target else _ZSTD.compress(pack.chunks[digest])
@@ -340,7 +341,7 @@ def test_garbage_under_a_new_digest_is_corrupt_and_poisons_nothing(backend, publ
 
     # a later honest push of that digest is told it is NOT stored, uploads, verifies and pulls right
     honest = _session(publisher, cid, "1.0", pack)
-    put_index(honest, index_bytes(pack))
+    put_index(publisher, honest, index_bytes(pack))
     told = _ask(publisher, honest["upload_id"], pack.digests)
     assert target not in told["stored"]
     assert set(told["urls"]) == {target}
@@ -354,7 +355,7 @@ def test_garbage_under_a_new_digest_is_corrupt_and_poisons_nothing(backend, publ
 def test_verify_of_a_digest_never_uploaded_is_missing(publisher, cid):
     pack = build_pack({"disk": _blocks(61, 62)})
     session = _session(publisher, cid, "1.0", pack)
-    put_index(session, index_bytes(pack))
+    put_index(publisher, session, index_bytes(pack))
     _ask(publisher, session["upload_id"], pack.digests)
     verdict = _verify(publisher, session["upload_id"], pack.digests)
     assert sorted(verdict["missing"]) == sorted(pack.digests), verdict
@@ -369,7 +370,7 @@ def test_commit_before_verify_is_409(publisher, cid):
     pack = build_pack(files)
     session = _session(publisher, cid, "1.0", pack)
     assert_error(commit(publisher, session["upload_id"]), 409, "conflict")  # no index yet
-    put_index(session, index_bytes(pack))
+    put_index(publisher, session, index_bytes(pack))
     answer = _ask(publisher, session["upload_id"], pack.digests)
     upload_chunks(answer["urls"], pack.chunks, session["put_headers"])
     assert_error(commit(publisher, session["upload_id"]), 409, "conflict")  # uploaded, not verified
@@ -397,9 +398,11 @@ def test_commit_refuses_an_index_that_does_not_match_the_declaration(publisher, 
         good[:-1] + (b"}" if good[-1:] != b"}" else b" "),  # same size, other digest
         b"",
     ):
-        put_index(session, wrong)
+        target = declare_index(publisher, session["upload_id"], good).json()
+        r = plain.put(target["index_url"], content=wrong, headers=target["put_headers"])
+        assert r.status_code in (200, 201), r.text
         assert_error(commit(publisher, session["upload_id"]), 409, "conflict")
-    put_index(session, good)
+    put_index(publisher, session, good)
     assert commit(publisher, session["upload_id"]).status_code == 200
     _assert_pulls(publisher, cid, "1.0", files)
 
@@ -420,7 +423,7 @@ def test_an_index_naming_chunks_of_other_sizes_is_refused(publisher, cid):
         {digest: data},
     )
     session = _session(publisher, cid, "1.0", lying)
-    put_index(session, index_bytes(lying))
+    put_index(publisher, session, index_bytes(lying))
     answer = _ask(publisher, session["upload_id"], [digest])
     upload_chunks(answer["urls"], {digest: data}, session["put_headers"])
     assert _verify(publisher, session["upload_id"], [digest])["verified"] == [digest]
@@ -492,7 +495,7 @@ def test_a_chunk_corrupted_in_storage_is_quarantined_and_repaired_by_a_force_pus
 
     # a forced push of the same content is told exactly those two are missing, and repairs them
     session = _session(publisher, cid, "1.0", pack, force=True)
-    put_index(session, index_bytes(pack))
+    put_index(publisher, session, index_bytes(pack))
     answer = _ask(publisher, session["upload_id"], pack.digests)
     assert set(answer["urls"]) == {bad, other_bad}
     upload_chunks(answer["urls"], pack.chunks, session["put_headers"])
@@ -543,15 +546,16 @@ def test_an_expired_staging_url_is_refused_and_a_fresh_one_works(tmp_path: Path)
             pack = build_pack(files)
             session = _session(c, "expiry", "1.0", pack)
             answer = _ask(c, session["upload_id"], pack.digests)
+            index_url = declare_index(c, session["upload_id"], index_bytes(pack)).json()["index_url"]
             time.sleep(3.5)
-            late = plain.put(session["index_url"], content=index_bytes(pack))
+            late = plain.put(index_url, content=index_bytes(pack))
             assert_error(late, 403, "forbidden")
             for url in answer["urls"].values():
                 assert_error(plain.put(url, content=b"late"), 403, "forbidden")
             assert sorted(_verify(c, session["upload_id"], pack.digests)["missing"]) == sorted(pack.digests)
-            # fresh URLs: asked again (the index by beginning again, which takes over the session)
+            # fresh URLs: asked again (here by beginning again, which takes over the session)
             session = _session(c, "expiry", "1.0", pack)
-            put_index(session, index_bytes(pack))
+            put_index(c, session, index_bytes(pack))
             fresh = _ask(c, session["upload_id"], pack.digests)
             upload_chunks(fresh["urls"], pack.chunks, session["put_headers"])
             assert sorted(_verify(c, session["upload_id"], pack.digests)["verified"]) == sorted(pack.digests)
@@ -599,7 +603,7 @@ def test_a_session_cannot_be_used_by_another_publisher(publisher, mallory, cid):
     files = {"disk": _blocks(161, 162)}
     pack = build_pack(files)
     session = _session(publisher, cid, "1.0", pack)
-    put_index(session, index_bytes(pack))
+    put_index(publisher, session, index_bytes(pack))
     answer = _ask(publisher, session["upload_id"], pack.digests)
     upload_chunks(answer["urls"], pack.chunks, session["put_headers"])
     answers = _foreign_calls(mallory, session["upload_id"], pack.digests)

@@ -285,15 +285,14 @@ class Harness:
         return result
 
     def push(self, version: str, blocks: list[bytes]) -> Costs:
-        """Begin, put the index, ask about the chunks a page at a time, put the missing ones in
-        staging, verify a page at a time, commit: the requests of each phase."""
+        """Begin, ask about the chunks a page at a time, put the missing ones in staging, verify a
+        page at a time, declare and put the index, commit: the requests of each phase."""
         pack = build_pack({"disk.hdd": b"".join(blocks)})
         key = ManifestKey.parse(self.cid, version, ARCH)
         svc, costs = self.service, {}
         begun = self._phase(costs, "begin", lambda: svc.push_begin(PUSHER, key, declaration(pack)))
         upload_id = begun["upload_id"]
         nonce = _nonce(upload_id)
-        self.raw.put_bytes(staging_index_key(nonce), index_bytes(pack))
         digests = pack.digests
         uploaded: list[str] = []
         for start in range(0, len(digests), CHUNK_PAGE):
@@ -306,6 +305,10 @@ class Harness:
             page = uploaded[start : start + VERIFY_PAGE]
             verdict = self._phase(costs, "verify", lambda page=page: svc.verify_chunks(PUSHER, upload_id, page))
             assert verdict["verified"] == page, verdict
+        data = index_bytes(pack)
+        declared = {"index_digest": hashlib.sha256(data).hexdigest(), "index_size": len(data)}
+        self._phase(costs, "index", lambda: svc.declare_index(PUSHER, upload_id, declared))
+        self.raw.put_bytes(staging_index_key(nonce), data)
         manifest = self._phase(costs, "commit", lambda: svc.commit(PUSHER, upload_id, {}))
         assert manifest.is_ready
         return costs

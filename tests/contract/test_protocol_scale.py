@@ -112,8 +112,8 @@ def test_a_100k_chunk_index_never_travels_through_the_api(backend, cid, tmp_path
     assert pulled.downloaded_chunks == DISTINCT + 1
 
     # the index really is big: what the push declared
-    begin = next(c for c in log.calls if c["path"].endswith("/push"))
-    index_size = json.loads(begin["body"])["index_size"]
+    declared = next(c for c in log.calls if c["path"].endswith("/index"))
+    index_size = json.loads(declared["body"])["index_size"]
     assert index_size > 10 * 1_000_000, index_size
 
     # every API body is bounded, whatever the index size

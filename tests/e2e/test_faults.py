@@ -152,7 +152,7 @@ def test_push_killed_mid_transfer_resumes_with_only_the_missing_chunks(
         if (d / "meta.json").is_file() and json.loads((d / "meta.json").read_text())["catalog_id"] == cid
     ]
     assert len(sessions) == 1, "the killed push should have left its upload session's staging area"
-    assert "index.json" in listing(sessions[0]), "the killed push uploaded its index first"
+    assert "index.json" not in listing(sessions[0]), "a push declares and uploads its index last"
 
     # The catalog lists what is stored, so the rerun sends exactly the rest: no slack is needed
     # (requests still in flight at the kill have landed or vanished by the time the count settles).

@@ -95,6 +95,7 @@ def test_public_names_are_pinned() -> None:
         "ManifestQuery",
         "ManifestStore",
         "Stored",
+        "TakenBlob",
     }
     assert set(core.rbac.__all__) == {
         "ALL_CLAIMS",

@@ -80,10 +80,14 @@ class Catalog:
         self.service = CatalogService(self.store, self.blobs, self.keys)
 
     def begin(self, who: Principal, key: ManifestKey, pack: Pack, **body: Any) -> str:
-        declared = {"index_digest": pack.index.digest, "index_size": len(pack.index_bytes), "chunk_size": CELL}
-        answer = self.service.push_begin(who, key, {**declared, **body})
-        self.blobs.put_url(answer["index_url"], pack.index_bytes)
+        answer = self.service.push_begin(who, key, {"chunk_size": CELL, **body})
+        self.put_index(who, answer["upload_id"], pack.index_bytes)
         return answer["upload_id"]
+
+    def put_index(self, who: Principal, upload_id: str, data: bytes) -> str:
+        """Declare ``data`` as the session's index and PUT it; the storage key it landed at."""
+        declared = {"index_digest": hashlib.sha256(data).hexdigest(), "index_size": len(data)}
+        return self.blobs.put_url(self.service.declare_index(who, upload_id, declared)["index_url"], data)
 
     def upload(self, who: Principal, upload_id: str, pack: Pack, only: list[str] | None = None) -> dict[str, Any]:
         """Ask which chunks are stored, PUT the others to their staging URLs, verify them."""
@@ -183,12 +187,15 @@ def test_a_corrupt_staged_chunk_never_enters_chunks(cat: Catalog) -> None:
 
 def test_the_uploaded_index_must_be_the_declared_one(cat: Catalog) -> None:
     pack = make_pack("a")
-    answer = cat.service.push_begin(
-        ALICE, K1, {"index_digest": pack.index.digest, "index_size": len(pack.index_bytes), "chunk_size": CELL}
-    )
+    answer = cat.service.push_begin(ALICE, K1, {"chunk_size": CELL})
+    with pytest.raises(Conflict, match="declare the index"):
+        cat.service.commit(ALICE, answer["upload_id"], {})
+    declared = {"index_digest": pack.index.digest, "index_size": len(pack.index_bytes)}
+    cat.service.declare_index(ALICE, answer["upload_id"], declared)
     with pytest.raises(Conflict, match="not been uploaded"):
         cat.service.commit(ALICE, answer["upload_id"], {})
-    cat.blobs.put_url(answer["index_url"], make_pack("b").index_bytes)
+    index_url = cat.service.declare_index(ALICE, answer["upload_id"], declared)["index_url"]
+    cat.blobs.put_url(index_url, make_pack("b").index_bytes)
     cat.upload(ALICE, answer["upload_id"], pack)
     with pytest.raises(Conflict, match="does not match the declared"):
         cat.service.commit(ALICE, answer["upload_id"], {})
@@ -196,13 +203,13 @@ def test_the_uploaded_index_must_be_the_declared_one(cat: Catalog) -> None:
 
 def test_the_index_url_is_a_put_into_the_sessions_staging_area_only(cat: Catalog) -> None:
     pack = make_pack("a")
-    answer = cat.service.push_begin(
-        ALICE, K1, {"index_digest": pack.index.digest, "index_size": len(pack.index_bytes), "chunk_size": CELL}
-    )
-    key = cat.blobs.put_url(answer["index_url"], pack.index_bytes)
+    answer = cat.service.push_begin(ALICE, K1, {"chunk_size": CELL})
+    declared = {"index_digest": pack.index.digest, "index_size": len(pack.index_bytes)}
+    index_url = cat.service.declare_index(ALICE, answer["upload_id"], declared)["index_url"]
+    key = cat.blobs.put_url(index_url, pack.index_bytes)
     assert key.startswith("staging/") and key.endswith("/index.json")
     with pytest.raises(Forbidden):
-        cat.blobs.get_url(answer["index_url"])
+        cat.blobs.get_url(index_url)
     urls = cat.service.upload_chunks(ALICE, answer["upload_id"], pack.digests)["urls"]
     assert all(cat.blobs.put_url(url, b"x").startswith(key.removesuffix("index.json")) for url in urls.values())
 

@@ -1,0 +1,42 @@
+"""The server's verdict on a chunk: one-shot and streamed decompression agree, and neither trusts a frame."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+import zstandard
+
+from core.chunk_check import ONE_SHOT_LIMIT, raw_size_if_valid
+
+RAW = os.urandom(3000) + b"text " * 2000
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("limit", [ONE_SHOT_LIMIT, ONE_SHOT_LIMIT + 4096], ids=["one-shot", "streamed"])
+def test_a_good_chunk_is_verified_with_its_raw_size(limit: int) -> None:
+    blob = zstandard.ZstdCompressor(level=3).compress(RAW)
+    assert raw_size_if_valid(blob, _sha(RAW), limit) == len(RAW)
+
+
+@pytest.mark.parametrize("limit", [ONE_SHOT_LIMIT, ONE_SHOT_LIMIT + 4096], ids=["one-shot", "streamed"])
+def test_several_frames_are_one_chunk(limit: int) -> None:
+    blob = zstandard.ZstdCompressor().compress(RAW[:5000]) + zstandard.ZstdCompressor().compress(RAW[5000:])
+    assert raw_size_if_valid(blob, _sha(RAW), limit) == len(RAW)
+
+
+@pytest.mark.parametrize("limit", [ONE_SHOT_LIMIT, ONE_SHOT_LIMIT + 4096], ids=["one-shot", "streamed"])
+def test_bad_chunks_are_refused(limit: int) -> None:
+    good = zstandard.ZstdCompressor(level=3).compress(RAW)
+    assert raw_size_if_valid(good, _sha(RAW[:-1]), limit) is None  # another digest
+    assert raw_size_if_valid(b"not zstd at all", _sha(RAW), limit) is None
+    assert raw_size_if_valid(good[:-8], _sha(RAW), limit) is None  # truncated
+    assert raw_size_if_valid(zstandard.ZstdCompressor().compress(b""), _sha(b""), limit) is None  # empty
+    # a bomb: more raw bytes than the session's grid allows, with or without a declared size
+    bomb = bytes(limit + 1)
+    for writer in (zstandard.ZstdCompressor(), zstandard.ZstdCompressor(write_content_size=False)):
+        assert raw_size_if_valid(writer.compress(bomb), _sha(bomb), limit) is None
