@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import threading
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +25,10 @@ log = logging.getLogger("pdcat.verify")
 
 
 ONE_SHOT_LIMIT = 8 * 1024 * 1024
+_CHECKS = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+"""Chunks checked at once in this process, however many requests ask: a check is CPU work (more at
+once only queue for the cores) and holds a compressed and a raw chunk in memory, so this bounds a
+server's memory as well (the embedded server verifies while it receives other uploads)."""
 
 
 def compressed_bound(raw_limit: int) -> int:
@@ -80,7 +86,7 @@ def promote_staged(blobs: BlobStore, catalog_id: str, nonce: str, digest: str, r
     final = chunk_key(catalog_id, digest)
     staged = staging_chunk_key(nonce, digest)
     try:
-        with blobs.taken(staged, compressed_bound(raw_limit)) as taken:
+        with _CHECKS, blobs.taken(staged, compressed_bound(raw_limit)) as taken:
             raw_size = raw_size_if_valid(taken.data, digest, raw_limit)
             if raw_size is None:
                 log.warning("staged chunk failed verification", extra={"digest": digest[:12], "catalog": catalog_id})
@@ -107,14 +113,15 @@ def recheck_stored(blobs: BlobStore, catalog_id: str, digest: str, raw_limit: in
     there): either way the next push uploads it again. The client's word alone never removes anything.
     """
     final = chunk_key(catalog_id, digest)
-    try:
-        blob = blobs.get_bytes(final, max_bytes=compressed_bound(raw_limit))
-    except NotFound:
-        return True
-    except PayloadTooLarge:
-        blob = b""
-    if blob and raw_size_if_valid(blob, digest, raw_limit) is not None:
-        return False
+    with _CHECKS:
+        try:
+            blob = blobs.get_bytes(final, max_bytes=compressed_bound(raw_limit))
+        except NotFound:
+            return True
+        except PayloadTooLarge:
+            blob = b""
+        if blob and raw_size_if_valid(blob, digest, raw_limit) is not None:
+            return False
     blobs.put_bytes(quarantine_key(catalog_id, digest), blob)
     blobs.delete([final])
     log.warning("stored chunk failed verification; quarantined", extra={"digest": digest[:12], "catalog": catalog_id})
