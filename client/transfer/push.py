@@ -123,6 +123,7 @@ class _Pass:
         self._uploads: set[Future[None]] = set()
         self._verdicts: list[Future[None]] = []
         self._to_verify: list[str] = []
+        self._verifies_running = 0
         self._sources: dict[str, _Cell] = {}  # uploaded, not yet verified: to send again if refused
         self.found: dict[str, list[Chunk]] = {}
         self.known: set[str] = set()  # digests this push has dealt with (stored, or sent)
@@ -281,8 +282,8 @@ class _Pass:
             with self._lock:
                 self._sources[cell_digest] = cell
                 self._to_verify.append(cell_digest)
-                if len(self._to_verify) >= VERIFY_PAGE:
-                    self._submit_verify()
+                if len(self._to_verify) >= VERIFY_PAGE or not self._verifies_running:
+                    self._submit_verify()  # a full page, or the verifier is idle: keep the tail short
             self.progress.advance(cell.size)
         except BaseException as exc:
             self._fail(exc)
@@ -314,11 +315,20 @@ class _Pass:
 
     # ---- verification ------------------------------------------------------------------------
     def _submit_verify(self) -> None:
+        """Called with the lock held."""
         batch, self._to_verify = self._to_verify, []
         if batch:
+            self._verifies_running += 1
             self._verdicts.append(self._verifying.submit(self._verify, batch))
 
     def _verify(self, batch: list[str]) -> None:
+        try:
+            self._check(batch)
+        finally:
+            with self._lock:
+                self._verifies_running -= 1
+
+    def _check(self, batch: list[str]) -> None:
         """A chunk the server refuses is read and sent once more, then the push fails."""
         answer = _retrying(self.config, lambda: self.api.verify_chunks(self.upload_id, batch))
         refused = answer["corrupt"] + answer["missing"]
