@@ -1,23 +1,48 @@
 """The catalog API, as the client sees it: one method per route, core's error classes on failure.
 
-Accepts any httpx transport, so tests can run the embedded WSGI app in-process and production talks
-to a real server through the same code. Storage URLs are fetched with a *separate* client that never
-carries the catalog credentials.
+Every call is one JSON request (:meth:`CatalogClient.request`), sent one of two ways:
+
+* straight to the catalog with the standard library's ``http.client`` (``_Direct``), for a catalog
+  reached over plain http(s) with no proxy: cheap to start, so ``pdcat ls`` never loads httpx;
+* through httpx (``_ViaHttpx``) whenever the two could differ: a test's transport (the embedded WSGI
+  app in-process, a mock), a proxy configured on this machine (httpx's ``trust_env``), or a URL the
+  direct path does not take as it is (credentials or a query in it, a non-ASCII host...).
+
+Either way the request is the same (body, query and headers are built once, in ``request``), TLS is
+verified the same way (certifi, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``), idle connections are kept 5 s,
+no redirect is followed, and a request that gets no answer raises :class:`ConnectionFailed` with the
+same words. Storage URLs are fetched with a *separate* client that never carries the catalog
+credentials (``client.blobio``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-from urllib.parse import quote
-
-import httpx
+import json as jsonlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import SplitResult, quote, urlencode, urlsplit
 
 from core.errors import PdcatError, Unavailable, error_for_status
-from core.wire import ChunksAnswer, IndexAnswer, ReportAnswer, VerifyAnswer
+
+if TYPE_CHECKING:
+    import http.client
+    import ssl
+
+    import httpx
+
+    from core.wire import ChunksAnswer, IndexAnswer, ReportAnswer, VerifyAnswer
 
 __all__ = ["CatalogClient", "ConnectionFailed"]
+
+log = logging.getLogger("pdcat.api")
+
+#: How long an idle connection waits for the next call before it is dropped (httpx's keep-alive expiry).
+KEEPALIVE_SECONDS = 5.0
 
 
 class ConnectionFailed(Unavailable):
@@ -28,14 +53,216 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
-@contextmanager
-def _translate(url: str) -> Iterator[None]:
+def _unreachable(url: str, kind: str, *, timed_out: bool = False) -> ConnectionFailed:
+    """What a request that got no answer raises, however it was sent (``kind``: httpx's name for it)."""
+    if timed_out:
+        return ConnectionFailed(f"the catalog at {url} did not answer in time")
+    return ConnectionFailed(f"cannot reach the catalog at {url}: {kind}")
+
+
+def _query(params: Mapping[str, Any]) -> str:
+    """``params`` as httpx encodes them: JSON-style booleans, None as empty, a list as repeated keys."""
+    pairs: list[tuple[str, str]] = []
+    for key, value in params.items():
+        for item in value if isinstance(value, list | tuple) else (value,):
+            text = "true" if item is True else "false" if item is False else "" if item is None else str(item)
+            pairs.append((key, text))
+    return urlencode(pairs)
+
+
+class _Answer(NamedTuple):
+    status: int
+    content: bytes
+
+
+# ---- straight to the catalog ------------------------------------------------------------------
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_:")
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+
+def _direct_url(base_url: str) -> SplitResult | None:
+    """``base_url`` split, when the direct path reaches it exactly as httpx would; None sends through httpx."""
     try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise ConnectionFailed(f"the catalog at {url} did not answer in time") from exc
-    except httpx.TransportError as exc:
-        raise ConnectionFailed(f"cannot reach the catalog at {url}: {exc.__class__.__name__}") from exc
+        url = urlsplit(base_url)
+        port = url.port  # a port that is not a number raises ValueError
+    except ValueError:
+        return None
+    host = url.hostname or ""
+    plain = (
+        url.scheme in ("http", "https")
+        and host != ""
+        and set(host) <= _HOST_CHARS
+        and port != 0
+        and "@" not in url.netloc
+        and not url.query
+        and not url.fragment
+        and quote(url.path, safe=_PATH_SAFE) == url.path
+    )
+    return url if plain and not _proxy_configured() else None
+
+
+def _proxy_configured() -> bool:
+    """Whether httpx could use a proxy here (``trust_env``: ``*_proxy`` variables, and on macOS and
+    Windows the system's settings, as ``urllib.request.getproxies`` reads them)."""
+    if any(value and name[-6:].lower() == "_proxy" for name, value in os.environ.items()):
+        return True
+    if sys.platform in ("darwin", "win32"):
+        from urllib.request import getproxies
+
+        return bool(getproxies())
+    return False
+
+
+def _tls_context(verify: bool) -> ssl.SSLContext:
+    """The context httpx builds (``httpx._config.create_ssl_context``), with httpcore's ALPN."""
+    import ssl
+
+    if not verify:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif os.environ.get("SSL_CERT_FILE"):
+        context = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    elif os.environ.get("SSL_CERT_DIR"):
+        context = ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    else:
+        import certifi
+
+        context = ssl.create_default_context(cafile=certifi.where())
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _dropped(connection: http.client.HTTPConnection) -> bool:
+    """Whether an idle connection was closed (or written to) by the server: it cannot take a request."""
+    import select
+
+    sock = connection.sock
+    if sock is None:
+        return True
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+class _Direct:
+    """HTTP/1.1 with ``http.client``: a pool of keep-alive connections, safe to share between threads
+    (a push asks from several)."""
+
+    def __init__(self, url: SplitResult, shown: str, headers: Mapping[str, str], timeout: float, verify: bool) -> None:
+        """``shown``: the catalog's URL as given, for messages."""
+        self._url = url
+        self._shown = shown
+        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._prefix = url.path.rstrip("/") + "/api/v1"
+        self._headers = {"Accept": "*/*", "Connection": "keep-alive", **headers}
+        self._timeout, self._verify = timeout, verify
+        self._tls: ssl.SSLContext | None = None
+        self._idle: list[tuple[float, http.client.HTTPConnection]] = []
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, connection in idle:
+            connection.close()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        """An idle connection still good (the most recent first), or a new one (not yet connected)."""
+        now = time.monotonic()
+        with self._lock:
+            while self._idle:
+                since, connection = self._idle.pop()
+                if now - since < KEEPALIVE_SECONDS and not _dropped(connection):
+                    return connection
+                connection.close()
+            if self._url.scheme == "https" and self._tls is None:
+                self._tls = _tls_context(self._verify)
+        import http.client
+
+        host = self._url.hostname or ""
+        if self._tls is not None:
+            return http.client.HTTPSConnection(host, self._port, timeout=self._timeout, context=self._tls)
+        return http.client.HTTPConnection(host, self._port, timeout=self._timeout)
+
+    def send(self, method: str, target: str, body: bytes | None, headers: Mapping[str, str]) -> _Answer:
+        import http.client
+
+        connection = self._connection()
+        try:
+            if connection.sock is None:
+                try:
+                    connection.connect()
+                except TimeoutError as exc:
+                    raise _unreachable(self._shown, "ConnectTimeout", timed_out=True) from exc
+                except OSError as exc:  # refused, no such host, a certificate that does not verify...
+                    raise _unreachable(self._shown, "ConnectError") from exc
+            try:
+                connection.request(method, self._prefix + target, body, {**self._headers, **headers})
+            except TimeoutError as exc:
+                raise _unreachable(self._shown, "WriteTimeout", timed_out=True) from exc
+            except OSError as exc:
+                raise _unreachable(self._shown, "WriteError") from exc
+            except (ValueError, http.client.HTTPException) as exc:  # a header no request may carry (a newline...)
+                raise _unreachable(self._shown, "LocalProtocolError") from exc
+            try:
+                response = connection.getresponse()
+                content = response.read()
+            except TimeoutError as exc:
+                raise _unreachable(self._shown, "ReadTimeout", timed_out=True) from exc
+            except http.client.HTTPException as exc:  # closed without an answer, a malformed one...
+                raise _unreachable(self._shown, "RemoteProtocolError") from exc
+            except OSError as exc:
+                raise _unreachable(self._shown, "ReadError") from exc
+        except BaseException:
+            connection.close()
+            raise
+        version = "HTTP/1.0" if response.version == 10 else "HTTP/1.1"
+        log.info('HTTP Request: %s %s "%s %d %s"', method, self._shown + "/api/v1" + target, version,
+                 response.status, response.reason)  # fmt: skip
+        if response.will_close:
+            connection.close()
+        else:
+            with self._lock:
+                self._idle.append((time.monotonic(), connection))
+        return _Answer(response.status, content)
+
+
+# ---- through httpx ------------------------------------------------------------------------------
+class _ViaHttpx:
+    def __init__(
+        self,
+        base_url: str,
+        headers: Mapping[str, str],
+        transport: httpx.BaseTransport | None,
+        timeout: float,
+        verify: bool,
+    ) -> None:
+        import httpx
+
+        self._shown = base_url
+        self.client = httpx.Client(
+            base_url=base_url + "/api/v1", headers=dict(headers), transport=transport, timeout=timeout, verify=verify
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def send(self, method: str, target: str, body: bytes | None, headers: Mapping[str, str]) -> _Answer:
+        import httpx
+
+        try:
+            response = self.client.request(method, target, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise _unreachable(self._shown, type(exc).__name__, timed_out=True) from exc
+        except httpx.TransportError as exc:
+            raise _unreachable(self._shown, type(exc).__name__) from exc
+        return _Answer(response.status_code, response.content)
 
 
 class CatalogClient:
@@ -49,22 +276,37 @@ class CatalogClient:
         timeout: float = 60.0,
         verify: bool = True,
     ) -> None:
-        """``verify=False`` only for a PDFile's INSECURE: a catalog behind a self-signed certificate."""
+        """``transport``: an httpx transport to send through instead of the network (tests).
+        ``verify=False`` only for a PDFile's INSECURE: a catalog behind a self-signed certificate."""
         self.base_url = base_url.rstrip("/")
         headers = {"User-Agent": "pdcat/0.1"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if api_key:
             headers["X-Api-Key"] = api_key
-        self._http = httpx.Client(
-            base_url=self.base_url + "/api/v1", headers=headers, transport=transport, timeout=timeout, verify=verify
-        )
+        self._settings = (headers, transport, timeout, verify)
+        direct = None if transport is not None else _direct_url(self.base_url)
+        self._sender: _Direct | _ViaHttpx
+        if direct is not None:
+            self._sender = _Direct(direct, self.base_url, headers, timeout, verify)
+        else:
+            self._sender = _ViaHttpx(self.base_url, headers, transport, timeout, verify)
 
     def __repr__(self) -> str:  # never show credentials
         return f"CatalogClient({self.base_url!r})"
 
+    @property
+    def _http(self) -> httpx.Client:
+        """The httpx client, for a test that hooks into it (its ``event_hooks``): from the first time it is
+        asked for, every call goes through it."""
+        if not isinstance(self._sender, _ViaHttpx):
+            self._sender.close()
+            headers, transport, timeout, verify = self._settings
+            self._sender = _ViaHttpx(self.base_url, headers, transport, timeout, verify)
+        return self._sender.client
+
     def close(self) -> None:
-        self._http.close()
+        self._sender.close()
 
     def __enter__(self) -> CatalogClient:
         return self
@@ -74,24 +316,30 @@ class CatalogClient:
 
     # ---- plumbing -------------------------------------------------------------------------
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> Any:
-        with _translate(self.base_url):
-            response = self._http.request(method, path, json=json, params=params)
-        if response.status_code >= 400:
-            raise self._error(response)
-        if response.status_code == 204 or not response.content:
+        """One call: ``json`` as the body (as httpx encodes it), ``params`` as the query; the answer's JSON
+        (None if it has no body), or the error the catalog answered as one of core's classes."""
+        target = f"{path}?{_query(params)}" if params else path
+        body, headers = None, {}
+        if json is not None:
+            body = jsonlib.dumps(json, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        status, content = self._sender.send(method, target, body, headers)
+        if status >= 400:
+            raise self._error(status, content)
+        if status == 204 or not content:
             return None
-        return response.json()
+        return jsonlib.loads(content)
 
     @staticmethod
-    def _error(response: httpx.Response) -> PdcatError:
-        code, message = None, f"the catalog answered HTTP {response.status_code}"
+    def _error(status: int, content: bytes) -> PdcatError:
+        code, message = None, f"the catalog answered HTTP {status}"
         try:
-            body = response.json()
+            body = jsonlib.loads(content)
             code = body["error"]["code"]
             message = body["error"]["message"]
         except (ValueError, KeyError, TypeError):
             pass
-        return error_for_status(response.status_code, code, message)
+        return error_for_status(status, code, message)
 
     @staticmethod
     def _m(catalog_id: str, version: str, arch: str) -> str:

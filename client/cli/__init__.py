@@ -9,20 +9,45 @@ Exit codes: 0 success, 1 failure (one line on stderr saying why), 2 usage error,
 
 Push, pull, import, import-vm and ls run on typed options (``client.options``), built from the command
 line or from a PDFile with the flags on top.
+
+Startup is kept short (``pdcat --help`` and ``pdcat ls`` well under 150 ms): this package loads only
+the parser; a command loads what it needs when it runs, so ``ls`` never loads the transfer engine, the
+cache or httpx (``tests/unit/test_cli_startup.py`` holds the line, ``bench/startup.py`` measures it).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 
-from client.cli.logs import configure_logging, mask_signatures
 from client.cli.parser import build_parser
-from client.cli.session import connect as _client
-from client.output import err_console
-from core.errors import PdcatError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing for ``pdcat --help``
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from client.api import CatalogClient
+    from client.cli.logs import mask_signatures
+    from client.options import Options
+else:
+
+    def __getattr__(name: str) -> Any:
+        """``mask_signatures`` (``client.cli.logs``, which loads logging), loaded when first asked for."""
+        if name == "mask_signatures":
+            from client.cli.logs import mask_signatures
+
+            return mask_signatures
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["main", "mask_signatures"]
+
+
+def _client(options: Options) -> CatalogClient:
+    """The catalog client factory the commands get (``client.cli.session.connect``); a test swaps it."""
+    from client.cli.session import connect
+
+    return connect(options)
 
 
 def _limit_allocator_growth() -> None:
@@ -45,22 +70,32 @@ def _limit_allocator_growth() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     _limit_allocator_growth()
     args = build_parser().parse_args(argv)
-    configure_logging(args.debug)
+    # what a command needs, loaded once it is known (``--help`` and a usage error exit before this)
     from client.cli.commands import dispatch
+    from client.cli.logs import configure_logging
+    from core.errors import PdcatError
+
+    configure_logging(args.debug)
 
     try:
         # ``_client`` is looked up here, at call time, so a test can swap the catalog client factory.
         return dispatch(args, _client)
     except KeyboardInterrupt:
+        from client.output import err_console
+
         err_console.print("pdcat: interrupted; run the same command again to resume")
         return 130
     except PdcatError as exc:
         if args.debug:
             raise
+        from client.output import err_console
+
         err_console.print(f"pdcat: {exc.message}", markup=False, highlight=False)
         return 1
     except OSError as exc:
         if args.debug:
             raise
+        from client.output import err_console
+
         err_console.print(f"pdcat: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), markup=False)
         return 1

@@ -11,12 +11,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client.api import CatalogClient
-from client.cache import CacheEntry, VmCache, budget_from_env
 from client.cli.session import Connect, common, reference, say
-from client.cli.transfers import cmd_import, cmd_import_vm, cmd_pull, cmd_push
 from client.config import Credentials, save_credentials
 from client.options import (
     COMMANDS,
@@ -32,6 +30,9 @@ from client.output import console, err_console, human_size, manifest_table, prin
 from core.errors import InvalidInput, PdcatError
 from core.identity import LATEST, normalize_architecture
 
+if TYPE_CHECKING:
+    from client.cache import CacheEntry
+
 __all__ = ["dispatch", "run_options"]
 
 
@@ -44,7 +45,13 @@ def dispatch(args: argparse.Namespace, connect: Connect) -> int:
 
 
 def run_options(options: Options, connect: Connect) -> int:
-    """The command for a set of options: how ``pdcat run`` follows a recipe's RUN."""
+    """The command for a set of options: how ``pdcat run`` follows a recipe's RUN.
+
+    Only push, pull, import and import-vm load the transfer engine (``client.cli.transfers``)."""
+    if isinstance(options, ListOptions):
+        return cmd_ls(options, connect)
+    from client.cli.transfers import cmd_import, cmd_import_vm, cmd_pull, cmd_push
+
     match options:
         case ImportVmOptions():
             return cmd_import_vm(options, connect)
@@ -54,8 +61,6 @@ def run_options(options: Options, connect: Connect) -> int:
             return cmd_push(options, connect)
         case PullOptions():
             return cmd_pull(options, connect)
-        case ListOptions():
-            return cmd_ls(options, connect)
     raise TypeError(f"no command takes {type(options).__name__}")
 
 
@@ -304,6 +309,8 @@ def cmd_gc(args: argparse.Namespace, connect: Connect) -> int:
 
 
 def cmd_cache(args: argparse.Namespace, connect: Connect) -> int:
+    from client.cache import VmCache, budget_from_env
+
     overrides = {"max_bytes": args.max_size, "keep_free_bytes": args.keep_free}
     budget = replace(budget_from_env(), **{k: v for k, v in overrides.items() if v is not None})
     cache = VmCache(budget=budget)

@@ -1,14 +1,41 @@
-"""The ``pdcat`` argument parser: commands, flags and help, and nothing else (no imports of the
-transfer engine, so ``pdcat --help`` stays quick)."""
+"""The ``pdcat`` argument parser: commands, flags and help, and nothing else (it imports argparse and
+nothing of pdcat's, so ``pdcat --help`` stays quick)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from core.pack import DEFAULT_CHUNK_SIZE
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing for ``pdcat --help``
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 __all__ = ["build_parser"]
+
+
+class _ChunkSize(argparse.Action):
+    """``--chunk-size``, stored as given; its help names the pack format's default, read from core.pack
+    only when the help is shown (``pdcat push --help``)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+
+    @property
+    def help(self) -> str:
+        from core.pack import DEFAULT_CHUNK_SIZE
+
+        return f"bytes per chunk (default {DEFAULT_CHUNK_SIZE})"
+
+    @help.setter
+    def help(self, value: str | None) -> None:
+        """argparse sets it; the text above is the one shown."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "original pack format (provider=aws-s3;bucket=...)")  # fmt: skip
     c.add_argument("--no-compress", dest="compress", action="store_false", help="(--to) plain tar")
     manifest_flags(c)
-    c.add_argument("--chunk-size", type=int, help=f"bytes per chunk (default {DEFAULT_CHUNK_SIZE})")
+    c.add_argument("--chunk-size", type=int, action=_ChunkSize)
     c.add_argument("--level", type=int, help="zstd level (default 3)")
     c.add_argument("--workers", type=int)
 

@@ -1,20 +1,25 @@
-"""What every command shares: the catalog client, what to print, and references to versions."""
+"""What every command shares: the catalog client, what to print, and references to versions.
+
+The transfer engine is loaded only by the commands that transfer (``progress``, ``transfer_config``):
+``pdcat ls`` and the other catalog calls start without it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from client.api import CatalogClient
 from client.config import load_credentials
 from client.options import Options, resolve
 from client.output import RichProgress, console
-from client.transfer import NoProgress, Progress, TransferConfig
 from core.errors import InvalidInput, Unauthenticated
 from core.identity import normalize_architecture, parse_reference
-from core.pack import DEFAULT_CHUNK_SIZE
+
+if TYPE_CHECKING:
+    from client.transfer import Progress, TransferConfig
 
 __all__ = [
     "Connect",
@@ -56,6 +61,8 @@ def common(args: argparse.Namespace) -> Options:
 
 def progress(options: Options) -> Progress:
     if options.json or options.quiet or not sys.stderr.isatty():
+        from client.transfer import NoProgress
+
         return NoProgress()
     return RichProgress()
 
@@ -66,6 +73,9 @@ def say(options: Options, text: str) -> None:
 
 
 def transfer_config(workers: int | None, chunk_size: int | None = None, level: int | None = None) -> TransferConfig:
+    from client.transfer import TransferConfig
+    from core.pack import DEFAULT_CHUNK_SIZE
+
     base = TransferConfig()
     return TransferConfig(
         workers=workers or base.workers, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, level=level or base.level
@@ -73,6 +83,8 @@ def transfer_config(workers: int | None, chunk_size: int | None = None, level: i
 
 
 def host_architecture() -> str:
+    import platform
+
     try:
         return normalize_architecture(platform.machine())
     except InvalidInput:
