@@ -26,7 +26,7 @@ FACTS: list[tuple[str, int, list[tuple[str, str, int]]]] = [
         [
             ("README.md", r"cut on a fixed grid \((\d+) MiB by default", MIB),
             ("bench/README.md", r"Chunks are (\d+) MiB", MIB),
-            ("docs/architecture.md", r"every other (\d+) MiB cell hashed", MIB),
+            ("docs/architecture.md", r"each (\d+) MiB cell is read into one of a fixed pool", MIB),
             ("docs/adr-001-chunk-size.md", r"# ADR 001: (\d+) MiB chunks by default", MIB),
         ],
     ),
@@ -42,10 +42,10 @@ FACTS: list[tuple[str, int, list[tuple[str, str, int]]]] = [
         "digests per chunks or pull-urls page",
         wire.CHUNK_PAGE,
         [
-            ("README.md", r"a page\s+of (\d+) digests at a time", 1),
+            ("README.md", r"a batch of up to (\d+) digests at a time", 1),
             ("docs/adr-002-storage-protocol-v2.md", r"/chunks` with `\{\"digests\": \[≤ (\d+)\]\}`", 1),
             ("docs/adr-002-storage-protocol-v2.md", r"/pull/urls` with `\{\"digests\": \[≤ (\d+)\]\}`", 1),
-            ("docs/architecture.md", r"For each page of (\d+) digests", 1),
+            ("docs/architecture.md", r"A batch \(up to (\d+) digests\) at a time", 1),
             ("docs/architecture.md", r"a page of (\d+) digests at a time; chunks", 1),
         ],
     ),
@@ -55,7 +55,7 @@ FACTS: list[tuple[str, int, list[tuple[str, str, int]]]] = [
         [
             ("README.md", r"(\d+) at\s+a time as they land", 1),
             ("docs/adr-002-storage-protocol-v2.md", r"/verify` with `\{\"digests\": \[≤ (\d+)\]\}`", 1),
-            ("docs/architecture.md", r"As they land, (\d+) at a time", 1),
+            ("docs/architecture.md", r"As they land, a page of up to (\d+) at a time", 1),
         ],
     ),
     (
