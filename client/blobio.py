@@ -5,15 +5,28 @@ The client used here never carries catalog credentials: a presigned URL is its o
 
 from __future__ import annotations
 
+import http.client
+import logging
+import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
+from client.api import _proxy_configured, _tls_context
 from client.retry import BlobMissing, RetriesExceeded, RetryPolicy, UrlRefused, check_storage
+from core.errors import PdcatError
 
-__all__ = ["BlobClient", "BlobMissing", "RetriesExceeded", "UrlBook", "UrlRefused"]
+__all__ = ["BlobClient", "BlobMissing", "BlobTooLarge", "RetriesExceeded", "UrlBook", "UrlRefused"]
+
+
+log = logging.getLogger("pdcat.blobio")
+
+
+class BlobTooLarge(PdcatError):
+    """Storage answered more bytes than the object can hold (final: the object is not what was asked)."""
 
 
 class _ReleasedBody(httpx.SyncByteStream):
@@ -44,10 +57,13 @@ class BlobClient:
     ) -> None:
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self._http = httpx.Client(transport=transport, limits=limits, timeout=timeout, follow_redirects=False)
+        self._direct = _DirectGet(timeout) if transport is None and _DirectGet.usable() else None
         self.policy = RetryPolicy(retries, backoff)
 
     def close(self) -> None:
         self._http.close()
+        if self._direct is not None:
+            self._direct.close()
 
     def _send(self, method: str, url: str, what: str, refresh: Callable[[], str] | None, **options: Any) -> bytes:
         """``refresh``: a fresh URL for the same object, asked for when storage refuses this one."""
@@ -90,6 +106,156 @@ class BlobClient:
     def get(self, url: str, what: str, *, refresh: Callable[[], str] | None = None) -> bytes:
         return self._send("GET", url, what, refresh)
 
+    def get_into(self, url: str, what: str, into: memoryview, *, refresh: Callable[[], str] | None = None) -> int:
+        """GET an object straight into ``into`` (a caller's reusable buffer) and return its length.
+
+        The body is copied part by part as it arrives: no whole-object ``bytes`` is ever built, so a
+        pull's memory is its buffers, whatever the VM size. A body longer than ``into`` is
+        :class:`BlobTooLarge`; a dropped connection is retried from the start, like any GET.
+        """
+        urls = [url]
+
+        def attempt() -> int:
+            if self._direct is not None:
+                return self._direct.get_into(urls[-1], what, into)
+            with self._http.stream("GET", urls[-1]) as response:
+                if response.status_code >= 300:
+                    response.read()
+                    check_storage(response, what)
+                got = 0
+                for part in response.iter_bytes():
+                    end = got + len(part)
+                    if end > len(into):
+                        raise BlobTooLarge(f"storage answered more than {len(into)} bytes for {what}")
+                    into[got:end] = part
+                    got = end
+                return got
+
+        return self.policy.run(attempt, what, refresh=None if refresh is None else lambda: urls.append(refresh()))
+
+
+_ERROR_BODY = 64 * 1024  # what is read of an error answer (storage's XML or JSON reason)
+
+
+class _DirectGet:
+    """GETs into a caller's buffer with the standard library's ``http.client``: the body goes from the
+    socket straight into the buffer (``readinto``, without the GIL), where httpx parses it in Python
+    (h11) at about three times the CPU per byte, which a pull pays for every chunk on cores it needs
+    for decompressing and hashing. One keep-alive connection per thread and origin.
+
+    Only used where it behaves as httpx does: no custom transport (tests inject one), no proxy
+    configured on this machine, and TLS verified with httpx's own defaults (the same rules as the
+    catalog client's direct path in :mod:`client.api`). Statuses go through ``check_storage``;
+    network failures become httpx's transport errors, so the retry policy treats them as before.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[http.client.HTTPConnection] = []
+        self._ssl: ssl.SSLContext | None = None
+
+    @staticmethod
+    def usable() -> bool:
+        return not _proxy_configured()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._open:
+                conn.close()
+            self._open.clear()
+
+    def get_into(self, url: str, what: str, into: memoryview) -> int:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise PdcatError(f"storage gave an unusable URL for {what}")
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        origin = (parts.scheme, parts.hostname, parts.port)
+        for retry_stale in (True, False):
+            conn, reused = self._connection(origin)
+            try:
+                conn.request("GET", target, headers={"Accept-Encoding": "identity", "User-Agent": "pdcat/0.1"})
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop(origin)
+                if reused and retry_stale and not isinstance(exc, TimeoutError):
+                    continue  # a kept-alive connection the server had closed meanwhile: once more, on a new one
+                raise _transport_error(exc, what) from exc
+            break
+        log.info('HTTP Request: GET %s "HTTP/1.1 %d %s"', url, response.status, response.reason)
+        try:
+            return self._read(response, what, into)
+        except BaseException:
+            self._drop(origin)
+            raise
+
+    def _read(self, response: http.client.HTTPResponse, what: str, into: memoryview) -> int:
+        encoding = (response.getheader("content-encoding") or "identity").strip().lower()
+        if response.status >= 300:
+            body = response.read(_ERROR_BODY)
+            check_storage(httpx.Response(response.status, headers=response.getheaders(), content=body), what)
+        if encoding != "identity":
+            raise PdcatError(f"storage answered a {encoding[:20]}-encoded body for {what}, which pdcat does not decode")
+        got = 0
+        try:
+            while True:
+                if got == len(into):
+                    if response.read(1):
+                        raise BlobTooLarge(f"storage answered more than {len(into)} bytes for {what}")
+                    break
+                n = response.readinto(into[got:])
+                if not n:
+                    break
+                got += n
+        except (OSError, http.client.HTTPException) as exc:
+            raise _transport_error(exc, what) from exc
+        if response.length:  # the connection ended before the Content-Length it announced
+            raise httpx.RemoteProtocolError(f"storage closed the connection mid-body for {what}")
+        return got
+
+    def _connection(self, origin: tuple[str, str, int | None]) -> tuple[http.client.HTTPConnection, bool]:
+        conns: dict[tuple[str, str, int | None], http.client.HTTPConnection] | None = getattr(
+            self._local, "conns", None
+        )
+        if conns is None:
+            conns = self._local.conns = {}
+        conn = conns.get(origin)
+        if conn is not None:
+            return conn, True
+        scheme, host, port = origin
+        if scheme == "https":
+            with self._lock:
+                if self._ssl is None:
+                    self._ssl = _tls_context(True)
+                context = self._ssl
+            conn = http.client.HTTPSConnection(host, port, timeout=self._timeout, context=context)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=self._timeout)
+        conns[origin] = conn
+        with self._lock:
+            self._open.append(conn)
+        return conn, False
+
+    def _drop(self, origin: tuple[str, str, int | None]) -> None:
+        conns = getattr(self._local, "conns", {})
+        conn = conns.pop(origin, None)
+        if conn is not None:
+            conn.close()
+            with self._lock:
+                if conn in self._open:
+                    self._open.remove(conn)
+
+
+def _transport_error(exc: BaseException, what: str) -> httpx.TransportError:
+    """A network failure as the httpx error the retry policy knows (a timeout, or a failed read)."""
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return httpx.ReadTimeout(f"{what}: {reason}")
+    if isinstance(exc, (ConnectionRefusedError, ssl.SSLError)):
+        return httpx.ConnectError(f"{what}: {reason}")
+    return httpx.ReadError(f"{what}: {reason}")
+
 
 class UrlBook:
     """Presigned URLs by digest, fetched from the catalog a page at a time and refreshed on demand.
@@ -111,17 +277,25 @@ class UrlBook:
         self._fetch = fetch
         self._page = max(1, page_size)
         self._lock = threading.Lock()
+        self._done: set[str] = set()
 
     def get(self, digest: str) -> str:
         with self._lock:
             url = self._urls.get(digest)
             if url is None:
                 start = self._position.get(digest, 0)
-                later = [d for d in self._order[start + 1 :] if d not in self._urls]
+                later = [d for d in self._order[start + 1 :] if d not in self._urls and d not in self._done]
                 wanted = [digest, *later[: self._page - 1]]
                 self._urls.update(self._fetch(wanted))
                 url = self._urls[digest]
             return url
+
+    def done(self, digest: str) -> None:
+        """The object is transferred: forget its URL (and never fetch one again), so the book holds
+        about a page of URLs at a time, not one per chunk of the VM."""
+        with self._lock:
+            self._urls.pop(digest, None)
+            self._done.add(digest)
 
     def refresh(self, digest: str) -> str:
         """Drop the URL (it was refused) and everything fetched with it, then fetch fresh ones."""

@@ -11,10 +11,20 @@ from dataclasses import dataclass
 
 from core.errors import InvalidInput
 
-__all__ = ["DEFAULT_KEEP_FREE_BYTES", "Budget", "CacheEntry", "budget_from_env", "lru_key", "plan_eviction"]
+__all__ = [
+    "BUNDLE",
+    "CHUNKS",
+    "DEFAULT_KEEP_FREE_BYTES",
+    "Budget",
+    "CacheEntry",
+    "budget_from_env",
+    "lru_key",
+    "plan_eviction",
+]
 
 GiB = 1024**3
 DEFAULT_KEEP_FREE_BYTES = 5 * GiB
+BUNDLE, CHUNKS = "bundle", "chunks"  # the two kinds of entry (client.cache says when each is made)
 
 
 @dataclass(frozen=True)
@@ -24,11 +34,14 @@ class CacheEntry:
     version: str
     architecture: str
     size: int  # logical bytes, holes included
-    disk_usage: int  # bytes allocated on disk (st_blocks * 512), what evicting it frees at most
+    # bytes on disk that evicting it frees, when entries are evicted least recently used first: a
+    # bundle's allocated blocks; for a chunks entry its index plus the chunk objects charged to it
+    disk_usage: int
     created_at: float
     last_used: float
     use_count: int
     pinned: bool
+    kind: str = BUNDLE  # BUNDLE: a finished bundle folder; CHUNKS: compressed chunk objects
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,9 @@ def _debug_delay() -> float:
 
 @dataclass(frozen=True)
 class TransferConfig:
-    workers: int = max(2, min(8, (os.cpu_count() or 2) * 2))
+    # transfers in flight: they mostly wait on the network (a WAN round trip per chunk), so more of
+    # them than cores; each holds one compressed chunk (bench/README.md, WAN profile)
+    workers: int = 8
     chunk_size: int = DEFAULT_CHUNK_SIZE
     level: int = 3
     retries: int = 5

@@ -1,5 +1,24 @@
-"""The chunked download: GET, verify, decompress and write each chunk at its offsets into sparse files
-in a hidden ``.partial`` folder, then rename it into place.
+"""The chunked download: get every chunk of a pack, verify it, and place its raw bytes at their
+offsets in sparse files in a hidden ``.partial`` folder, renamed into place when all are in.
+
+Each chunk, on a pool of ``TransferConfig.workers`` threads, with buffers that are reused, never
+allocated per chunk (each worker owns one for a compressed object; a few raw buffers are shared, held
+only while a chunk is decompressed, hashed and placed):
+
+1. **get** it from this machine if it can (``LocalChunks``: a chunk object the cache keeps, else the
+   raw bytes of a cached bundle), else from storage, with the GET written straight into the buffer;
+2. **verify** it: a zstd frame that declares the size the index gives, decompressed into a raw
+   buffer, then the sha256 of the raw bytes. A local copy that fails is dropped and the chunk
+   downloaded instead; a download that fails is fetched once more, then reported to the catalog
+   (``…/pull/report``) and the pull stops;
+3. **place** it (``place``, the one function that writes chunk bytes into a bundle): ``pwrite`` of the
+   runs that are not all-zero 4 KiB blocks, at each place the index gives the chunk, through file
+   descriptors opened once per file;
+4. **keep** a downloaded object in the cache when it is asked to, then journal the chunk.
+
+Decompression (zstandard) and sha256 (hashlib, on large buffers) release the GIL, and receiving and
+writing are system calls, so the workers keep every core busy while others wait on the network.
+Memory is those buffers, the index and the sets of digests, whatever the VM size.
 
 A journal of finished chunks lives next to the partial folder, so a killed pull resumes. What resuming
 cannot fix (bad data in storage, a bad index, a version deleted or revoked under the pull) removes
@@ -10,32 +29,58 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
+import queue
 import shutil
+import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import zstandard
 
 from client.api import CatalogClient
-from client.blobio import BlobClient, UrlBook
-from client.packer import ChunkCorrupt, decompress, finalize_tree, prepare_tree, write_chunk
+from client.blobio import BlobClient, BlobTooLarge, UrlBook
+from client.packer import ChunkCorrupt, finalize_tree, prepare_tree
 from client.pool import run_bounded
 from client.transfer.common import DiskFull, Progress, TransferConfig, partial_paths, pull_lock
 from client.transfer.plan import places
 from core.errors import Conflict, Gone, InvalidInput, NotFound, PdcatError
-from core.pack import PackIndex
+from core.pack import FILE, Chunk, FileEntry, PackIndex
 from core.wire import CHUNK_PAGE
 
-__all__ = ["DownloadStats", "LocalChunks", "download", "read_journal"]
+__all__ = ["DownloadStats", "LocalChunks", "download", "place", "read_journal"]
 
 log = logging.getLogger("pdcat.transfer")
 
-LocalChunks = Callable[[str], "bytes | None"]
-"""Raw, verified bytes of a chunk found on this machine (another cached version), or None."""
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
+# O_NONBLOCK: opening a FIFO planted where a file should be must fail or return at once, never hang.
+_WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
+_NOT_A_PLAIN_PATH = {errno.ELOOP, errno.EMLINK, errno.ENOTDIR, errno.EISDIR, errno.ENXIO}
+_BLOCK = 4096  # the block size of APFS and ext4: a zero block this big, aligned in its file, stays a hole
+_ZERO_BLOCK = bytes(_BLOCK)
+_MAX_OPEN_FILES = 256  # descriptors kept open at once; a bundle with more files opens the rest per chunk
+_MAX_RAW_BUFFERS = 4  # chunks decompressed, hashed and placed at once (more cores rarely help a pull)
+
+
+class LocalChunks(Protocol):
+    """Chunks this machine holds (``client.cache.LocalChunks``). Nothing it returns is trusted."""
+
+    def has(self, chunk_digest: str) -> bool: ...
+
+    def read_object(self, chunk_digest: str, into: memoryview) -> int | None: ...
+
+    def read_range(self, chunk_digest: str, into: memoryview) -> bool: ...
+
+    def drop(self, chunk_digest: str) -> None: ...
+
+    def keep(self, chunk_digest: str, blob: memoryview) -> None: ...
 
 
 @dataclass
@@ -69,45 +114,65 @@ def download(
     progress: Progress,
     blobs: BlobClient,
     local: LocalChunks | None = None,
+    pack_digest: str | None = None,
 ) -> DownloadStats:
-    """Fill ``final`` with the pack: verified chunks written at their offsets into sparse files.
+    """Fill ``final`` with the pack: verified chunks placed at their offsets in sparse files.
 
     Work happens in a hidden partial folder with a journal of finished chunks, so a killed pull
-    resumes; the folder is renamed to ``final`` only when every chunk is in and verified.
+    resumes; the folder is renamed to ``final`` only when every chunk is in and verified. ``local``:
+    where this machine may already hold chunks (tried first), and where downloaded ones are kept.
+    ``pack_digest``: the index's digest when the caller has checked it (else it is computed).
     """
+    digest = pack_digest or index.digest
     partial, journal = partial_paths(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     with pull_lock(final):
         if final.exists():
             raise Conflict(f"{final} already exists; pick another --name or remove it first")
-        done = read_journal(journal, index.digest) if partial.is_dir() else set()
+        done = read_journal(journal, digest) if partial.is_dir() else set()
         where = places(index)
         todo = [d for d in where if d not in done]
         stats = DownloadStats(resumed_chunks=len(done))
         key = (manifest["catalog_id"], manifest["version"], manifest["architecture"])
-        wanted = set(todo)
+        remote = [d for d in todo if local is None or not local.has(d)]
         urls = UrlBook(
-            {d: u for d, u in first_urls.items() if d in wanted},
-            todo,
+            {d: u for d, u in first_urls.items() if d in where and d not in done},
+            remote,
             lambda ds: api.pull_urls(*key, ds),
             CHUNK_PAGE,
         )
+        largest = max((chunk.size for chunk in index.chunks()), default=0)
+        buffers = _Buffers(largest)
+        raws = _RawPool(largest, max(1, min(config.workers, os.cpu_count() or 2, _MAX_RAW_BUFFERS)))
         lock = threading.Lock()
         journal_file: Any = None
+        files: _Files | None = None
 
         def fetch(chunk_digest: str) -> None:
             if config.chunk_delay:
                 time.sleep(config.chunk_delay)
             size = where[chunk_digest][0][1].size
-            raw = local(chunk_digest) if local is not None else None
+            work = buffers.mine()
+
+            def place_all(raw: bytearray) -> None:
+                assert files is not None
+                for entry, chunk in where[chunk_digest]:
+                    place(files, raw, entry, chunk)
+
             fetched = 0
-            if raw is None:
+            here = False
+            if local is not None and local.has(chunk_digest):
+                with raws.take() as raw:
+                    here = _from_local(local, work, raw, chunk_digest, size)
+                    if here:
+                        place_all(raw)
+            if not here:
                 try:
-                    raw, fetched = _fetch_verified(blobs, urls, chunk_digest, size)
+                    fetched = _download_verified(blobs, urls, work, raws, chunk_digest, size, place_all)
                 except ChunkCorrupt as exc:
                     raise _reported(api, key, chunk_digest, exc) from exc
-            for entry, chunk in where[chunk_digest]:
-                write_chunk(partial, entry, chunk, raw)
+            if fetched and local is not None:
+                local.keep(chunk_digest, memoryview(work.blob)[:fetched])
             with lock:
                 journal_file.write(chunk_digest + "\n")
                 journal_file.flush()
@@ -124,9 +189,13 @@ def download(
             if not done:
                 shutil.rmtree(partial, ignore_errors=True)
                 prepare_tree(partial, index)
-                journal.write_text(index.digest + "\n")
+                journal.write_text(digest + "\n")
             journal_file = journal.open("a")
-            run_bounded(todo, fetch, config.workers)
+            files = _Files(partial)
+            try:
+                run_bounded(todo, fetch, config.workers)
+            finally:
+                files.close()
             finalize_tree(partial, index)
         except OSError as exc:
             _discard(partial, journal)
@@ -152,21 +221,253 @@ def download(
         return stats
 
 
-def _fetch_verified(blobs: BlobClient, urls: UrlBook, chunk_digest: str, size: int) -> tuple[bytes, int]:
-    """GET, decompress and verify one chunk; a corrupt one is fetched once more before giving up."""
+# ---- placing ----------------------------------------------------------------------------------
+def place(files: _Files, raw: bytearray, entry: FileEntry, chunk: Chunk) -> None:
+    """Write a chunk's verified raw bytes into the bundle: the one step that does.
+
+    ``raw`` holds the raw bytes of the chunk's object; ``chunk.size`` of them, from its start, go to
+    ``entry``'s file at ``chunk.offset``. (Should an index entry ever name a sub-range of an object,
+    its ``object_offset`` is where the bytes start in ``raw``: this function is the place to add it.)
+
+    Each 4 KiB block of the file that the chunk would fill with zeros is skipped: the file is fresh
+    and sparse there (or already holds this very chunk, when a pull resumes), so it reads back as
+    zeros and stays a hole. Safe from several threads at once, also for the same file.
+    """
+    start, end = 0, chunk.size
+    if entry.type != FILE or chunk.offset < 0 or chunk.offset + chunk.size > entry.size or end > len(raw):
+        raise ChunkCorrupt(f"chunk {chunk.digest[:12]} does not fit {entry.path[:80]!r} at {chunk.offset}")
+    view = memoryview(raw)
+    with files.opened(entry.path) as fd:
+        for run_start, run_end in _data_runs(raw, start, end, chunk.offset):
+            pos = run_start
+            while pos < run_end:
+                pos += os.pwrite(fd, view[pos:run_end], chunk.offset + (pos - start))
+
+
+def _data_runs(buf: bytearray, start: int, end: int, file_offset: int) -> Iterator[tuple[int, int]]:
+    """``(from, to)`` in ``buf`` of the runs of ``buf[start:end]`` to write: everything but the 4 KiB
+    blocks (aligned in the file, where ``buf[start]`` lands at ``file_offset``) that are all zeros.
+
+    ``bytearray.find`` scans for 4 KiB of zeros in C at many GB/s, so data without zero blocks costs
+    one scan; only candidate blocks are looked at from Python.
+    """
+    run_start = pos = start
+    while pos < end:
+        found = buf.find(_ZERO_BLOCK, pos, end)
+        if found < 0:
+            break
+        block = found + (-(file_offset + found - start)) % _BLOCK  # first aligned block in the zero run
+        if block + _BLOCK > end:
+            break
+        if buf.find(_ZERO_BLOCK, block, block + _BLOCK) != block:
+            pos = block + 1  # that zero run covers no aligned block; a later one may
+            continue
+        after = block + _BLOCK
+        while after + _BLOCK <= end and buf.find(_ZERO_BLOCK, after, after + _BLOCK) == after:
+            after += _BLOCK
+        if block > run_start:
+            yield run_start, block
+        run_start = pos = after
+    tail = (file_offset + end - start) % _BLOCK  # a last block cut short by the end of the file
+    if tail and end - tail >= run_start and buf.find(_ZERO_BLOCK[:tail], end - tail, end) == end - tail:
+        end -= tail
+    if run_start < end:
+        yield run_start, end
+
+
+class _Files:
+    """Write descriptors of the regular files in a folder ``prepare_tree`` made, opened once each.
+
+    Every path is opened one component at a time relative to the folder, with ``O_NOFOLLOW``, and
+    must end at a regular file: nothing planted in the tree can make a write land outside it.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._root = os.open(root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def opened(self, path: str) -> Iterator[int]:
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None and len(self._fds) < _MAX_OPEN_FILES:
+                fd = self._fds[path] = _open_file(self._root, path)
+        if fd is not None:
+            yield fd
+            return
+        fd = _open_file(self._root, path)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            os.close(self._root)
+
+
+def _open_file(root_fd: int, path: str) -> int:
+    parts = path.split("/")
+    fd = os.dup(root_fd)
+    try:
+        for name in parts[:-1]:
+            try:
+                next_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in _NOT_A_PLAIN_PATH:
+                    raise InvalidInput(f"{path[:80]!r}: {name!r} on its way is not a plain folder") from exc
+                raise
+            os.close(fd)
+            fd = next_fd
+        try:
+            leaf = os.open(parts[-1], _WRITE_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in _NOT_A_PLAIN_PATH:
+                raise InvalidInput(f"{path[:80]!r} in the destination is not a regular file") from exc
+            raise
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(leaf).st_mode):
+        os.close(leaf)
+        raise InvalidInput(f"{path[:80]!r} in the destination is not a regular file")
+    return leaf
+
+
+# ---- getting and verifying ----------------------------------------------------------------------
+class _Work:
+    """One worker's buffer for a compressed object and its zstd context, reused for every chunk."""
+
+    def __init__(self, largest: int) -> None:
+        self.blob = bytearray(_compressed_bound(largest))
+        self.spare = bytearray(1)
+        self.dctx = zstandard.ZstdDecompressor()
+
+
+class _Buffers(threading.local):
+    def __init__(self, largest: int) -> None:
+        self.largest = largest
+        self.work: _Work | None = None
+
+    def mine(self) -> _Work:
+        if self.work is None:
+            self.work = _Work(self.largest)
+        return self.work
+
+
+class _RawPool:
+    """Raw buffers, made on demand up to ``size`` and handed back after each chunk: a worker holds one
+    only while it decompresses, hashes and places a chunk, not while it waits on the network."""
+
+    def __init__(self, largest: int, size: int) -> None:
+        self._largest = largest
+        self._left = size
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[bytearray]:
+        try:
+            buf = self._free.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                make = self._left > 0
+                self._left -= make
+            buf = bytearray(self._largest) if make else self._free.get()
+        try:
+            yield buf
+        finally:
+            self._free.put(buf)
+
+
+def _compressed_bound(size: int) -> int:
+    """The most a zstd frame of ``size`` raw bytes can take (zstd's bound, with room to spare)."""
+    return size + (size >> 7) + 64 * 1024
+
+
+def _unpack(work: _Work, raw: bytearray, blob_size: int, chunk_digest: str, size: int) -> None:
+    """Decompress ``work.blob[:blob_size]`` into ``raw[:size]`` and check it: a zstd frame
+    declaring ``size`` bytes (checked before decompressing), exactly ``size`` bytes out and nothing
+    after them, and the sha256 the chunk is named by. ``ChunkCorrupt`` otherwise."""
+    name = f"chunk {chunk_digest[:12]}"
+    blob = memoryview(work.blob)[:blob_size]
+    try:
+        declared = zstandard.frame_content_size(blob)
+    except zstandard.ZstdError as exc:
+        raise ChunkCorrupt(f"{name} is corrupt: not a zstd frame") from exc
+    if declared not in (-1, size):  # -1: the frame does not say
+        raise ChunkCorrupt(f"{name} is corrupt: it declares {declared} bytes, the index says {size}")
+    out = memoryview(raw)[:size]
+    got = extra = 0
+    try:
+        reader = work.dctx.stream_reader(blob, read_across_frames=True)
+        while got < size:
+            n = reader.readinto(out[got:])
+            if n <= 0:
+                break
+            got += n
+        if got == size:
+            extra = reader.readinto(work.spare)
+    except zstandard.ZstdError as exc:
+        raise ChunkCorrupt(f"{name} is corrupt: {exc}") from exc
+    if got != size or extra:
+        raise ChunkCorrupt(f"{name} is corrupt: it does not decompress to the {size} bytes the index says")
+    if hashlib.sha256(out).hexdigest() != chunk_digest:
+        raise ChunkCorrupt(f"{name} is corrupt: its content does not match its digest")
+
+
+def _from_local(local: LocalChunks, work: _Work, raw: bytearray, chunk_digest: str, size: int) -> bool:
+    """Fill ``raw`` with the chunk from this machine, verified; False if it is not here intact."""
+    length = local.read_object(chunk_digest, memoryview(work.blob))
+    if length is not None:
+        try:
+            _unpack(work, raw, length, chunk_digest, size)
+            return True
+        except ChunkCorrupt as exc:
+            log.warning("the cached copy of %s (%s); downloading it again", f"chunk {chunk_digest[:12]}", exc.message)
+            local.drop(chunk_digest)
+    view = memoryview(raw)[:size]
+    return local.read_range(chunk_digest, view) and hashlib.sha256(view).hexdigest() == chunk_digest
+
+
+def _download_verified(
+    blobs: BlobClient,
+    urls: UrlBook,
+    work: _Work,
+    raws: _RawPool,
+    chunk_digest: str,
+    size: int,
+    use: Callable[[bytearray], None],
+) -> int:
+    """GET, decompress and verify one chunk, then ``use`` its raw bytes; a corrupt one is fetched once
+    more before giving up. Returns the bytes downloaded (the object stays in ``work.blob``)."""
     what = f"chunk {chunk_digest[:12]}"
     for attempt in range(2):
         url = urls.get(chunk_digest) if attempt == 0 else urls.refresh(chunk_digest)
-        blob = blobs.get(url, what, refresh=lambda: urls.refresh(chunk_digest))
         try:
-            return decompress(blob, chunk_digest, size), len(blob)
-        except ChunkCorrupt:
-            if attempt == 1:
-                raise
-            log.warning("chunk %s failed verification; fetching it again", chunk_digest[:12])
+            length = blobs.get_into(url, what, memoryview(work.blob), refresh=lambda: urls.refresh(chunk_digest))
+        except BlobTooLarge as exc:
+            problem = ChunkCorrupt(f"{what} is corrupt: {exc.message}")
+        else:
+            with raws.take() as raw:
+                try:
+                    _unpack(work, raw, length, chunk_digest, size)
+                except ChunkCorrupt as exc:
+                    problem = exc
+                else:
+                    urls.done(chunk_digest)
+                    use(raw)
+                    return length
+        if attempt == 1:
+            raise problem
+        log.warning("chunk %s failed verification; fetching it again", chunk_digest[:12])
     raise AssertionError("unreachable")
 
 
+# ---- failures ---------------------------------------------------------------------------------
 def _vanished(key: tuple[str, str, str], exc: NotFound | Gone) -> PdcatError:
     """The one line a pull says when its version was deleted, purged or revoked under it."""
     what = f"{key[0]}:{key[1]} ({key[2]})"

@@ -96,10 +96,12 @@ def test_a_pull_cut_short_by_a_purge_says_so_and_leaves_nothing_partial(
     ]
     bg = spawn(pdcat, *args, *([] if cached else ["--no-cache"]), env={"PDCAT_DEBUG_CHUNK_DELAY": "0.1"})
     background.append(bg)
-    work = cache / "staging" if cached else dest
+    # the journal sits next to the partial folder: in the cache's staging area for a pull that builds
+    # a bundle there (copy-on-write destinations), else next to the destination
+    work = [cache / "staging", dest] if cached else [dest]
 
     def journal_lines() -> int:
-        journals = list(work.glob(".*.pdcat-journal")) if work.is_dir() else []
+        journals = [j for folder in work if folder.is_dir() for j in folder.glob(".*.pdcat-journal")]
         return journals[0].read_bytes().count(b"\n") if journals else 0
 
     wait_until(lambda: journal_lines() >= 10, "10 journal lines", timeout=WAIT, process=bg)
@@ -113,6 +115,8 @@ def test_a_pull_cut_short_by_a_purge_says_so_and_leaves_nothing_partial(
     if cached:
         assert listing(cache / "staging") == []
         assert pdcat.json("cache", "ls")["items"] == []
+        kept = [p for p in (cache / "chunks").rglob("*") if p.is_file() and not p.name.startswith(".")]
+        assert kept == []  # no chunk of it is kept
     # and nothing is left for a rerun to trip over: it says the version is gone
     again = pdcat.run(*args, "--no-cache")
     assert "not found" in _one_line_failure(again)

@@ -1,4 +1,6 @@
-"""client.cache: the eviction plan as properties, and the cache itself on a real folder.
+"""client.cache: the eviction plan as properties, and the cache itself on a real folder: bundle
+entries (what a pull to a copy-on-write destination keeps) and chunks entries (compressed chunk
+objects, what a pull anywhere else keeps), their space accounting, eviction, reservations and sweep.
 
 Bundles here are small VM-like folders indexed with ``client.packer.build_index`` on a 64 KiB grid,
 so versions share most of their chunks the way real VM versions do. Their files get an mtime an hour
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from client.cache import (
+    BUNDLE,
+    CHUNKS,
     DEFAULT_KEEP_FREE_BYTES,
     Budget,
     CacheEntry,
@@ -29,7 +34,7 @@ from client.cache import (
     plan_eviction,
 )
 from client.clone import clone_tree
-from client.packer import build_index
+from client.packer import build_index, compress, decompress, read_cell
 from core.errors import Conflict, InvalidInput, NotFound
 from core.pack import DIR, FileEntry, PackIndex
 
@@ -197,10 +202,12 @@ def test_commit_lookup_materialize_round_trip(tmp_path: Path, cache: VmCache) ->
     assert (cache.root / "bundles" / f"{d}.index.json").read_bytes() == index.canonical_bytes()
     assert cache.entries() == [entry] and cache.usage() == entry.disk_usage
 
+    assert entry.kind == BUNDLE
     hit = cache.lookup(d, index)
-    assert hit == cache.root / "bundles" / d
+    assert hit is not None and hit.kind == BUNDLE and (cache.root / "bundles" / d).is_dir()
     bumped = cache.get(d)
     assert bumped is not None and bumped.use_count == 2 and bumped.last_used >= entry.last_used
+    assert cache.cached_index(d) == index
 
     dest = tmp_path / "out" / "my-vm.pvm"
     assert cache.materialize(d, dest) in ("reflink", "sparse-copy")
@@ -261,7 +268,8 @@ def test_a_modified_cached_bundle_is_a_miss_and_is_removed(tmp_path: Path, cache
     assert not (cache.root / "bundles" / f"{index.digest}.index.json").exists()
     assert list((cache.root / "bundles").iterdir()) == []  # no trash left either
     _add(cache, src, index)  # and it can be cached again
-    assert cache.lookup(index.digest, index) == bundle
+    hit = cache.lookup(index.digest, index)
+    assert hit is not None and hit.kind == BUNDLE and bundle.is_dir()
 
 
 def test_commit_refuses_a_folder_that_is_not_the_indexed_vm(tmp_path: Path, cache: VmCache) -> None:
@@ -290,34 +298,241 @@ def test_staging_dir_keeps_partial_downloads_and_drops_uncommitted_ones(cache: V
         cache.staging_dir("../etc")
 
 
-# ---- chunk reuse ------------------------------------------------------------------------------
-def test_chunk_source_finds_chunks_of_other_versions(tmp_path: Path, cache: VmCache) -> None:
+# ---- chunk reuse from bundles ---------------------------------------------------------------------
+def test_local_chunks_finds_raw_ranges_in_other_cached_bundles(tmp_path: Path, cache: VmCache) -> None:
     index1 = _make_bundle(tmp_path / "v1")
     index2 = _make_bundle(tmp_path / "v2", variant=2)
     _add(cache, tmp_path / "v1", index1, "1.0")
-    assert cache.chunk_source(index2, exclude=index2.digest)  # found before v2 is cached at all
-    _add(cache, tmp_path / "v2", index2, "2.0")
-
     shared = index1.unique_digests().keys() & index2.unique_digests().keys()
     only_v2 = index2.unique_digests().keys() - shared
     assert shared and only_v2
-    sources = cache.chunk_source(index2, exclude=index2.digest)
-    assert sources.keys() == shared
-    bundle1 = cache.root / "bundles" / index1.digest
-    for chunk_digest, where in sources.items():
-        assert where[0].is_relative_to(bundle1)
-        data = cache.read_chunk(where, chunk_digest)
-        assert data is not None and hashlib.sha256(data).hexdigest() == chunk_digest
-    assert cache.chunk_source(index2).keys() == index2.unique_digests().keys()  # v2 itself counts too
 
-    some_digest, where = next(iter(sources.items()))
-    assert cache.read_chunk(where, "0" * 64) is None
-    assert cache.read_chunk((bundle1 / "nope", 0, 10), some_digest) is None
-    assert cache.read_chunk((where[0], where[1] + 1, where[2]), some_digest) is None
+    local = cache.local_chunks(index2, exclude=index2.digest)
+    assert {d for d in index2.unique_digests() if local.has(d)} == shared
+    for chunk_digest in shared:
+        buf = bytearray(index2.unique_digests()[chunk_digest])
+        assert local.read_range(chunk_digest, memoryview(buf))
+        assert hashlib.sha256(buf).hexdigest() == chunk_digest
+        assert local.read_object(chunk_digest, memoryview(bytearray(CHUNK * 2))) is None  # no chunk objects
+    assert not local.read_range(next(iter(only_v2)), memoryview(bytearray(CHUNK)))
+    some = next(iter(shared))
+    assert not local.read_range(some, memoryview(bytearray(index2.unique_digests()[some] + 1)))  # wrong size
 
     cache.remove(index1.digest)
-    assert cache.chunk_source(index2, exclude=index2.digest) == {}
-    assert cache.read_chunk(where, some_digest) is None  # evicted meanwhile: the caller downloads
+    assert not local.read_range(some, memoryview(bytearray(index2.unique_digests()[some])))  # evicted: download
+    assert not any(cache.local_chunks(index2).has(d) for d in index2.unique_digests())
+
+
+# ---- chunks entries -----------------------------------------------------------------------------
+def _keep_chunks(
+    cache: VmCache, src: Path, index: PackIndex, version: str = "1.0", *, commit: bool = True
+) -> CacheEntry | None:
+    """What a pull to a destination without copy-on-write does: reserve, keep each chunk object as
+    storage would serve it (zstd of the raw bytes), commit."""
+    cache.reserve(index.digest, index)
+    local = cache.local_chunks(index, exclude=index.digest, keep=True)
+    for entry in index.files:
+        for chunk in entry.chunks:
+            if not local.has(chunk.digest):
+                local.keep(chunk.digest, memoryview(compress(read_cell(src / entry.path, chunk.offset, chunk.size))))
+    if not commit:
+        return None
+    return cache.commit_chunks(index.digest, index, catalog_id=CID, version=version, architecture="arm64")
+
+
+def _objects(cache: VmCache) -> dict[str, int]:
+    """Chunk objects on disk (and temporary files): name -> allocated bytes."""
+    return {
+        p.name: p.stat().st_blocks * 512
+        for p in (cache.root / "chunks").rglob("*")
+        if p.is_file() and p.name != ".swept"
+    }
+
+
+def _index_bytes(cache: VmCache, digest: str) -> int:
+    return -(-(cache.root / "bundles" / f"{digest}.index.json").stat().st_size // 4096) * 4096
+
+
+def test_a_chunks_entry_keeps_compressed_objects_and_no_bundle(tmp_path: Path, cache: VmCache) -> None:
+    src = tmp_path / "vm.pvm"
+    index = _make_bundle(src)
+    d = index.digest
+    entry = _keep_chunks(cache, src, index)
+    assert entry is not None and entry.kind == CHUNKS and entry.size == index.size
+    assert not (cache.root / "bundles" / d).exists() and list((cache.root / "staging").iterdir()) == []
+    objects = _objects(cache)
+    assert objects.keys() == index.unique_digests().keys()
+    for chunk_digest, size in index.unique_digests().items():
+        blob = (cache.root / "chunks" / chunk_digest[:2] / chunk_digest).read_bytes()
+        assert blob == compress(decompress(blob, chunk_digest, size))  # the object as stored, and it verifies
+    assert entry.disk_usage == sum(objects.values()) + _index_bytes(cache, d) == cache.usage()
+
+    hit = cache.lookup(d, index)
+    assert hit is not None and hit.kind == CHUNKS and hit.use_count == 2
+    assert cache.cached_index(d) == index
+    local = cache.local_chunks(index, exclude=d)
+    assert all(local.has(c) for c in index.unique_digests())
+
+
+def test_shared_chunk_objects_are_charged_once_and_deleted_with_their_last_user(tmp_path: Path, cache: VmCache) -> None:
+    indexes = [_make_bundle(tmp_path / f"v{v}", variant=v) for v in range(2)]
+    entries = [_keep_chunks(cache, tmp_path / f"v{v}", index, f"{v}.0") for v, index in enumerate(indexes)]
+    assert all(e is not None for e in entries)
+    objects = _objects(cache)
+    digests = [set(index.unique_digests()) for index in indexes]
+    assert objects.keys() == digests[0] | digests[1] and digests[0] & digests[1]
+    # the usages add up to what is on disk: each shared object charged to one entry only
+    index_files = sum(_index_bytes(cache, index.digest) for index in indexes)
+    assert cache.usage() == sum(objects.values()) + index_files
+    by_digest = {e.digest: e for e in cache.entries()}
+    newer = by_digest[indexes[1].digest]  # the most recently used carries the shared objects
+    assert newer.disk_usage == sum(objects[c] for c in digests[1]) + _index_bytes(cache, indexes[1].digest)
+
+    cache.remove(indexes[1].digest)
+    assert _objects(cache).keys() == digests[0]  # what v1 still uses stays
+    older = cache.get(indexes[0].digest)
+    assert older is not None and older.disk_usage == cache.usage()
+    cache.remove(indexes[0].digest)
+    assert _objects(cache) == {} and cache.usage() == 0
+    assert sorted(os.listdir(cache.root / "bundles")) == []
+
+
+def test_evicting_chunks_entries_meets_the_budget_least_recently_used_first(tmp_path: Path, cache: VmCache) -> None:
+    indexes = [_make_bundle(tmp_path / f"v{v}", variant=v) for v in range(3)]
+    for v, index in enumerate(indexes):
+        _keep_chunks(cache, tmp_path / f"v{v}", index, f"{v}.0")
+    cache.lookup(indexes[0].digest, indexes[0])  # v0 used again: v1 is now the least recently used
+    usage = cache.usage()
+
+    cache.budget = Budget(max_bytes=usage - 1)
+    assert [e.digest for e in cache.prune(dry_run=True)] == [indexes[1].digest]
+    assert [e.digest for e in cache.prune()] == [indexes[1].digest]
+    on_disk = sum(_objects(cache).values()) + sum(_index_bytes(cache, i.digest) for i in (indexes[0], indexes[2]))
+    assert on_disk == cache.usage() <= usage - 1  # what the plan counted is what the disk holds
+    left = set(indexes[0].unique_digests()) | set(indexes[2].unique_digests())
+    assert _objects(cache).keys() == left
+
+    cache.pin(indexes[2].digest)
+    cache.budget = Budget(max_bytes=0)
+    assert [e.digest for e in cache.prune()] == [indexes[0].digest]
+    assert _objects(cache).keys() == set(indexes[2].unique_digests())  # pinned: kept, with every object
+    assert cache.usage() == sum(_objects(cache).values()) + _index_bytes(cache, indexes[2].digest)
+
+
+def test_a_reservation_protects_its_chunks_until_its_pull_is_gone(tmp_path: Path, cache: VmCache) -> None:
+    index1 = _make_bundle(tmp_path / "v1")
+    index2 = _make_bundle(tmp_path / "v2", variant=2)
+    _keep_chunks(cache, tmp_path / "v1", index1, "1.0")
+    shared = set(index1.unique_digests()) & set(index2.unique_digests())
+
+    other = VmCache(cache.root, Budget())  # another process, pulling v2 right now
+    try:
+        with other.lock(index2.digest):
+            other.reserve(index2.digest, index2)
+            cache.budget = Budget(max_bytes=0)
+            assert [e.digest for e in cache.prune()] == [index1.digest]
+            assert _objects(cache).keys() == shared  # v1 is gone, but what the pull of v2 will read is not
+            assert cache.entries() == []
+            assert (cache.root / "bundles" / f"{index2.digest}.index.json").is_file()
+        # the pull died without committing: once its lock is free, the next prune sweeps its reservation
+        assert cache.prune() == []
+        assert _objects(cache) == {} and sorted(os.listdir(cache.root / "bundles")) == []
+    finally:
+        other.close()
+
+
+def test_a_reservation_is_committed_with_the_objects_that_are_there(tmp_path: Path, cache: VmCache) -> None:
+    src = tmp_path / "vm.pvm"
+    index = _make_bundle(src)
+    _keep_chunks(cache, src, index, commit=False)
+    lost = next(iter(index.unique_digests()))
+    (cache.root / "chunks" / lost[:2] / lost).unlink()  # e.g. the cache's disk filled up midway
+    entry = cache.commit_chunks(index.digest, index, catalog_id=CID, version="1.0", architecture="arm64")
+    assert entry is not None and entry.disk_usage == sum(_objects(cache).values()) + _index_bytes(cache, index.digest)
+    assert not cache.local_chunks(index).has(lost)  # a later pull downloads that one again
+
+    cache.release(index.digest)  # a failed pull of a cached VM keeps the entry
+    assert cache.get(index.digest) is not None
+
+    with VmCache(tmp_path / "another", Budget()) as empty, empty.lock(index.digest):
+        empty.reserve(index.digest, index)  # a pull that could keep nothing (a full or read-only cache)
+        assert empty.commit_chunks(index.digest, index, catalog_id=CID, version="1.0", architecture="arm64") is None
+        assert empty.get(index.digest) is None  # no object kept: no entry, and no index file either
+        assert not (empty.root / "bundles" / f"{index.digest}.index.json").exists()
+
+
+def test_a_damaged_chunk_object_is_dropped_and_keeping_stops_quietly_on_a_full_cache(
+    tmp_path: Path, cache: VmCache
+) -> None:
+    src = tmp_path / "vm.pvm"
+    index = _make_bundle(src)
+    _keep_chunks(cache, src, index)
+    victim = next(iter(index.unique_digests()))
+    local = cache.local_chunks(index, keep=True)
+    buf = bytearray(2 * CHUNK)
+    n = local.read_object(victim, memoryview(buf))
+    assert n is not None and bytes(buf[:n]) == (cache.root / "chunks" / victim[:2] / victim).read_bytes()
+    local.drop(victim)  # the transfer engine found it corrupt
+    assert not local.has(victim) and not (cache.root / "chunks" / victim[:2] / victim).exists()
+    assert local.read_object(victim, memoryview(buf)) is None
+
+    shard = cache.root / "chunks" / victim[:2]
+    for path in shard.iterdir():
+        path.unlink()
+    shard.rmdir()
+    shard.write_text("not a folder")  # the cache cannot take it back (as a full disk would refuse it)
+    local.keep(victim, memoryview(b"x"))
+    assert not local.keeping and not local.has(victim)  # the pull goes on, without keeping
+
+
+def test_a_bundle_commit_replaces_a_chunks_entry_of_the_same_vm(tmp_path: Path, cache: VmCache) -> None:
+    src = tmp_path / "vm.pvm"
+    index = _make_bundle(src)
+    _keep_chunks(cache, src, index)
+    assert _objects(cache)
+    entry = _add(cache, src, index)
+    assert entry.kind == BUNDLE and cache.entries() == [entry]
+    assert _objects(cache) == {}  # the bundle holds the same bytes: its objects went
+    # and keeping chunks for a VM cached as a bundle leaves the bundle as it is
+    kept = _keep_chunks(cache, src, index)
+    assert kept is not None and kept.kind == BUNDLE and _objects(cache) == {}
+
+
+def test_prune_sweeps_unreferenced_objects_and_stale_temporary_files(tmp_path: Path, cache: VmCache) -> None:
+    src = tmp_path / "vm.pvm"
+    index = _make_bundle(src)
+    _keep_chunks(cache, src, index)
+    kept = _objects(cache)
+    stray = "ef" * 32
+    (cache.root / "chunks" / "ef").mkdir(exist_ok=True)
+    (cache.root / "chunks" / "ef" / stray).write_bytes(b"left by a crash")
+    stale = cache.root / "chunks" / "ef" / f".{stray}.1234.tmp"
+    fresh = cache.root / "chunks" / "ef" / f".{stray}.5678.tmp"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    assert cache.prune() == []
+    assert _objects(cache).keys() == kept.keys() | {fresh.name}  # a fresh temp file may be a write under way
+    stale.write_bytes(b"x")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    assert cache.prune() == [] and stale.exists()  # chunk objects are listed once a day, not on every prune
+
+
+def test_a_cache_made_before_chunks_entries_still_opens(tmp_path: Path) -> None:
+    root = tmp_path / "old"
+    root.mkdir()
+    db = sqlite3.connect(root / "index.sqlite")
+    db.execute(
+        "CREATE TABLE entries (digest TEXT PRIMARY KEY, catalog_id TEXT NOT NULL, version TEXT NOT NULL, "
+        "architecture TEXT NOT NULL, size INTEGER NOT NULL, disk_usage INTEGER NOT NULL, created_at REAL NOT NULL, "
+        "last_used REAL NOT NULL, use_count INTEGER NOT NULL, pinned INTEGER NOT NULL, fingerprint TEXT NOT NULL)"
+    )
+    db.execute("INSERT INTO entries VALUES (?, 'vm', '1', 'arm64', 10, 4096, 1.0, 2.0, 1, 0, '{}')", ("ab" * 32,))
+    db.commit()
+    db.close()
+    with VmCache(root, Budget()) as c:
+        (entry,) = c.entries()
+        assert entry.kind == BUNDLE and entry.disk_usage == 4096
 
 
 # ---- pin / remove / refs ----------------------------------------------------------------------
