@@ -8,7 +8,7 @@ EMULATORS := infra/local/emulators
 NODE_STAMP := $(EMULATORS)/node_modules/.installed
 IAC_STAMP := .venv-iac/.installed
 
-.PHONY: demo test unit contract lint typecheck check bench clean system-packages
+.PHONY: demo test unit contract lint typecheck check bench bench-wan clean system-packages
 
 # The demo needs only the client and the embedded server; tests need the clouds' SDKs and the tools too.
 $(BASE_STAMP): pyproject.toml
@@ -58,8 +58,13 @@ typecheck: $(STAMP)
 
 check: lint typecheck
 
+# pdcat against its peers (installed with apt-get when missing) and the original method: bench/README.md.
 bench: $(STAMP) system-packages
-	@$(BIN)/python bench/run.py
+	@$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# The WAN profile (bench/README.md): two network namespaces, a 200 Mbit/s tbf link, +40 ms RTT. Needs root.
+bench-wan: $(STAMP) system-packages
+	@$(BIN)/python bench/wan.py $(WAN_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-iac build $(EMULATORS)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo .bench

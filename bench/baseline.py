@@ -14,8 +14,8 @@ The sha256 of the halves only exists because this server's API names chunks by d
 original product never computed it, so that time is measured but left out of the baseline's figure.
 
 Storage protocol v2 (docs/adr-002-storage-protocol-v2.md) shapes the upload the same way as pdcat's:
-begin (chunk_size), declare the index (digest, size) and PUT it to its ``index_url``, ask ``/uploads/{id}/chunks``
-for staging URLs, PUT the halves, have the server verify them (``/verify``), commit. The server
+begin (chunk_size), ask ``/uploads/{id}/chunks`` for staging URLs, PUT the halves, have the server
+verify them (``/verify``), declare the index (digest, size) and PUT it, commit. The server
 verifies a chunk by zstd-decompressing it, so each half travels wrapped in a zstd frame of *raw*
 (stored, uncompressed) blocks: 14 bytes of frame header plus 3 bytes per 128 KiB, written while the
 half streams out, no compression. The ``/verify`` round trip exists only because this catalog
@@ -209,21 +209,19 @@ def push(
     index_bytes = PackIndex.parse(doc).canonical_bytes()
     by_digest = {d: p for p, d in zip(parts, digests, strict=True)}
 
+    declared = {"index_digest": hashlib.sha256(index_bytes).hexdigest(), "index_size": len(index_bytes)}
     started = time.monotonic()
-    session = api.push_begin(
-        catalog_id,
-        version,
-        arch,
-        {"chunk_size": chunk_size, "force": True, "vm_type": "pvm"},
-    )
+    body: dict[str, Any] = {"chunk_size": chunk_size, "force": True, "vm_type": "pvm"}
+    session = api.push_begin(catalog_id, version, arch, body)
     upload_id = session["upload_id"]
     put_headers: dict[str, str] = dict(session.get("put_headers") or {})
-    declared = {"index_digest": hashlib.sha256(index_bytes).hexdigest(), "index_size": len(index_bytes)}
-    index_url = api.declare_index(upload_id, declared)["index_url"]
     with httpx.Client(timeout=600) as http:
-        r = http.put(index_url, content=index_bytes, headers=put_headers)
-        if r.status_code >= 300:
-            raise BaselineError(f"PUT of the index answered HTTP {r.status_code}: {r.text[:200]}")
+
+        def put_index(url: str, headers: dict[str, str]) -> None:
+            r = http.put(url, content=index_bytes, headers=headers)
+            if r.status_code >= 300:
+                raise BaselineError(f"PUT of the index answered HTTP {r.status_code}: {r.text[:200]}")
+
         answer = api.upload_chunks(upload_id, list(by_digest))
         urls: dict[str, str] = dict(answer["urls"])
 
@@ -236,14 +234,16 @@ def push(
 
         with ThreadPoolExecutor(max_workers=streams) as pool:
             list(pool.map(put, list(urls)))
-    uploaded = time.monotonic()
-    verify_seconds = 0.0
-    if urls:
-        verdict = api.verify_chunks(upload_id, list(urls))
-        verify_seconds = time.monotonic() - uploaded
-        if verdict["corrupt"] or verdict["missing"]:
-            raise BaselineError(f"the catalog refused the baseline's parts: {verdict}")
-    t = time.monotonic()
+        uploaded = time.monotonic()
+        verify_seconds = 0.0
+        if urls:
+            verdict = api.verify_chunks(upload_id, list(urls))
+            verify_seconds = time.monotonic() - uploaded
+            if verdict["corrupt"] or verdict["missing"]:
+                raise BaselineError(f"the catalog refused the baseline's parts: {verdict}")
+        t = time.monotonic()
+        target = api.declare_index(upload_id, declared)
+        put_index(target["index_url"], dict(target.get("put_headers") or {}))
     api.commit(upload_id)
     upload_seconds = (uploaded - started) + (time.monotonic() - t)
     return BaselinePush(pack_path, size, md5, pack_seconds, upload_seconds, hash_seconds, verify_seconds, digests)

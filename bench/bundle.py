@@ -9,6 +9,9 @@ at a time, one generator per region so the result does not depend on write order
 
 ``mutate(bundle, fraction, seed)`` rewrites ``fraction`` of the disk's non-zero 1 MiB blocks in place
 with new random bytes, picked uniformly over the whole disk: the change between two VM versions.
+``rewrite(bundle, fraction, seed, min_run=, max_run=, align=)`` does the same with runs of any length
+at any offset (unaligned runs of 1-16 MiB; scattered 1 MiB writes at 4 KiB-aligned offsets), so no
+chunker is favoured by writes that fall on its grid.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = [
     "make_bundle",
     "mutate",
     "plan_regions",
+    "rewrite",
 ]
 
 MIB = 1024 * 1024
@@ -287,6 +291,102 @@ def mutate(bundle: Path, fraction: float, seed: int, *, max_run_mib: int = 1) ->
     finally:
         os.close(fd)
     return MutateResult(disk, picked, len(candidates))
+
+
+@dataclass(frozen=True)
+class RewriteResult:
+    """What ``rewrite`` changed: merged ``(offset, length)`` ranges of the disk."""
+
+    disk: Path
+    ranges: list[tuple[int, int]]
+    data_bytes: int
+    """Non-zero bytes of the disk before (the whole the fraction was taken of)."""
+    writes: int
+    """How many runs were written (overlapping runs are merged in ``ranges``)."""
+
+    @property
+    def bytes(self) -> int:
+        return sum(length for _, length in self.ranges)
+
+    def touched_cells(self, chunk_size: int) -> int:
+        """Distinct grid cells of ``chunk_size`` bytes the rewrite changed."""
+        cells: set[int] = set()
+        for offset, length in self.ranges:
+            cells.update(range(offset // chunk_size, (offset + length - 1) // chunk_size + 1))
+        return len(cells)
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, length in sorted(ranges):
+        end = start + length
+        if merged and start <= merged[-1][0] + merged[-1][1]:
+            last_start, last_len = merged[-1]
+            merged[-1] = (last_start, max(last_start + last_len, end) - last_start)
+        else:
+            merged.append((start, length))
+    return merged
+
+
+def rewrite(
+    bundle: Path, fraction: float, seed: int, *, min_run: int = MIB, max_run: int = 16 * MIB, align: int = 1
+) -> RewriteResult:
+    """Rewrite ``fraction`` of the disk's non-zero bytes with new random bytes, in runs of
+    ``min_run..max_run`` bytes (a multiple of ``align``) starting at ``align``-aligned offsets.
+
+    Starts are uniform over the non-zero 1 MiB blocks; a run stops where the non-zero data does (it
+    never turns a hole or a zero region into data), and the last one is cut so that the union of all
+    runs is ``fraction`` of the data. ``align=1``: offsets and lengths at any byte.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError("fraction must be in (0, 1]")
+    if align < 1 or min_run < align or max_run < min_run:
+        raise ValueError("need 1 <= align <= min_run <= max_run")
+    disk = find_disk(bundle)
+    fd = os.open(disk, os.O_RDWR)
+    try:
+        blocks = sorted(
+            {
+                offset
+                for start, end in data_ranges(disk)
+                for offset in range(start - start % BLOCK, end, BLOCK)
+                if os.pread(fd, BLOCK, offset) != _ZERO_BLOCK[: min(BLOCK, end - offset)]
+            }
+        )
+        size = os.fstat(fd).st_size
+        data_bytes = sum(min(BLOCK, size - b) for b in blocks)
+        valid = set(blocks)
+        wanted = round(fraction * data_bytes)
+        rng = random.Random(f"rewrite:{seed}:{min_run}:{max_run}:{align}")
+        runs: list[tuple[int, int]] = []
+        changed = 0
+        while changed < wanted and blocks:
+            block = rng.choice(blocks)
+            start = block + rng.randrange(0, BLOCK, align)
+            length = rng.randrange(min_run, max_run + 1, align)
+            end = start + length
+            limit = block + BLOCK  # the run continues only through consecutive non-zero blocks
+            while limit < end and limit in valid:
+                limit += BLOCK
+            end = min(end, limit, size)
+            if end <= start:
+                continue
+            trial = _merge([*runs, (start, end - start)])
+            total = sum(n for _, n in trial)
+            if total > wanted:  # cut the last run so the union is (about) the fraction asked
+                end -= total - wanted
+                if end <= start:
+                    break
+                trial = _merge([*runs, (start, end - start)])
+                total = sum(n for _, n in trial)
+            runs.append((start, end - start))
+            changed = total
+        for start, length in runs:
+            os.pwrite(fd, rng.randbytes(length), start)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return RewriteResult(disk, _merge(runs), data_bytes, len(runs))
 
 
 # ---- inspection -------------------------------------------------------------------------------

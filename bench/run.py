@@ -1,15 +1,18 @@
-"""``make bench``: pdcat against the original product's method, on one machine, in one run.
+"""``make bench``: pdcat against its peers and the original product's method, on one machine, in one run.
 
-Everything runs against ONE embedded catalog (``pdcat serve``) in a temporary work folder; ``pdcat``
-is invoked as a child process exactly as a user would, and each child's wall time and peak RSS
-(``os.wait4`` rusage) are recorded. Only ratios of figures measured in this same run are judged:
+Everything pdcat does runs against ONE embedded catalog (``pdcat serve``) in a temporary work folder;
+``pdcat`` and every peer (``bench/peers.py``: restic, casync, skopeo + docker-registry, rclone + S3,
+tar | zstd) run as child processes exactly as a user would run them, and each child's wall time and
+peak RSS are recorded (``bench/proc.py``). Only ratios of figures measured in this same run are judged:
 absolute times drift too much on shared machines to mean anything on their own.
 
-    .venv/bin/python bench/run.py [--size-gib 4] [--quick] [--rss-gib 20] [--workdir DIR] [--keep]
+    .venv/bin/python bench/run.py [--runs 3] [--size-gib 3] [--data-gib 1.5] [--quick] [--rss-gib 20]
+                                  [--peers restic,casync,...] [--no-install] [--workdir DIR] [--keep]
 
-Prints a table (metric | pdcat | baseline | ratio | target | pass/fail) and writes
-``.bench/results.json``. Exits 0 even when a target is missed (it is a report); non-zero when a
-step fails or a required tool is missing. See bench/README.md for what each figure means.
+Prints two tables (pdcat against every peer, medians of the rounds, goals judged PASS/FAIL; and
+pdcat against the original product's method and against itself: cache, big bundle) and writes
+``.bench/results.json``. Exits 0 even when a goal is missed or a peer fails (it is a report);
+non-zero when one of pdcat's own steps fails or a required tool is missing. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -20,15 +23,13 @@ import os
 import platform
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,349 +38,29 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import baseline  # noqa: E402
-from bench.bundle import GIB, MIB, allocated_bytes, compare_trees, make_bundle, mutate  # noqa: E402
+from bench.bundle import GIB, MIB, allocated_bytes, compare_trees, make_bundle, rewrite  # noqa: E402
+from bench.peers import PEERS, Peer  # noqa: E402
+from bench.proc import Child, ServerProbe, ServerUsage, StepFailed, fs_type, run_child, settle, which  # noqa: E402
+from bench.report import Metric, Report, mib, ratio_metric  # noqa: E402
+from bench.rounds import RSS_MAX_MIB, Figures, Sources, build_comparison, peer_round  # noqa: E402
+from core.errors import PdcatError  # noqa: E402
 from core.pack import DEFAULT_CHUNK_SIZE  # noqa: E402
 
 RESULTS = REPO / ".bench" / "results.json"
-CATALOG = "bench"
+CATALOG = "bench-r1"  # round 1's catalog id: the cache rows pull its v1
 ARCH = "x86_64"
 CHUNK_SIZE = DEFAULT_CHUNK_SIZE  # pdcat's default grid, for the "best possible incremental" figure
 # tool -> Debian package that provides it
 REQUIRED_TOOLS = {"tar": "tar", "gzip": "gzip", "zstd": "zstd", "mkfs.xfs": "xfsprogs", "cp": "coreutils"}
-
-
-class StepFailed(RuntimeError):
-    pass
-
-
-# ---- small helpers ----------------------------------------------------------------------------
-def which(tool: str) -> str | None:
-    found = shutil.which(tool)
-    if found:
-        return found
-    for folder in ("/usr/sbin", "/sbin"):  # mkfs.xfs lives here; a non-root PATH may lack it
-        candidate = Path(folder) / tool
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
+# the table's columns after pdcat, in the issue's order
+PEER_ORDER = ["restic", "casync", "skopeo", "rclone", "tar-zstd"]
+V2_FRACTION, V2_RUNS = 0.05, (MIB, 16 * MIB)  # 5% of the data, unaligned runs of 1-16 MiB
+V3_FRACTION, V3_ALIGN = 0.02, 4096  # ~2% as 1 MiB writes at 4 KiB-aligned offsets
+FREE_NEEDED_GIB = 20  # peak: v1-v3 (5.5 GiB), the catalog, rclone's S3 store with v1 and v2 and a pull (9 GiB)
 
 
 def missing_tools() -> list[str]:
     return [tool for tool in REQUIRED_TOOLS if which(tool) is None]
-
-
-def mib(n: float) -> str:
-    return f"{n / MIB:,.0f} MiB"
-
-
-def fs_type(path: Path) -> str:
-    """The filesystem holding ``path`` (from /proc/mounts: ``stat -f`` says ext2/ext3 for ext4)."""
-    real = os.path.realpath(path)
-    best = ("", "")
-    try:
-        with open("/proc/mounts") as mounts:
-            for line in mounts:
-                fields = line.split()
-                if len(fields) < 3:
-                    continue
-                point = fields[1].replace("\\040", " ")
-                inside = real == point or real.startswith(point.rstrip("/") + "/")
-                if inside and len(point) >= len(best[0]):
-                    best = (point, fields[2])
-    except OSError:
-        pass
-    if best[1]:
-        return best[1]
-    try:
-        return subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "?"
-
-
-@dataclass
-class Child:
-    """One finished child process: wall time, peak RSS, exit code and output."""
-
-    args: list[str]
-    seconds: float
-    rss_kib: int
-    returncode: int
-    stdout: str
-    stderr: str
-    cpu_seconds: float = 0.0
-    """user + system CPU of the child itself (rusage from ``os.wait4``)."""
-
-    @property
-    def rss_mib(self) -> float:
-        return self.rss_kib / 1024
-
-    def json(self) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(self.stdout)
-        except ValueError as exc:
-            raise StepFailed(f"'{' '.join(self.args[:3])}' printed no JSON: {self.stdout[-500:]!r}") from exc
-        return data
-
-
-def run_child(argv: Sequence[str], env: dict[str, str], *, cwd: Path = REPO, check: bool = True) -> Child:
-    """Popen + os.wait4, so the child's own peak RSS (ru_maxrss, KiB on Linux) is known."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.monotonic()
-        proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=out, stderr=err)
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        seconds = time.monotonic() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        child = Child(
-            list(argv),
-            seconds,
-            int(usage.ru_maxrss),
-            proc.returncode,
-            out.read().decode(errors="replace"),
-            err.read().decode(errors="replace"),
-            usage.ru_utime + usage.ru_stime,
-        )
-    if check and child.returncode != 0:
-        raise StepFailed(f"'{' '.join(argv)}' failed (exit {child.returncode}): {child.stderr.strip()[-1500:]}")
-    return child
-
-
-def settle() -> None:
-    """Flush dirty pages before a timed step (not timed), so the kernel writing back what the previous
-    step wrote (a bundle, an unpacked .tar.gz) is never charged to the next one."""
-    os.sync()
-
-
-def timed_pipeline(commands: list[list[str]], stdout: Any = subprocess.DEVNULL) -> float:
-    """``a | b | ...`` with real pipes between child processes; returns wall seconds."""
-    settle()
-    started = time.monotonic()
-    procs: list[subprocess.Popen[bytes]] = []
-    prev = None
-    for i, cmd in enumerate(commands):
-        last = i == len(commands) - 1
-        p = subprocess.Popen(cmd, stdin=prev, stdout=stdout if last else subprocess.PIPE, stderr=subprocess.PIPE)
-        if prev is not None:
-            prev.close()
-        prev = p.stdout
-        procs.append(p)
-    errors = []
-    for cmd, p in zip(commands, procs, strict=True):
-        _, err = p.communicate()
-        if p.returncode != 0:
-            errors.append(f"{' '.join(cmd)} (exit {p.returncode}): {err.decode(errors='replace').strip()[-300:]}")
-    if errors:
-        raise StepFailed("; ".join(errors))
-    return time.monotonic() - started
-
-
-# ---- the embedded server's own CPU and memory, from /proc (no psutil) ------------------------
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (field 3, ``state``, is index 0)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rindex(")") + 2 :].split()
-
-
-def _descendants(pid: int) -> list[int]:
-    """Live descendants of ``pid`` (one pass over /proc); the server normally has none."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
-            if fields is not None:
-                parents.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        kids = parents.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """user + system CPU seconds of ``pid``: every thread of it, live or finished (the process line of
-    /proc/<pid>/stat sums them), its reaped children (cutime + cstime) and its live descendants."""
-    fields = _stat_fields(pid)
-    if fields is None:
-        return None
-    ticks = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
-    for child in _descendants(pid):
-        sub = _stat_fields(child)
-        if sub is not None:
-            ticks += int(sub[11]) + int(sub[12])
-    return ticks / _CLK_TCK
-
-
-def _rss_kib(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE_SIZE // 1024
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _hwm_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-@dataclass
-class ServerUsage:
-    """What the server process spent while a ``with ServerProbe(pid)`` block ran."""
-
-    cpu_seconds: float | None = None
-    wall_seconds: float = 0.0
-    peak_rss_kib: int | None = None
-    peak_rss_method: str = ""
-
-    def json(self) -> dict[str, Any]:
-        return {
-            "cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 3),
-            "wall_seconds": round(self.wall_seconds, 3),
-            "peak_rss_mib": None if self.peak_rss_kib is None else round(self.peak_rss_kib / 1024, 1),
-            "peak_rss_method": self.peak_rss_method,
-        }
-
-
-class ServerProbe:
-    """CPU seconds (delta of /proc/<pid>/stat) and peak RSS of the server during a block.
-
-    Peak RSS: the kernel's high-water mark (VmHWM) after resetting it on entry (``echo 5 >
-    /proc/<pid>/clear_refs``, Linux >= 4.0); if the reset is refused, the largest VmRSS seen by a
-    sampler every 50 ms (it can miss a spike shorter than that). Both cost next to nothing.
-    """
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self.pid, self.interval = pid, interval
-        self.usage = ServerUsage()
-        self._stop = threading.Event()
-        self._sampled = 0
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sampled = max(self._sampled, _rss_kib(self.pid) or 0)
-
-    def __enter__(self) -> ServerUsage:
-        try:
-            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
-            self._hwm_reset = True
-        except OSError:
-            self._hwm_reset = False
-        self._sampled = _rss_kib(self.pid) or 0
-        self._cpu0 = process_cpu_seconds(self.pid)
-        self._t0 = time.monotonic()
-        self._thread = threading.Thread(target=self._sample, name="server-probe", daemon=True)
-        self._thread.start()
-        return self.usage
-
-    def __exit__(self, *exc: object) -> None:
-        cpu1 = process_cpu_seconds(self.pid)
-        self.usage.wall_seconds = time.monotonic() - self._t0
-        self._stop.set()
-        self._thread.join()
-        self._sampled = max(self._sampled, _rss_kib(self.pid) or 0)
-        if self._cpu0 is not None and cpu1 is not None:
-            self.usage.cpu_seconds = cpu1 - self._cpu0
-        hwm = _hwm_kib(self.pid) if self._hwm_reset else None
-        if hwm is not None:
-            self.usage.peak_rss_kib, self.usage.peak_rss_method = max(hwm, self._sampled), "VmHWM, reset before"
-        elif self._sampled:
-            self.usage.peak_rss_kib, self.usage.peak_rss_method = self._sampled, "VmRSS sampled every 50 ms"
-
-
-# ---- the report -------------------------------------------------------------------------------
-@dataclass
-class Metric:
-    name: str
-    pdcat: str
-    baseline: str
-    ratio: float | None
-    target: str
-    passed: bool | None
-    """None: not judged (skipped or not applicable)."""
-    note: str = ""
-
-    def row(self) -> list[str]:
-        verdict = {True: "PASS", False: "FAIL", None: "n/a"}[self.passed]
-        ratio = "-" if self.ratio is None else f"{self.ratio:.3f}"
-        return [self.name, self.pdcat, self.baseline, ratio, self.target, verdict]
-
-
-@dataclass
-class Report:
-    started: float = field(default_factory=time.monotonic)
-    steps: dict[str, Any] = field(default_factory=dict)
-    metrics: list[Metric] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def say(self, text: str) -> None:
-        print(f"[{time.monotonic() - self.started:6.1f}s] {text}", flush=True)
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-        self.say(f"NOTE: {text}")
-
-    @contextmanager
-    def step(self, name: str) -> Iterator[dict[str, Any]]:
-        record: dict[str, Any] = {}
-        self.steps[name] = record
-        t = time.monotonic()
-        try:
-            yield record
-        except BaseException:
-            record["error"] = traceback.format_exc(limit=3)
-            raise
-        finally:
-            record.setdefault("step_seconds", round(time.monotonic() - t, 3))
-
-    def table(self) -> str:
-        head = ["metric", "pdcat", "baseline", "ratio", "target", "pass/fail"]
-        rows = [head, *[m.row() for m in self.metrics]]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-
-        def line(r: list[str]) -> str:
-            return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-
-        sep = "|-" + "-|-".join("-" * w for w in widths) + "-|"
-        out = [line(head), sep, *[line(r) for r in rows[1:]]]
-        notes = [f"  {m.name}: {m.note}" for m in self.metrics if m.note]
-        if notes:
-            out += ["", "Notes on the rows:", *notes]
-        return "\n".join(out)
-
-
-def ratio_metric(
-    name: str,
-    pdcat: float,
-    base: float,
-    *,
-    ratio: float,
-    target: str,
-    ok: Callable[[float], bool],
-    unit: str = "s",
-    note: str = "",
-) -> Metric:
-    def fmt(v: float) -> str:
-        return f"{v:.2f} s" if unit == "s" else mib(v)
-
-    return Metric(name, fmt(pdcat), fmt(base), ratio, target, ok(ratio), note)
 
 
 # ---- the benchmark ----------------------------------------------------------------------------
@@ -392,10 +73,14 @@ class Bench:
         self.server: Any = None
         self.env: dict[str, str] = {}
         self.cache_available: bool | None = None
-        self.pdcat_push_v1: Child | None = None
         self.cache_xfs: tuple[Child, dict[str, Any], Child, dict[str, Any]] | None = None
-        self.server_push: ServerUsage | None = None
-        self.v1_raw_uploaded = 0
+        self.peers: list[Peer] = []
+        self.figures: dict[str, Figures] = {}
+        self.pdcat_v1: list[Child] = []
+        """pdcat's push v1 of each round (the baseline row compares the median with the baseline)."""
+        self.server_push: list[tuple[ServerUsage, int]] = []
+        """The server during each round's push v1, and the raw bytes that push uploaded."""
+        self.v1_uploaded = 0
 
     # -- plumbing --
     def start_server(self) -> None:
@@ -440,18 +125,26 @@ class Bench:
         r.raise_for_status()
         return PackIndex.from_bytes(r.content).data_size
 
-    def pdcat(self, *args: str, env: dict[str, str] | None = None) -> Child:
+    def pdcat(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> Child:
         settle()
-        return run_child([sys.executable, "-m", "client.cli", *args], env or self.env)
+        return run_child([sys.executable, "-m", "client.cli", *args], env or self.env, check=check)
 
     def api(self) -> Any:
         from client.api import CatalogClient
 
         return CatalogClient(self.server.url, token=self.token, timeout=600)
 
-    def pull(self, ref: str, dest: Path, *, name: str | None = None, env: dict[str, str] | None = None) -> Child:
-        extra = ["--name", name] if name else []
-        return self.pdcat("pull", ref, "--arch", ARCH, "--dest", str(dest), "--no-register", "--json", *extra, env=env)
+    def pull(
+        self,
+        ref: str,
+        dest: Path,
+        *,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+        extra: Sequence[str] = (),
+    ) -> Child:
+        flags = [*(["--name", name] if name else []), *extra]
+        return self.pdcat("pull", ref, "--arch", ARCH, "--dest", str(dest), "--no-register", "--json", *flags, env=env)
 
     @staticmethod
     def clear(path: Path) -> None:
@@ -465,11 +158,28 @@ class Bench:
         self.r.say(f"  verified {what}: identical to the source, holes included ({time.monotonic() - t:.1f}s)")
 
     # -- steps --
-    def make_source(self) -> None:
+    def make_sources(self) -> None:
+        """v1 (the reference bundle), v2 (5% rewritten in unaligned runs of 1-16 MiB) and v3 (v1 plus
+        scattered 1 MiB writes at 4 KiB-aligned offsets, ~2%), each a folder holding the same bundle name."""
         with self.r.step("bundle") as rec:
-            info = make_bundle(self.work / "src", self.args.size_gib, self.args.seed)
+            a = self.args
+            half = a.data_gib / 2 / a.size_gib  # half random bytes, half log-like text
+            info = make_bundle(
+                self.work / "src" / "v1", a.size_gib, a.seed, random_frac=half, text_frac=half, zero_frac=0.10
+            )
             self.bundle = info.path
             self.bundle_info = info
+            versions = {}
+            for name, low, high, align, fraction in (
+                ("v2", V2_RUNS[0], V2_RUNS[1], 1, V2_FRACTION),
+                ("v3", MIB, MIB, V3_ALIGN, V3_FRACTION),
+            ):
+                folder = self.work / "src" / name
+                folder.mkdir(parents=True)
+                run_child(["cp", "-a", "--sparse=always", str(info.path), str(folder)], self.env)
+                change = rewrite(folder / info.path.name, fraction, a.seed + 1, min_run=low, max_run=high, align=align)
+                versions[name] = (folder / info.path.name, change)
+            self.src = Sources(info.path, versions["v2"][0], versions["v3"][0], versions["v2"][1], versions["v3"][1])
             rec.update(
                 path=str(info.path),
                 disk_size=info.disk_size,
@@ -477,22 +187,199 @@ class Bench:
                 written_bytes=info.written_bytes,
                 allocated_bytes=allocated_bytes(info.path),
                 seconds=round(info.seconds, 3),
+                v2_changed_bytes=self.src.v2_change.bytes,
+                v2_runs=self.src.v2_change.writes,
+                v3_changed_bytes=self.src.v3_change.bytes,
+                v3_writes=self.src.v3_change.writes,
+                v2_touched_chunk_cells=self.src.v2_change.touched_cells(CHUNK_SIZE),
+                v3_touched_chunk_cells=self.src.v3_change.touched_cells(CHUNK_SIZE),
+                data_bytes=self.src.v2_change.data_bytes,
             )
         self.r.say(
             f"bundle '{info.path.name}': {info.disk_size / GIB:g} GiB disk, regions of 32 MiB: "
             f"{info.regions['random']} random, {info.regions['text']} text, {info.regions['zero']} explicit zero, "
-            f"the rest holes; {mib(rec['allocated_bytes'])} allocated (made in {info.seconds:.1f}s)"
+            f"the rest holes; {mib(rec['allocated_bytes'])} allocated (made in {info.seconds:.1f}s); "
+            f"v2: {mib(self.src.v2_change.bytes)} rewritten in {self.src.v2_change.writes} runs; "
+            f"v3: {mib(self.src.v3_change.bytes)} in {self.src.v3_change.writes} scattered 1 MiB writes"
         )
 
-    def ceiling(self) -> None:
-        with self.r.step("ceiling") as rec:
-            b = self.bundle
-            seconds = timed_pipeline(
-                [["tar", "--sparse", "-cf", "-", "-C", str(b.parent), b.name], ["zstd", "-T0", "-3", "-q", "-c"]]
+    def select_peers(self) -> None:
+        """The peers asked for, installed when missing (apt-get); a peer that cannot be had is reported."""
+        wanted = [n for n in (self.args.peers or "").split(",") if n] if self.args.peers is not None else PEER_ORDER
+        with self.r.step("peers") as rec:
+            for name in wanted:
+                peer = PEERS.get(name)
+                if peer is None:
+                    self.r.note(f"peer {name!r} unknown (known: {', '.join(PEERS)}): skipped")
+                    continue
+                problem = peer.check()
+                if problem and not self.args.no_install:
+
+                    def say(text: str, name: str = name) -> None:
+                        self.r.say(f"{name}: {text}")
+
+                    problem = peer.install(say)
+                if problem:
+                    rec[name] = {"missing": problem}
+                    self.figures[name] = Figures(name, peer.title, error=f"missing: {problem}")
+                    self.r.note(f"peer {name} MISSING, not run: {problem}")
+                    continue
+                try:
+                    version = peer.version()
+                except Exception as exc:  # a version string is cosmetic
+                    version = f"? ({exc})"
+                rec[name] = {"version": version}
+                self.peers.append(peer)
+                self.figures[name] = Figures(name, peer.title)
+        ready = ", ".join(f"{p.name} ({rec[p.name]['version'] or 'ok'})" for p in self.peers)
+        self.r.say(f"peers: {ready or 'none'}")
+
+    def rounds(self) -> None:
+        """N rounds; in each, every tool in turn (the order rotates), each in a fresh store."""
+        pdcat = Figures("pdcat", "pdcat")
+        self.figures = {"pdcat": pdcat, **self.figures}
+        tools: list[Peer | None] = [None, *self.peers]  # None = pdcat
+        for i in range(self.args.runs):
+            shift = i % len(tools)
+            for tool in tools[shift:] + tools[:shift]:
+                if tool is None:
+                    with self.r.step(f"pdcat_round_{i + 1}") as rec:
+                        self.pdcat_round(i, pdcat, rec)
+                    continue
+                fig = self.figures[tool.name]
+                if fig.error:
+                    continue  # it failed in an earlier round: its figures would not be comparable
+                try:
+                    with self.r.step(f"{tool.name}_round_{i + 1}"):
+                        peer_round(tool, fig, self.src, self.work, i, self.r.say)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # a peer's failure is reported, not fatal
+                    fig.error = f"{type(exc).__name__}: {str(exc).strip()[:400]}"
+                    self.r.note(f"peer {tool.name} FAILED in round {i + 1}: {fig.error}")
+
+    def drop_versions(self) -> None:
+        """v2 and v3 are no longer needed after the rounds: free their disk for the tests that follow."""
+        if hasattr(self, "src"):
+            self.clear(self.src.v2.parent)
+            self.clear(self.src.v3.parent)
+
+    def pdcat_round(self, i: int, fig: Figures, rec: dict[str, Any]) -> None:
+        """pdcat's round: push v1, cold pull (empty cache), pull --no-cache, push v2; in round 1 also
+        the scattered-writes push (v3) and the pull of v2 with v1 in the cache."""
+        catalog = f"bench-r{i + 1}"
+        first = i == 0
+        with self.probe_server() as server:
+            push = self.pdcat(
+                "push", str(self.src.v1), "--catalog", catalog, "--version", "1", "--arch", ARCH, "--json"
             )
-            rec["seconds"] = round(seconds, 3)
-        self.ceiling_seconds = seconds
-        self.r.say(f"ceiling: tar --sparse | zstd -T0 -3 > /dev/null took {seconds:.2f}s")
+        out = push.json()
+        raw_uploaded = self.raw_bytes(catalog, "1") - int(out.get("reused_bytes") or 0)
+        self.pdcat_v1.append(push)
+        self.server_push.append((server, raw_uploaded))
+        self.v1_uploaded = int(out["uploaded_bytes"])
+        self.clear(self.work / "cache")
+        dest = self.work / "pdcat-pulled"
+        with self.probe_server() as server_pull:
+            cold = self.pull(f"{catalog}:1", dest)
+        cold_out = cold.json()
+        if first:
+            self.verify(self.src.v1, Path(cold_out["path"]), "cold pull")
+        self.clear(dest)
+        nocache = self.pull(f"{catalog}:1", dest, extra=["--no-cache"])
+        nocache_out = nocache.json()
+        if first:
+            self.verify(self.src.v1, Path(nocache_out["path"]), "pull --no-cache")
+        self.clear(dest)
+        push2 = self.pdcat("push", str(self.src.v2), "--catalog", catalog, "--version", "2", "--arch", ARCH, "--json")
+        out2 = push2.json()
+        fig.push.append(push.seconds)
+        fig.pull.append(cold.seconds)
+        fig.pull_nocache.append(nocache.seconds)
+        fig.push_v2.append(push2.seconds)
+        fig.v2_bytes.append(float(out2["uploaded_bytes"]))
+        fig.rss_push.append(push.rss_mib)
+        fig.rss_pull.append(max(cold.rss_mib, nocache.rss_mib))
+        peaks = [u.peak_rss_kib / 1024 for u in (server, server_pull) if u.peak_rss_kib is not None]
+        if peaks:
+            fig.server_rss.append(max(peaks))
+        rec.update(
+            push_v1={
+                "wall_seconds": round(push.seconds, 3),
+                "reported_seconds": out.get("seconds"),
+                "rss_mib": round(push.rss_mib, 1),
+                "client_cpu_seconds": round(push.cpu_seconds, 3),
+                "uploaded_bytes": out["uploaded_bytes"],
+                "uploaded_raw_bytes": raw_uploaded,
+                "uploaded_chunks": out["uploaded_chunks"],
+                "chunks": out["chunks"],
+                "server": server.json(),
+            },
+            pull_cold={
+                "wall_seconds": round(cold.seconds, 3),
+                "reported_seconds": cold_out.get("seconds"),
+                "rss_mib": round(cold.rss_mib, 1),
+                "downloaded_bytes": cold_out.get("downloaded_bytes"),
+                "cache": cold_out.get("cache"),
+                "server": server_pull.json(),
+            },
+            pull_no_cache={
+                "wall_seconds": round(nocache.seconds, 3),
+                "reported_seconds": nocache_out.get("seconds"),
+                "rss_mib": round(nocache.rss_mib, 1),
+            },
+            push_v2={
+                "wall_seconds": round(push2.seconds, 3),
+                "rss_mib": round(push2.rss_mib, 1),
+                "uploaded_bytes": out2["uploaded_bytes"],
+                "uploaded_chunks": out2["uploaded_chunks"],
+                "reused_bytes": out2.get("reused_bytes"),
+            },
+        )
+        line = (
+            f"pdcat round {i + 1}: push {push.seconds:.1f}s ({out.get('seconds')}s inside, RSS {push.rss_mib:.0f} MiB, "
+            f"{mib(out['uploaded_bytes'])} sent), cold pull {cold.seconds:.1f}s (RSS {cold.rss_mib:.0f} MiB), "
+            f"--no-cache {nocache.seconds:.1f}s, push v2 {push2.seconds:.1f}s ({mib(out2['uploaded_bytes'])} sent); "
+            f"server peak RSS "
+            + " / ".join(
+                "?" if u.peak_rss_kib is None else f"{u.peak_rss_kib / 1024:.0f}" for u in (server, server_pull)
+            )
+            + " MiB"
+        )
+        if first:
+            push3 = self.pdcat(
+                "push", str(self.src.v3), "--catalog", catalog, "--version", "3", "--arch", ARCH, "--json"
+            )
+            out3 = push3.json()
+            fig.scattered_bytes, fig.scattered_how = int(out3["uploaded_bytes"]), "pdcat push --json: uploaded_bytes"
+            # v2 with v1 in the cache: pull v1 (cache warm), then v2 to another folder
+            self.clear(self.work / "cache")
+            self.pull(f"{catalog}:1", dest)
+            self.clear(dest)
+            pull2 = self.pull(f"{catalog}:2", dest)
+            out_p2 = pull2.json()
+            self.verify(self.src.v2, Path(out_p2["path"]), "pull of v2 with v1 in the cache")
+            self.clear(dest)
+            fig.v2_pull_bytes, fig.v2_pull_how = int(out_p2["downloaded_bytes"]), "pdcat pull --json: downloaded_bytes"
+            rec.update(
+                push_v3={"uploaded_bytes": out3["uploaded_bytes"], "uploaded_chunks": out3["uploaded_chunks"]},
+                pull_v2_warm={"downloaded_bytes": out_p2["downloaded_bytes"], "wall_seconds": round(pull2.seconds, 3)},
+            )
+            line += (
+                f"; scattered writes: {mib(out3['uploaded_bytes'])} sent; "
+                f"v2 pull with v1 cached: {mib(out_p2['downloaded_bytes'])} downloaded"
+            )
+        self.clear(self.work / "cache")
+        if not first:
+            self.purge(catalog, ["1", "2"])
+        self.r.say(line)
+
+    def purge(self, catalog: str, versions: Sequence[str]) -> None:
+        """Remove versions and the chunks only they use (untimed): the work folder's disk stays bounded."""
+        for version in versions:
+            done = self.pdcat("rm", f"{catalog}:{version}", "--arch", ARCH, "--purge", "-q", check=False)
+            if done.returncode != 0:
+                self.r.note(f"pdcat rm --purge {catalog}:{version} failed: {done.stderr.strip()[-300:]}")
 
     def run_baseline(self) -> None:
         with self.r.step("baseline") as rec, self.api() as api:
@@ -533,69 +420,14 @@ class Bench:
                 "holes written as zeros)"
             )
             self.clear(work)
+        self.purge("bench-baseline", ["1"])
         self.base_push, self.base_pull = p, q
-
-    def pdcat_full(self) -> None:
-        with self.r.step("pdcat_push_v1") as rec:
-            with self.probe_server() as server:
-                c = self.pdcat(
-                    "push", str(self.bundle), "--catalog", CATALOG, "--version", "1", "--arch", ARCH, "--json"
-                )
-            out = c.json()
-            # raw bytes that went up = unique chunks of the index minus those the catalog already had
-            raw_uploaded = self.raw_bytes(CATALOG, "1") - int(out.get("reused_bytes") or 0)
-            rec.update(
-                wall_seconds=round(c.seconds, 3),
-                reported_seconds=out.get("seconds"),
-                rss_mib=round(c.rss_mib, 1),
-                client_cpu_seconds=round(c.cpu_seconds, 3),
-                uploaded_bytes=out["uploaded_bytes"],
-                uploaded_raw_bytes=raw_uploaded,
-                uploaded_chunks=out["uploaded_chunks"],
-                chunks=out["chunks"],
-                server=server.json(),
-            )
-            if server.cpu_seconds is not None and raw_uploaded:
-                rec["server"]["cpu_seconds_per_gb"] = round(server.cpu_seconds / (raw_uploaded / 1e9), 3)
-        self.pdcat_push_v1 = c
-        self.server_push = server
-        self.v1_uploaded = int(out["uploaded_bytes"])
-        self.v1_raw_uploaded = raw_uploaded
-        self.r.say(
-            f"pdcat push v1: {c.seconds:.2f}s wall ({out.get('seconds')}s inside), "
-            f"{out['uploaded_chunks']}/{out['chunks']} chunks, {mib(out['uploaded_bytes'])} sent "
-            f"({mib(raw_uploaded)} raw), peak RSS {c.rss_mib:.0f} MiB, client CPU {c.cpu_seconds:.2f}s; "
-            f"server CPU {server.cpu_seconds:.2f}s, server peak RSS "
-            + ("?" if server.peak_rss_kib is None else f"{server.peak_rss_kib / 1024:.0f} MiB")
-        )
-
-        with self.r.step("pdcat_pull_cold") as rec:
-            self.clear(self.work / "cache")
-            dest = self.work / "d1"
-            with self.probe_server() as server:
-                c = self.pull(f"{CATALOG}:1", dest)
-            out = c.json()
-            rec.update(
-                server=server.json(),
-                client_cpu_seconds=round(c.cpu_seconds, 3),
-                wall_seconds=round(c.seconds, 3),
-                reported_seconds=out.get("seconds"),
-                rss_mib=round(c.rss_mib, 1),
-                downloaded_bytes=out["downloaded_bytes"],
-                cache=out.get("cache"),
-                clone_method=out.get("clone_method"),
-                cache_allocated_bytes=allocated_bytes(self.work / "cache") if (self.work / "cache").exists() else 0,
-            )
-            self.d1 = Path(out["path"])
-        self.pdcat_pull_cold = c
-        self.r.say(
-            f"pdcat pull (cold, empty cache): {c.seconds:.2f}s wall ({out.get('seconds')}s inside), "
-            f"{mib(out['downloaded_bytes'])} downloaded, cache={out.get('cache', 'n/a')}, peak RSS {c.rss_mib:.0f} MiB"
-        )
-        self.verify(self.bundle, self.d1, "cold pull")
 
     def cache_hit_plain(self) -> None:
         with self.r.step("cache_hit_plain") as rec:
+            # round 1's v1, pulled once with an empty cache (untimed here), then again
+            self.clear(self.work / "cache")
+            self.d1 = Path(self.pull(f"{CATALOG}:1", self.work / "d1").json()["path"])
             c = self.pull(f"{CATALOG}:1", self.work / "d2", name="other")
             out = c.json()
             self.cache_available = "cache" in out and "clone_method" in out
@@ -624,6 +456,8 @@ class Bench:
         )
         self.verify(self.bundle, Path(out["path"]), "second pull")
         self.clear(Path(out["path"]))
+        self.clear(self.work / "d1")
+        self.clear(self.work / "cache")
 
     def cache_hit_reflink(self) -> None:
         with self.r.step("cache_hit_reflink") as rec:
@@ -695,36 +529,6 @@ class Bench:
         lazy = subprocess.run(["umount", "-l", str(mnt)], capture_output=True, text=True)
         self.r.note(f"umount {mnt} failed ({done.stderr.strip()}); lazy umount exit {lazy.returncode}")
 
-    def incremental(self) -> None:
-        with self.r.step("incremental") as rec:
-            m = mutate(self.bundle, 0.05, self.args.seed + 1, max_run_mib=16)
-            c = self.pdcat("push", str(self.bundle), "--catalog", CATALOG, "--version", "2", "--arch", ARCH, "--json")
-            out = c.json()
-            # the worst case, reported but not judged: 5% more, as single 1 MiB blocks spread uniformly
-            ms = mutate(self.bundle, 0.05, self.args.seed + 3, max_run_mib=1)
-            cs = self.pdcat("push", str(self.bundle), "--catalog", CATALOG, "--version", "3", "--arch", ARCH, "--json")
-            self.v3 = (cs.json(), ms)
-            data_cells = -(-self.bundle_info.nonzero_bytes // CHUNK_SIZE)
-            rec.update(
-                mutated_blocks=len(m.offsets),
-                candidate_blocks=m.candidates,
-                mutated_bytes=m.bytes,
-                touched_32mib_cells=m.touched_cells(CHUNK_SIZE),
-                nonzero_32mib_cells=data_cells,
-                wall_seconds=round(c.seconds, 3),
-                rss_mib=round(c.rss_mib, 1),
-                uploaded_bytes=out["uploaded_bytes"],
-                uploaded_chunks=out["uploaded_chunks"],
-                reused_bytes=out.get("reused_bytes"),
-            )
-        self.v2 = (c, out, m, data_cells)
-        self.r.say(
-            f"mutated {len(m.offsets)} of {m.candidates} non-zero 1 MiB blocks ({mib(m.bytes)}) in runs of 1-16 MiB, "
-            f"touching {m.touched_cells(CHUNK_SIZE)} of {data_cells} non-zero chunk cells; pdcat push v2: "
-            f"{c.seconds:.2f}s, {out['uploaded_chunks']} chunks, {mib(out['uploaded_bytes'])} sent; "
-            f"worst case (5% as scattered 1 MiB blocks): {mib(self.v3[0]['uploaded_bytes'])} sent"
-        )
-
     def rss_big(self) -> None:
         gib = self.args.rss_gib
         with self.r.step("rss_big") as rec:
@@ -764,16 +568,32 @@ class Bench:
             self.clear(self.work / "rss-out")
         self.big = (push, pull, gib)
 
-    # -- the table --
+    # -- the tables --
+    def comparison(self) -> None:
+        order = ["pdcat", *PEER_ORDER, *[k for k in self.figures if k not in PEER_ORDER and k != "pdcat"]]
+        figs = [self.figures[k] for k in order if k in self.figures]
+        if hasattr(self, "src") and self.figures.get("pdcat"):
+            self.r.comparison = build_comparison(figs, self.src, self.args.runs)
+
     def metrics(self) -> None:
-        r = self.r
-        m = r.metrics
-        if hasattr(self, "base_push") and self.pdcat_push_v1 is not None:
-            p = self.pdcat_push_v1.seconds
+        m = self.r.metrics
+        pd = self.figures.get("pdcat")
+        if hasattr(self, "base_push") and pd and pd.push:
+            p = median_of(pd.push)
             b = self.base_push.seconds
-            m.append(ratio_metric("push time (speedup)", p, b, ratio=b / p, target=">= 4", ok=lambda x: x >= 4))
-        if hasattr(self, "base_pull") and hasattr(self, "pdcat_pull_cold"):
-            p = self.pdcat_pull_cold.seconds
+            m.append(
+                ratio_metric(
+                    "push time (speedup)",
+                    p,
+                    b,
+                    ratio=b / p,
+                    target=">= 4",
+                    ok=lambda x: x >= 4,
+                    note="pdcat: median push v1 of the rounds",
+                )
+            )
+        if hasattr(self, "base_pull") and pd and pd.pull:
+            p = median_of(pd.pull)
             b = self.base_pull.seconds
             m.append(
                 ratio_metric(
@@ -783,83 +603,45 @@ class Bench:
                     ratio=b / p,
                     target=">= 3",
                     ok=lambda x: x >= 3,
-                    note="pdcat verifies every chunk; the baseline verifies nothing",
+                    note="pdcat (median cold pull of the rounds) verifies every chunk; the baseline verifies nothing",
                 )
             )
-        if hasattr(self, "ceiling_seconds") and self.pdcat_push_v1 is not None:
-            pushed = self.pdcat_push_v1.seconds
-            ceil = self.ceiling_seconds
-            m.append(
-                Metric(
-                    "push vs ceiling (ceiling/pdcat)",
-                    f"{pushed:.2f} s",
-                    f"{ceil:.2f} s (ceiling)",
-                    ceil / pushed,
-                    ">= 0.70",
-                    ceil / pushed >= 0.70,
-                    "ceiling = tar --sparse | zstd -T0 -3 > /dev/null (no hashing, no upload)",
-                )
-            )
-        usage = self.server_push
-        if usage is not None and usage.cpu_seconds is not None and self.v1_raw_uploaded and self.pdcat_push_v1:
-            gb = self.v1_raw_uploaded / 1e9
-            per_gb = usage.cpu_seconds / gb
-            client = self.pdcat_push_v1.cpu_seconds
+        per_gb = [u.cpu_seconds / (raw / 1e9) for u, raw in self.server_push if u.cpu_seconds is not None and raw]
+        if per_gb and self.pdcat_v1:
+            usage, raw = self.server_push[0]
+            client = self.pdcat_v1[0].cpu_seconds
+            gb = raw / 1e9
+            cpu = usage.cpu_seconds or 0.0
+            cores = cpu / usage.wall_seconds if usage.wall_seconds else 0.0
             m.append(
                 Metric(
                     "server CPU s per GB pushed",
-                    f"{per_gb:.2f} s/GB",
+                    f"{median_of(per_gb):.2f} s/GB",
                     "-",
                     None,
                     "(not judged)",
                     None,
-                    f"`pdcat serve` (all threads) used {usage.cpu_seconds:.2f}s user+system CPU during push v1 "
-                    f"({usage.cpu_seconds / usage.wall_seconds:.2f} cores on average over {usage.wall_seconds:.2f}s) "
-                    f"for {gb:.3f} GB (10^9 bytes) of raw chunk data uploaded ({mib(self.v1_uploaded)} "
-                    f"compressed): receiving, verifying (read, decompress, sha256) and promoting every chunk, "
-                    f"and committing; the pdcat client used {client:.2f}s ({client / gb:.2f} s/GB)",
+                    f"median of the rounds' push v1. Round 1: `pdcat serve` (all threads) used {cpu:.2f}s "
+                    f"user+system CPU ({cores:.2f} cores on average over {usage.wall_seconds:.2f}s) for {gb:.3f} GB "
+                    f"(10^9 bytes) of raw chunk data uploaded ({mib(self.v1_uploaded)} compressed): receiving, "
+                    "verifying (read, decompress, sha256) and promoting every chunk, and committing; the pdcat client "
+                    f"used {client:.2f}s ({client / gb:.2f} s/GB)",
                 )
             )
-            if usage.peak_rss_kib is not None:
-                m.append(
-                    Metric(
-                        "server peak RSS during push",
-                        f"{usage.peak_rss_kib / 1024:.0f} MiB",
-                        "-",
-                        None,
-                        "(not judged)",
-                        None,
-                        f"{usage.peak_rss_method}; the whole server process, not only what the push added",
-                    )
-                )
-        if hasattr(self, "v2"):
-            _, out, mut, cells = self.v2
-            ratio = out["uploaded_bytes"] / self.v1_uploaded
-            best = mut.touched_cells(CHUNK_SIZE) / cells
+        if pd and pd.v2_bytes and self.v1_uploaded and hasattr(self, "src"):
+            ratio = median_of(pd.v2_bytes) / self.v1_uploaded
+            change = self.src.v2_change
+            best = change.touched_cells(CHUNK_SIZE) / -(-change.data_bytes // CHUNK_SIZE)
             m.append(
                 Metric(
                     "incremental push bytes (v2/v1)",
-                    mib(out["uploaded_bytes"]),
+                    mib(median_of(pd.v2_bytes)),
                     f"{mib(self.v1_uploaded)} (v1)",
                     ratio,
                     "<= 0.10",
                     ratio <= 0.10,
-                    f"5% of the data rewritten in runs of 1-16 MiB; they touch {best:.0%} of the non-zero chunk cells",
-                )
-            )
-        if hasattr(self, "v3"):
-            out3, mut3 = self.v3
-            ratio3 = out3["uploaded_bytes"] / self.v1_uploaded
-            m.append(
-                Metric(
-                    "incremental, worst case (v3/v1)",
-                    mib(out3["uploaded_bytes"]),
-                    f"{mib(self.v1_uploaded)} (v1)",
-                    ratio3,
-                    "(not judged)",
-                    True,
-                    f"5% more as single 1 MiB blocks spread uniformly: {mut3.touched_cells(CHUNK_SIZE)} chunk cells "
-                    "touched; no fixed or content-defined grid coarser than 1 MiB can do better",
+                    f"{change.bytes / change.data_bytes:.0%} of the data rewritten in unaligned runs of 1-16 MiB; "
+                    f"they touch {best:.0%} of the non-zero {CHUNK_SIZE // MIB} MiB cells",
                 )
             )
         if hasattr(self, "cache_plain"):
@@ -898,40 +680,67 @@ class Bench:
                     + ("" if is_hit else "; the second pull was NOT a cache hit"),
                 )
             )
-        elif "cache_hit_reflink" in r.steps:
-            why = r.steps["cache_hit_reflink"].get("skipped", "did not finish")
+        elif "cache_hit_reflink" in self.r.steps:
+            why = self.r.steps["cache_hit_reflink"].get("skipped", "did not finish")
             m.append(Metric("cache hit vs cold pull (XFS reflink)", f"skipped: {why}", "-", None, "<= 0.05", None))
-        size = f"{self.args.size_gib:g} GiB"
-        if self.pdcat_push_v1 is not None:
-            rss = self.pdcat_push_v1.rss_mib
-            m.append(Metric(f"peak RSS push, {size} bundle", f"{rss:.0f} MiB", "-", None, "< 512 MiB", rss < 512))
-        if hasattr(self, "pdcat_pull_cold"):
-            rss = self.pdcat_pull_cold.rss_mib
-            m.append(Metric(f"peak RSS pull, {size} bundle", f"{rss:.0f} MiB", "-", None, "< 512 MiB", rss < 512))
         if hasattr(self, "big"):
             push, pull, gib = self.big
             for what, child in (("push", push), ("pull", pull)):
                 rss = child.rss_mib
                 m.append(
-                    Metric(f"peak RSS {what}, {gib:g} GiB bundle", f"{rss:.0f} MiB", "-", None, "< 512 MiB", rss < 512)
+                    Metric(
+                        f"peak RSS {what}, {gib:g} GiB bundle",
+                        f"{rss:.0f} MiB",
+                        "-",
+                        None,
+                        f"<= {RSS_MAX_MIB} MiB",
+                        rss <= RSS_MAX_MIB,
+                    )
                 )
+
+
+def time_by_part(report: Report) -> str:
+    """Wall seconds of each part of the run (a tool's rounds added up), to keep ``make bench``'s length known."""
+    parts: dict[str, float] = {}
+    for name, rec in report.steps.items():
+        key = name.split("_round_")[0] if "_round_" in name else name
+        parts[key] = parts.get(key, 0.0) + float(rec.get("step_seconds") or 0.0)
+    parts = {k: v for k, v in parts.items() if v >= 0.5}
+    return ", ".join(f"{k} {v:.0f}s" for k, v in parts.items())
+
+
+def median_of(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--size-gib", type=float, default=None, help="apparent size of the test disk (default 4)")
-    p.add_argument("--quick", action="store_true", help="1 GiB bundle and no big-bundle RSS test")
+    p.add_argument("--runs", type=int, default=None, help="rounds of every tool; each figure is their median (3)")
+    p.add_argument("--size-gib", type=float, default=None, help="apparent size of the test disk (default 3)")
+    p.add_argument("--data-gib", type=float, default=None, help="non-zero data in it, half random (default 1.5)")
+    p.add_argument("--quick", action="store_true", help="1 GiB disk (0.5 GiB data), 1 round, no big-bundle RSS test")
     p.add_argument("--rss-gib", type=float, default=None, help="size of the big-bundle RSS test (default 20; 0 = skip)")
+    p.add_argument(
+        "--peers",
+        default=None,
+        help=f"comma-separated peers to run (default all: {','.join(PEER_ORDER)}; '' = none)",
+    )
+    p.add_argument("--no-install", action="store_true", help="never apt-get install a missing peer; report it")
+    p.add_argument("--no-baseline", action="store_true", help="skip the original product's method")
     p.add_argument("--workdir", help="folder to make the temporary work folder in (default: the system temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
     p.add_argument("--seed", type=int, default=20240501)
     args = p.parse_args(argv)
     if args.size_gib is None:
-        args.size_gib = 1.0 if args.quick else 4.0
+        args.size_gib = 1.0 if args.quick else 3.0
+    if args.data_gib is None:
+        args.data_gib = args.size_gib / 2
+    if args.runs is None:
+        args.runs = 1 if args.quick else 3
     if args.rss_gib is None:
         args.rss_gib = 0.0 if args.quick else 20.0
-    if args.size_gib <= 0 or args.rss_gib < 0:
-        p.error("sizes must be positive")
+    if args.size_gib <= 0 or args.rss_gib < 0 or not 0 < args.data_gib <= args.size_gib * 0.9 or args.runs < 1:
+        p.error("sizes must be positive, --data-gib at most 90% of --size-gib, --runs at least 1")
     return args
 
 
@@ -956,25 +765,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     error = None
     report.say(
-        f"pdcat bench: {args.size_gib:g} GiB bundle, "
+        f"pdcat bench: {args.size_gib:g} GiB disk with {args.data_gib:g} GiB of data, {args.runs} round(s), "
         + (f"{args.rss_gib:g} GiB RSS test" if args.rss_gib else "no big-bundle RSS test")
         + f", work folder {work} ({fs_type(work)}), {os.cpu_count()} CPUs"
     )
+    free = shutil.disk_usage(work).free
+    if free < FREE_NEEDED_GIB * GIB:
+        report.note(
+            f"only {free / GIB:.1f} GiB free in {work}'s filesystem; a default run needs about {FREE_NEEDED_GIB} GiB "
+            "(a step that runs out of space fails)"
+        )
     try:
         bench.start_server()
-        bench.make_source()
-        bench.ceiling()
-        bench.run_baseline()
-        bench.pdcat_full()
+        bench.select_peers()
+        bench.make_sources()
+        if not args.no_baseline:
+            try:
+                bench.run_baseline()
+            except (StepFailed, baseline.BaselineError, PdcatError) as exc:  # its rows say so; the rest goes on
+                report.note(f"the original product's method (bench/baseline.py) FAILED, its rows are missing: {exc}")
+        bench.rounds()
+        bench.drop_versions()
         bench.cache_hit_plain()
         bench.cache_hit_reflink()
-        bench.incremental()
         if args.rss_gib:
             bench.rss_big()
     except KeyboardInterrupt:
         error = "interrupted"
         status = 130
-    except Exception as exc:  # a step failed: report what we have, exit non-zero
+    except Exception as exc:  # one of pdcat's steps failed: report what we have, exit non-zero
         error = f"{type(exc).__name__}: {exc}"
         status = 1
         traceback.print_exc()
@@ -986,14 +805,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
+    bench.comparison()
     bench.metrics()
     print()
+    if report.comparison is not None:
+        print(f"pdcat against its peers (median of {args.runs} round(s); times in seconds, sizes in MiB):\n")
+        print(report.comparison.table())
+        failed = {k: f.error for k, f in bench.figures.items() if f.error}
+        if failed:
+            print("\nPeers missing or failed (their columns are empty or partial):")
+            for k, why in failed.items():
+                print(f"  - {k}: {why}")
+        print()
+    print("pdcat against the original product's method and against itself:\n")
     print(report.table())
     if report.notes:
         print("\nNotes:")
         for n in report.notes:
             print(f"  - {n}")
     print("\nOnly ratios of figures measured in this same run are judged: absolute times drift on shared machines.")
+    print(f"Where the time went: {time_by_part(report)}")
     results = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
@@ -1003,12 +834,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "workdir_filesystem": fs_type(parent),
         },
         "params": {
+            "runs": args.runs,
             "size_gib": args.size_gib,
+            "data_gib": args.data_gib,
             "rss_gib": args.rss_gib,
             "quick": args.quick,
             "seed": args.seed,
+            "peers": [p.name for p in bench.peers],
         },
         "steps": report.steps,
+        "figures": {k: f.json() for k, f in bench.figures.items()},
+        "comparison": report.comparison.json() if report.comparison is not None else None,
         "metrics": [
             {
                 "metric": x.name,
