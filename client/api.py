@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json as jsonlib
 import logging
-import os
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import SplitResult, quote, urlencode, urlsplit
 
+from client.net import proxy_configured, tls_context
 from core.errors import PdcatError, Unavailable, error_for_status
 
 if TYPE_CHECKING:
@@ -98,39 +97,7 @@ def _direct_url(base_url: str) -> SplitResult | None:
         and not url.fragment
         and quote(url.path, safe=_PATH_SAFE) == url.path
     )
-    return url if plain and not _proxy_configured() else None
-
-
-def _proxy_configured() -> bool:
-    """Whether httpx could use a proxy here (``trust_env``: ``*_proxy`` variables, and on macOS and
-    Windows the system's settings, as ``urllib.request.getproxies`` reads them)."""
-    if any(value and name[-6:].lower() == "_proxy" for name, value in os.environ.items()):
-        return True
-    if sys.platform in ("darwin", "win32"):
-        from urllib.request import getproxies
-
-        return bool(getproxies())
-    return False
-
-
-def _tls_context(verify: bool) -> ssl.SSLContext:
-    """The context httpx builds (``httpx._config.create_ssl_context``), with httpcore's ALPN."""
-    import ssl
-
-    if not verify:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif os.environ.get("SSL_CERT_FILE"):
-        context = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-    elif os.environ.get("SSL_CERT_DIR"):
-        context = ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
-    else:
-        import certifi
-
-        context = ssl.create_default_context(cafile=certifi.where())
-    context.set_alpn_protocols(["http/1.1"])
-    return context
+    return url if plain and not proxy_configured() else None
 
 
 def _dropped(connection: http.client.HTTPConnection) -> bool:
@@ -182,7 +149,7 @@ class _Direct:
                     return connection
                 connection.close()
             if self._url.scheme == "https" and self._tls is None:
-                self._tls = _tls_context(self._verify)
+                self._tls = tls_context(self._verify)
         import http.client
 
         host = self._url.hostname or ""

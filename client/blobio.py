@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from client.api import _proxy_configured, _tls_context
+from client.net import proxy_configured, tls_context
 from client.retry import BlobMissing, RetriesExceeded, RetryPolicy, UrlRefused, check_storage
 from core.errors import PdcatError
 
@@ -158,7 +158,7 @@ class _DirectGet:
 
     @staticmethod
     def usable() -> bool:
-        return not _proxy_configured()
+        return not proxy_configured()
 
     def close(self) -> None:
         with self._lock:
@@ -227,7 +227,7 @@ class _DirectGet:
         if scheme == "https":
             with self._lock:
                 if self._ssl is None:
-                    self._ssl = _tls_context(True)
+                    self._ssl = tls_context(True)
                 context = self._ssl
             conn = http.client.HTTPSConnection(host, port, timeout=self._timeout, context=context)
         else:
