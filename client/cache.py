@@ -431,7 +431,7 @@ class VmCache:
         index_file = self._index_file(digest)
         if not index_file.is_file():
             _write_atomic(index_file, _canonical(index))
-        rows = [(digest, d, _disk_bytes(stored)) for d, stored in _stored_sizes(index).items()]
+        rows = [(digest, d, _disk_bytes(stored)) for d, stored in index.stored_sizes().items()]
         with self._write() as db:
             db.executemany("INSERT OR IGNORE INTO refs (entry, chunk, size) VALUES (?,?,?)", rows)
 
@@ -454,7 +454,7 @@ class VmCache:
                 if existing is not None:
                     return existing
             present: list[tuple[str, str, int]] = []
-            for chunk_digest in _stored_sizes(index):
+            for chunk_digest in index.stored_sizes():
                 try:
                     st = os.stat(self._object(chunk_digest))
                 except OSError:
@@ -513,7 +513,7 @@ class VmCache:
 
         Nothing is read here; the transfer engine verifies every chunk it takes from these.
         """
-        wanted = _stored_sizes(index)
+        wanted = index.stored_sizes()
         objects = {d for d in wanted if os.path.isfile(self._object(d))}
         ranges: dict[str, ChunkSource] = {}
         bundles = [e for e in self._select("WHERE e.kind = ?", (BUNDLE,)) if e.digest != exclude]
@@ -524,9 +524,13 @@ class VmCache:
             if other is None:
                 continue
             folder = self.bundle_path(entry.digest)
+            sizes = other.unique_digests()
             for file in other.files:
                 for chunk in file.chunks:
-                    if chunk.digest in wanted and chunk.digest not in objects and chunk.digest not in ranges:
+                    # a piece that is its whole object can be read back as that object (every format-1
+                    # chunk; in format 2, a whole cell as a first push cuts it)
+                    whole = chunk.object_offset == 0 and chunk.size == sizes[chunk.digest]
+                    if whole and chunk.digest in wanted and chunk.digest not in objects and chunk.digest not in ranges:
                         ranges[chunk.digest] = (folder / file.path, chunk.offset, chunk.size)
         return LocalChunks(self._chunks, objects, ranges, keep=keep)
 
@@ -878,11 +882,6 @@ def _remember(index: PackIndex, digest: str, data: bytes | None) -> None:
         for key in [k for k, (ref, _, _) in _known.items() if ref() is None]:
             del _known[key]
         _known[id(index)] = (weakref.ref(index), digest, data)
-
-
-def _stored_sizes(index: PackIndex) -> dict[str, int]:
-    """chunk digest -> bytes of its stored object (the raw size when an old index does not say)."""
-    return {c.digest: c.stored_size or c.size for c in index.chunks()}
 
 
 def _disk_bytes(size: int) -> int:

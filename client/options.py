@@ -81,6 +81,7 @@ class PushOptions(_ManifestOptions):
     compress: bool = True
     chunk_size: int | None = None
     level: int | None = None
+    base: str | None = None
     vm_type: str | None = None
     min_cpu: int | None = None
     min_memory_mb: int | None = None

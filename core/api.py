@@ -407,10 +407,11 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             "POST",
             m + "/push",
             push,
-            "Begin a push: an upload session and a presigned PUT URL for its index (storage protocol v2)",
+            "Begin a push: an upload session (storage protocol v2) and, in index format 2, the version it may "
+            "build on (404: the named base is not a usable format-2 version)",
             claim=Claim.PUSH,
             body=SCHEMAS["PushRequest"],
-            responses=(201, 400, 401, 403, 409, 410),
+            responses=(201, 400, 401, 403, 404, 409, 410),
             answer="PushAnswer",
         ),
         ApiRoute(

@@ -7,7 +7,6 @@ its content address with a create-only write, so no client can place or replace 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -16,6 +15,7 @@ from typing import Literal
 
 from core.errors import NotFound, PayloadTooLarge
 from core.marks import Confirmed
+from core.pack import ContentHasher, content_digest
 from core.ports import BlobStore
 from core.storage_layout import chunk_key, quarantine_key, staging_chunk_key
 
@@ -36,8 +36,11 @@ def compressed_bound(raw_limit: int) -> int:
     return raw_limit + (raw_limit >> 7) + 1024
 
 
-def raw_size_if_valid(blob: bytes, digest: str, raw_limit: int) -> int | None:
-    """The raw size if ``blob`` is zstd of 1 to ``raw_limit`` bytes hashing to ``digest``; else None.
+def raw_size_if_valid(blob: bytes, digest: str, raw_limit: int, block_size: int | None = None) -> int | None:
+    """The raw size if ``blob`` is zstd of 1 to ``raw_limit`` bytes named ``digest``; else None.
+
+    The name is the sha256 of the raw bytes, or, with ``block_size`` (index format 2), the root of
+    its blocks' digests (``core.pack.content_digest``).
 
     A chunk of at most ``ONE_SHOT_LIMIT`` raw bytes (the default grid's) is decompressed in one call,
     about 40% faster than streaming; a larger one is streamed: its raw bytes are hashed as they come
@@ -51,9 +54,9 @@ def raw_size_if_valid(blob: bytes, digest: str, raw_limit: int) -> int | None:
         except zstandard.ZstdError:
             pass  # several frames, or no zstd at all: the streaming path below decides
         else:
-            ok = 0 < len(raw) <= raw_limit and hashlib.sha256(raw).hexdigest() == digest
+            ok = 0 < len(raw) <= raw_limit and content_digest(raw, block_size) == digest
             return len(raw) if ok else None
-    hasher = hashlib.sha256()
+    hasher = ContentHasher(block_size)
     total = 0
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
@@ -77,7 +80,9 @@ class Verdict:
     confirmed: Confirmed | None = None
 
 
-def promote_staged(blobs: BlobStore, catalog_id: str, nonce: str, digest: str, raw_limit: int) -> Verdict:
+def promote_staged(
+    blobs: BlobStore, catalog_id: str, nonce: str, digest: str, raw_limit: int, block_size: int | None = None
+) -> Verdict:
     """Verify the session's staged copy of ``digest`` and move it to ``chunks/`` without replacing.
 
     Already verified (someone promoted it first): the existing object stands and the staged copy is
@@ -87,7 +92,7 @@ def promote_staged(blobs: BlobStore, catalog_id: str, nonce: str, digest: str, r
     staged = staging_chunk_key(nonce, digest)
     try:
         with _CHECKS, blobs.taken(staged, compressed_bound(raw_limit)) as taken:
-            raw_size = raw_size_if_valid(taken.data, digest, raw_limit)
+            raw_size = raw_size_if_valid(taken.data, digest, raw_limit, block_size)
             if raw_size is None:
                 log.warning("staged chunk failed verification", extra={"digest": digest[:12], "catalog": catalog_id})
                 return Verdict(digest, "corrupt")
@@ -106,7 +111,9 @@ def promote_staged(blobs: BlobStore, catalog_id: str, nonce: str, digest: str, r
         return Verdict(digest, "corrupt")
 
 
-def recheck_stored(blobs: BlobStore, catalog_id: str, digest: str, raw_limit: int) -> bool:
+def recheck_stored(
+    blobs: BlobStore, catalog_id: str, digest: str, raw_limit: int, block_size: int | None = None
+) -> bool:
     """Re-verify a stored chunk a client reported; quarantine it if it is really corrupt.
 
     Returns True if it was quarantined, or is not in ``chunks/`` at all (quarantined before, or never
@@ -120,7 +127,7 @@ def recheck_stored(blobs: BlobStore, catalog_id: str, digest: str, raw_limit: in
             return True
         except PayloadTooLarge:
             blob = b""
-        if blob and raw_size_if_valid(blob, digest, raw_limit) is not None:
+        if blob and raw_size_if_valid(blob, digest, raw_limit, block_size) is not None:
             return False
     blobs.put_bytes(quarantine_key(catalog_id, digest), blob)
     blobs.delete([final])

@@ -187,7 +187,7 @@ class _Lease:
 
 
 def _index_digests(data: bytes) -> set[str] | None:
-    """Every chunk digest an index names, read leniently; None when it is not an index at all."""
+    """Every chunk or object digest an index names, read leniently; None when it is not an index at all."""
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -197,6 +197,14 @@ def _index_digests(data: bytes) -> set[str] | None:
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
         return None
     digests: set[str] = set()
+    objects = doc.get("objects", [])  # index format 2: extents name objects by position in this list
+    if not isinstance(objects, list):
+        return None
+    for item in objects:
+        digest = item.get("digest") if isinstance(item, dict) else None
+        if not is_digest(digest):
+            return None
+        digests.add(str(digest))
     for entry in doc["files"]:
         chunks = entry.get("chunks", []) if isinstance(entry, dict) else None
         if not isinstance(chunks, list):

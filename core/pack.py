@@ -7,6 +7,15 @@ zstd-compressed at ``catalogs/<catalog_id>/chunks/<sha256>`` (``core.storage_lay
 grid keeps chunk boundaries stable between versions of a VM, which is what makes a second version
 upload only what changed.
 
+Format 2 (docs/adr-004-incremental-chunking.md) keeps that grid for a first push and makes later ones
+incremental: a file is a list of *extents*, each a run of the file taken from part of an *object*, and
+an object (at most ``chunk_size`` raw bytes) is named by the root of the sha256 digests of its
+``block_size`` blocks (``object_root``), which the index lists. A pusher compares its blocks with the
+previous version's and uploads only the changed ones, packed into new objects; the server verifies an
+object by recomputing its root, so the block digests a later pusher relies on are never a client's word.
+In memory both formats are the same shape: a file's ``chunks`` are pieces of objects
+(``Chunk.object_offset`` is 0 and the piece is the whole object in format 1).
+
 The index is JSON; its canonical form (sorted keys, no spaces) hashed with sha256 is the pack digest.
 This module is pure: parsing and validation here, file I/O in ``client.packer``.
 """
@@ -20,28 +29,44 @@ import json
 import posixpath
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.errors import InvalidInput
 
 __all__ = [
+    "BLOCK_SIZES",
+    "DEFAULT_BLOCK_SIZE",
     "DEFAULT_CHUNK_SIZE",
+    "FORMAT_EXTENTS",
     "FORMAT_VERSION",
     "MAX_CHUNKS",
     "MAX_CHUNK_SIZE",
+    "MAX_EXTENTS",
     "MAX_FILE_SIZE",
     "MAX_PACK_SIZE",
     "MIN_CHUNK_SIZE",
     "Chunk",
+    "ContentHasher",
     "FileEntry",
     "PackIndex",
+    "PackObject",
+    "block_digests",
+    "check_files",
+    "content_digest",
     "grid",
     "is_digest",
+    "object_root",
+    "parse_entry",
     "validate_relative_path",
 ]
 
 FORMAT_VERSION = 1
+FORMAT_EXTENTS = 2  # extents over block-verified objects (docs/adr-004-incremental-chunking.md)
+BLOCK_SIZES = (65536, 131072, 262144, 524288, 1048576)
+DEFAULT_BLOCK_SIZE = 131072
+MAX_EXTENTS = 10_000_000
+_ROOT_DOMAIN = b"pdcat-object-v2\x00"  # keeps object roots apart from format 1's plain sha256 names
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024  # see docs/adr-001-chunk-size.md
 MIN_CHUNK_SIZE = 4096
 # The server verifies a chunk in memory (core.chunk_check), a few at a time per request: 64 MiB keeps
@@ -77,6 +102,55 @@ def grid(size: int, chunk_size: int) -> Iterator[tuple[int, int]]:
         yield offset, min(chunk_size, size - offset)
 
 
+def block_digests(data: bytes | bytearray | memoryview, block_size: int) -> bytes:
+    """The raw sha256 of each ``block_size`` block of ``data`` (the last may be short), concatenated."""
+    view = memoryview(data)
+    return b"".join(hashlib.sha256(view[i : i + block_size]).digest() for i in range(0, len(view), block_size))
+
+
+def object_root(blocks: bytes, block_size: int) -> str:
+    """A format-2 object's name: sha256 over a domain tag, the block size and its blocks' digests."""
+    return hashlib.sha256(_ROOT_DOMAIN + block_size.to_bytes(8, "big") + blocks).hexdigest()
+
+
+def content_digest(data: bytes | bytearray | memoryview, block_size: int | None) -> str:
+    """The name of an object holding ``data``: its sha256 (format 1, ``block_size`` None) or its root."""
+    if block_size is None:
+        return hashlib.sha256(data).hexdigest()
+    return object_root(block_digests(data, block_size), block_size)
+
+
+class ContentHasher:
+    """``content_digest`` of bytes that arrive in pieces of any size (a streamed decompression)."""
+
+    def __init__(self, block_size: int | None) -> None:
+        self._block_size = block_size
+        self._whole = hashlib.sha256()
+        self._block = hashlib.sha256()
+        self._in_block = 0
+        self._blocks: list[bytes] = []
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        if self._block_size is None:
+            self._whole.update(data)
+            return
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self._block_size - self._in_block)
+            self._block.update(view[:take])
+            self._in_block += take
+            view = view[take:]
+            if self._in_block == self._block_size:
+                self._blocks.append(self._block.digest())
+                self._block, self._in_block = hashlib.sha256(), 0
+
+    def hexdigest(self) -> str:
+        if self._block_size is None:
+            return self._whole.hexdigest()
+        blocks = self._blocks + ([self._block.digest()] if self._in_block else [])
+        return object_root(b"".join(blocks), self._block_size)
+
+
 def validate_relative_path(path: object) -> str:
     """A bundle-relative POSIX path that cannot escape the bundle."""
     if not isinstance(path, str) or not path:
@@ -93,10 +167,14 @@ def validate_relative_path(path: object) -> str:
 
 @dataclass(frozen=True)
 class Chunk:
+    """A piece of a file: ``size`` bytes at ``offset`` in the file are the bytes at ``object_offset``
+    of the object named ``digest``. In format 1 the piece is the whole object (a grid cell)."""
+
     offset: int
     size: int
     digest: str
     stored_size: int | None = None
+    object_offset: int = 0
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"offset": self.offset, "size": self.size, "digest": self.digest}
@@ -125,12 +203,30 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class PackObject:
+    """A format-2 object: ``size`` raw bytes whose blocks hash to ``blocks`` (hex, 64 per block)."""
+
+    digest: str
+    size: int
+    blocks: str
+    stored_size: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"digest": self.digest, "size": self.size, "blocks": self.blocks}
+        if self.stored_size is not None:
+            out["stored_size"] = self.stored_size
+        return out
+
+
+@dataclass(frozen=True)
 class PackIndex:
     chunk_size: int
     files: tuple[FileEntry, ...]
     format: int = FORMAT_VERSION
     compression: str = "zstd"
     extra: dict[str, Any] = field(default_factory=dict)
+    block_size: int | None = None  # format 2 only
+    objects: tuple[PackObject, ...] = ()  # format 2 only, in the order of their first reference
 
     # ---- derived figures --------------------------------------------------------------------
     @property
@@ -143,11 +239,25 @@ class PackIndex:
             yield from f.chunks
 
     def unique_digests(self) -> dict[str, int]:
-        """digest -> raw size, each stored chunk once."""
+        """digest -> raw size, each stored object once."""
+        if self.format == FORMAT_EXTENTS:
+            return {o.digest: o.size for o in self.objects}
         return {c.digest: c.size for c in self.chunks()}
+
+    def stored_sizes(self) -> dict[str, int]:
+        """digest -> bytes of its stored (compressed) object; its raw size where the index does not say."""
+        if self.format == FORMAT_EXTENTS:
+            return {o.digest: o.stored_size or o.size for o in self.objects}
+        return {c.digest: c.stored_size or c.size for c in self.chunks()}
+
+    def matches(self, digest: str, raw: bytes | bytearray | memoryview) -> bool:
+        """Whether ``raw`` is the object named ``digest`` in this index's format."""
+        return content_digest(raw, self.block_size) == digest
 
     @property
     def stored_size(self) -> int:
+        if self.format == FORMAT_EXTENTS:
+            return sum(o.stored_size or 0 for o in self.objects)
         sizes: dict[str, int] = {}
         for c in self.chunks():
             sizes[c.digest] = c.stored_size or 0
@@ -155,17 +265,43 @@ class PackIndex:
 
     @property
     def data_size(self) -> int:
-        """Bytes that are neither holes nor zero runs, counted once per unique chunk."""
+        """Bytes that are neither holes nor zero runs: once per unique chunk (format 1), once per
+        extent (format 2: what a pull writes)."""
+        if self.format == FORMAT_EXTENTS:
+            return sum(c.size for c in self.chunks())
         return sum(self.unique_digests().values())
 
     # ---- serialisation ----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
+        if self.format == FORMAT_EXTENTS:
+            return self._extents_json()
         return {
             "format": self.format,
             "compression": self.compression,
             "chunk_size": self.chunk_size,
             "size": self.size,
             "files": [f.to_json() for f in self.files],
+        }
+
+    def _extents_json(self) -> dict[str, Any]:
+        number = {o.digest: i for i, o in enumerate(self.objects)}
+        files: list[dict[str, Any]] = []
+        for f in self.files:
+            out: dict[str, Any] = {"path": f.path, "type": f.type, "mode": f.mode}
+            if f.type == FILE:
+                out["size"] = f.size
+                out["extents"] = [[c.offset, c.size, number[c.digest], c.object_offset] for c in f.chunks]
+            if f.type == SYMLINK:
+                out["target"] = f.target
+            files.append(out)
+        return {
+            "format": self.format,
+            "compression": self.compression,
+            "chunk_size": self.chunk_size,
+            "block_size": self.block_size,
+            "size": self.size,
+            "objects": [o.to_json() for o in self.objects],
+            "files": files,
         }
 
     def canonical_bytes(self) -> bytes:
@@ -176,6 +312,9 @@ class PackIndex:
         return hashlib.sha256(self.canonical_bytes()).hexdigest()
 
     def with_stored_sizes(self, sizes: dict[str, int]) -> PackIndex:
+        if self.format == FORMAT_EXTENTS:
+            objects = tuple(replace(o, stored_size=sizes[o.digest]) for o in self.objects)
+            return replace(self, objects=objects, extra=dict(self.extra))
         files = tuple(
             FileEntry(
                 f.path,
@@ -202,8 +341,14 @@ class PackIndex:
         """Validate an untrusted index completely; every rule here protects a server or a client."""
         if not isinstance(doc, dict):
             raise InvalidInput("the pack index must be a JSON object")
+        if type(doc.get("format")) is int and doc["format"] == FORMAT_EXTENTS:
+            from core.pack_extents import parse_extents_index  # format 2's rules live in their own module
+
+            return parse_extents_index(doc)
         if doc.get("format", FORMAT_VERSION) != FORMAT_VERSION:
-            raise InvalidInput(f"unsupported pack format {doc.get('format')!r}; this server reads {FORMAT_VERSION}")
+            raise InvalidInput(
+                f"unsupported pack format {doc.get('format')!r}; this pdcat reads {FORMAT_VERSION} and {FORMAT_EXTENTS}"
+            )
         if doc.get("compression", "zstd") != "zstd":
             raise InvalidInput("unsupported chunk compression; expected 'zstd'")
         chunk_size = _int(doc.get("chunk_size"), "chunk_size")
@@ -217,23 +362,12 @@ class PackIndex:
         if len(raw_files) > MAX_FILES:
             raise InvalidInput(f"a pack holds at most {MAX_FILES} files")
         parsed: list[FileEntry] = []
-        total_size = 0
         total_chunks = 0
         for raw in raw_files:
             entry = _parse_file(raw, chunk_size, MAX_CHUNKS - total_chunks)
-            total_size += entry.size
             total_chunks += len(entry.chunks)
-            if total_size > MAX_PACK_SIZE:
-                raise InvalidInput(
-                    f"the pack is larger than {MAX_PACK_SIZE} bytes (64 TiB) in all, at {entry.path[:80]!r}"
-                )
             parsed.append(entry)
-        files = tuple(parsed)
-        _check_nesting(files)
-        index = cls(chunk_size, files)
-        if "size" in doc and doc["size"] != index.size:
-            raise InvalidInput("the pack index size does not match the sum of its file sizes")
-        return index
+        return cls(chunk_size, check_files(parsed, doc.get("size")))
 
 
 def _check_nesting(files: tuple[FileEntry, ...]) -> None:
@@ -261,8 +395,9 @@ def _int(value: object, what: str) -> int:
     return value
 
 
-def _parse_file(raw: object, chunk_size: int, chunks_left: int) -> FileEntry:
-    """One entry of ``files``; ``chunks_left``: how many chunk entries the index may still name."""
+def parse_entry(raw: object) -> FileEntry:
+    """One entry of ``files`` without its content: path, type, mode, and a file's size or a
+    symlink's target, checked as both formats require."""
     if not isinstance(raw, dict):
         raise InvalidInput("every entry of 'files' must be an object")
     path = validate_relative_path(raw.get("path"))
@@ -291,6 +426,31 @@ def _parse_file(raw: object, chunk_size: int, chunks_left: int) -> FileEntry:
         raise InvalidInput(
             f"{path[:80]!r} declares {size} bytes; a file in a pack holds at most {MAX_FILE_SIZE} (16 TiB)"
         )
+    return FileEntry(path, FILE, mode, size)
+
+
+def check_files(files: list[FileEntry], declared_size: object) -> tuple[FileEntry, ...]:
+    """The rules on the file list as a whole, shared by both formats: total size, nesting, the
+    declared ``size``."""
+    total = 0
+    for entry in files:
+        total += entry.size
+        if total > MAX_PACK_SIZE:
+            raise InvalidInput(f"the pack is larger than {MAX_PACK_SIZE} bytes (64 TiB) in all, at {entry.path[:80]!r}")
+    out = tuple(files)
+    _check_nesting(out)
+    if declared_size is not None and declared_size != total:
+        raise InvalidInput("the pack index size does not match the sum of its file sizes")
+    return out
+
+
+def _parse_file(raw: object, chunk_size: int, chunks_left: int) -> FileEntry:
+    """One entry of ``files``; ``chunks_left``: how many chunk entries the index may still name."""
+    head = parse_entry(raw)
+    if head.type != FILE:
+        return head
+    assert isinstance(raw, dict)
+    path, mode, size = head.path, head.mode, head.size
     raw_chunks = raw.get("chunks", [])
     if not isinstance(raw_chunks, list):
         raise InvalidInput(f"chunks of {path!r} must be a list")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from core.chunk_check import recheck_stored
@@ -28,22 +28,32 @@ __all__ = ["IndexCache", "pull", "pull_urls", "report_corrupt"]
 log = logging.getLogger("pdcat.service")
 
 
+@dataclass(frozen=True)
+class _Known:
+    """What a version's index says about its objects: their names, and how names are computed."""
+
+    digests: frozenset[str]
+    block_size: int | None  # format 2: objects are named by the root of blocks this size
+
+
 class IndexCache:
-    """The chunk digests of a few recently pulled versions, keyed by manifest and pack digest
+    """The object digests of a few recently pulled versions, keyed by manifest and pack digest
     (content-addressed, so a cached answer can never be stale). Shared by a service's threads."""
 
     def __init__(self, size: int = 8) -> None:
         self._size = size
-        self._entries: dict[tuple[str, str], frozenset[str]] = {}
+        self._entries: dict[tuple[str, str], _Known] = {}
         self._lock = threading.Lock()
 
-    def digests(self, ctx: ServiceContext, manifest: Manifest) -> frozenset[str]:
+    def known(self, ctx: ServiceContext, manifest: Manifest) -> _Known:
         cache_key = (str(manifest.key), manifest.pack.digest or "")
         with self._lock:
             cached = self._entries.get(cache_key)
         if cached is None:
             data = ctx.blobs.get_bytes(index_key(manifest.key.prefix), max_bytes=MAX_INDEX_BYTES)
-            cached = frozenset(PackIndex.from_bytes(data).unique_digests())
+            index = PackIndex.from_bytes(data)
+            cached = _Known(frozenset(index.unique_digests()), index.block_size)
+            del index
             with self._lock:
                 self._entries[cache_key] = cached
                 while len(self._entries) > self._size:
@@ -100,7 +110,7 @@ def pull_urls(
             "expires_at": expires_at(ctx.settings.url_expiry_seconds),
         }
     wanted = digest_list(digests, CHUNK_PAGE)
-    known = cache.digests(ctx, manifest)
+    known = cache.known(ctx, manifest).digests
     if any(d not in known for d in wanted):
         raise InvalidInput("some digests are not part of this version")
     expiry = ctx.settings.url_expiry_seconds
@@ -120,11 +130,13 @@ def report_corrupt(
     if manifest.pack.is_pdpack:
         raise InvalidInput(f"{key} is a single original-format pack: it has no chunks to report")
     wanted = digest_list(digests, REPORT_PAGE)
-    known = cache.digests(ctx, manifest)
-    if any(d not in known for d in wanted):
+    known = cache.known(ctx, manifest)
+    if any(d not in known.digests for d in wanted):
         raise InvalidInput("some digests are not part of this version")
     limit = manifest.pack.chunk_size or MAX_CHUNK_SIZE
-    results = parallel(lambda d: recheck_stored(ctx.blobs, manifest.catalog_id, d, limit), wanted, workers=4)
+    results = parallel(
+        lambda d: recheck_stored(ctx.blobs, manifest.catalog_id, d, limit, known.block_size), wanted, workers=4
+    )
     answer: ReportAnswer = {"quarantined": [], "intact": []}
     for digest, quarantined in zip(wanted, results, strict=True):
         answer["quarantined" if quarantined else "intact"].append(digest)

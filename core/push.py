@@ -21,10 +21,19 @@ from typing import Any
 from core.chunk_check import promote_staged
 from core.errors import Conflict, Gone, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from core.gc import lease_active
-from core.identity import ManifestKey
+from core.identity import ManifestKey, normalize_version
 from core.manifest import STATUS_READY, Manifest, UploadSession, now_iso, whole_number
 from core.marks import Confirmed, read_marks, write_confirmed, write_intent
-from core.pack import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, PackIndex, is_digest
+from core.pack import (
+    BLOCK_SIZES,
+    DEFAULT_BLOCK_SIZE,
+    FORMAT_EXTENTS,
+    FORMAT_VERSION,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+    PackIndex,
+    is_digest,
+)
 from core.ports import Stored
 from core.rbac import Claim, Principal, require
 from core.service_common import (
@@ -50,7 +59,16 @@ from core.storage_layout import (
     staging_index_key,
     staging_meta_key,
 )
-from core.wire import CHUNK_PAGE, MAX_INDEX_BYTES, VERIFY_PAGE, ChunksAnswer, IndexAnswer, PushAnswer, VerifyAnswer
+from core.wire import (
+    CHUNK_PAGE,
+    MAX_INDEX_BYTES,
+    VERIFY_PAGE,
+    BaseAnswer,
+    ChunksAnswer,
+    IndexAnswer,
+    PushAnswer,
+    VerifyAnswer,
+)
 
 __all__ = ["abort", "begin", "commit", "declare_index", "upload_chunks", "verify_chunks"]
 
@@ -74,6 +92,31 @@ def _chunk_size(body: dict[str, Any]) -> int:
     return chunk_size
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How a session's objects are named and checked: format 1 (sha256 of a grid cell) or 2 (the root
+    of ``block_size`` blocks, docs/adr-004-incremental-chunking.md)."""
+
+    chunk_size: int
+    format: int = FORMAT_VERSION
+    block_size: int | None = None
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> _Layout:
+        chunk_size = _chunk_size(body)
+        fmt = body.get("format", FORMAT_VERSION)
+        if type(fmt) is not int or fmt not in (FORMAT_VERSION, FORMAT_EXTENTS):
+            raise InvalidInput(f"format must be {FORMAT_VERSION} or {FORMAT_EXTENTS}")
+        if fmt == FORMAT_VERSION:
+            if "block_size" in body or "base" in body:
+                raise InvalidInput("block_size and base belong to a format-2 push")
+            return cls(chunk_size)
+        block_size = body.get("block_size", DEFAULT_BLOCK_SIZE)
+        if type(block_size) is not int or block_size not in BLOCK_SIZES or chunk_size % block_size:
+            raise InvalidInput(f"block_size must be one of {list(BLOCK_SIZES)} and divide chunk_size")
+        return cls(chunk_size, fmt, block_size)
+
+
 def _declared_index(body: dict[str, Any]) -> _Declared:
     refuse_unknown(body, {"index_digest", "index_size"}, metadata=False)
     digest, size = body.get("index_digest"), whole_number(body.get("index_size"))
@@ -90,7 +133,7 @@ class _OpenSession:
     etag: str
     session: UploadSession
     nonce: str
-    chunk_size: int
+    layout: _Layout
     declared: _Declared | None  # None until the pusher declares its index (``declare_index``)
     metadata: dict[str, Any]
     dedup: bool = True  # may the pusher learn which chunks are stored already (see _may_dedup)
@@ -106,7 +149,7 @@ def _open_session(stored: Stored, session: UploadSession, nonce: str, doc: dict[
         stored.etag,
         session,
         nonce,
-        int(doc["chunk_size"]),
+        _Layout(int(doc["chunk_size"]), int(doc.get("format", FORMAT_VERSION)), doc.get("block_size")),
         declared,
         doc.get("metadata") or {},
         dedup=bool(doc.get("dedup", True)),
@@ -151,8 +194,11 @@ def begin(ctx: ServiceContext, who: Principal, key: ManifestKey, body: dict[str,
             "this catalog speaks storage protocol v2: begin with chunk_size, upload the chunks, then declare "
             "the index at /uploads/{upload_id}/index (update pdcat)"
         )
-    refuse_unknown(body, {"chunk_size", "force"})
-    chunk_size = _chunk_size(body)
+    refuse_unknown(body, {"chunk_size", "force", "format", "block_size", "base"})
+    layout = _Layout.of(body)
+    base_version = body.get("base")
+    if "base" in body and not isinstance(base_version, str):
+        raise InvalidInput("base must be a version")
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise InvalidInput("force must be true or false")
@@ -166,9 +212,10 @@ def begin(ctx: ServiceContext, who: Principal, key: ManifestKey, body: dict[str,
         # Hidden from this caller: answer exactly as for a free identity. The decoy session works
         # like a real one (index, chunks, verify) but never commits: its commit answers the 409 of a
         # lost race, so what the caller learns costs a whole upload and proves nothing.
-        _write_session_meta(ctx, nonce, key, chunk_size, meta, owner=who.subject, decoy=True, dedup=False)
+        _write_session_meta(ctx, nonce, key, layout, meta, owner=who.subject, decoy=True, dedup=False)
         log.warning("push to a hidden identity: decoy session", extra={"manifest": str(key), "by": who.subject})
-        return _push_answer(ctx, key, upload_id, nonce)
+        return _push_answer(ctx, key, upload_id, nonce, None)
+    dedup, base = _survey(ctx, who, key, layout, base_version)
     if stored is None:
         manifest = ctx.new_manifest(key, who, upload=session, **meta)
         try:
@@ -199,13 +246,17 @@ def begin(ctx: ServiceContext, who: Principal, key: ManifestKey, body: dict[str,
             raise Conflict(f"{key} is being pushed by someone else right now") from None
     # Written once the session exists, so a refused push leaves nothing behind; until it lands, the
     # session's requests answer 404 and gc judges the staging area by its age alone.
-    dedup = _may_dedup(ctx, who, key.catalog_id)
-    _write_session_meta(ctx, nonce, key, chunk_size, meta, owner=who.subject, dedup=dedup)
-    log.info("push started", extra={"manifest": str(key), "by": who.subject, "chunk_size": chunk_size})
-    return _push_answer(ctx, key, upload_id, nonce)
+    _write_session_meta(ctx, nonce, key, layout, meta, owner=who.subject, dedup=dedup)
+    log.info(
+        "push started",
+        extra={"manifest": str(key), "by": who.subject, "chunk_size": layout.chunk_size, "format": layout.format},
+    )
+    return _push_answer(ctx, key, upload_id, nonce, _base_answer(ctx, base))
 
 
-def _push_answer(ctx: ServiceContext, key: ManifestKey, upload_id: str, nonce: str) -> PushAnswer:
+def _push_answer(
+    ctx: ServiceContext, key: ManifestKey, upload_id: str, nonce: str, base: BaseAnswer | None
+) -> PushAnswer:
     return {
         "upload_id": upload_id,
         "catalog_id": key.catalog_id,
@@ -213,21 +264,57 @@ def _push_answer(ctx: ServiceContext, key: ManifestKey, upload_id: str, nonce: s
         "architecture": key.architecture,
         "put_headers": dict(ctx.blobs.put_headers),
         "expires_at": expires_at(ctx.settings.url_expiry_seconds),
+        "base": base,
     }
 
 
-def _may_dedup(ctx: ServiceContext, who: Principal, catalog_id: str) -> bool:
-    """Whether this pusher may learn which chunks the catalog id already holds: only if it can see
-    every version of it, tombstones included (a hidden version's content must not be probed by
-    asking which digests are stored). One store query per 500 versions, never a storage listing."""
-    return all(sees(who, m) for m in ctx.store.iter_all(catalog_id))
+def _survey(
+    ctx: ServiceContext, who: Principal, key: ManifestKey, layout: _Layout, base_version: str | None
+) -> tuple[bool, Manifest | None]:
+    """Whether this pusher may learn which chunks the catalog id already holds (dedup), and for a
+    format-2 push the version it builds on. One store query per 500 versions, never a listing.
+
+    Dedup only if the pusher sees every version, tombstones included: a hidden version's content must
+    not be probed by asking which digests are stored. The base is the named version, or the newest
+    usable format-2 version of the same architecture; there is none without dedup (its objects could
+    not be confirmed), so a push answers the same whether or not something hidden exists.
+    """
+    versions = list(ctx.store.iter_all(key.catalog_id))
+    if not all(sees(who, m) for m in versions):
+        return False, None
+    if layout.format != FORMAT_EXTENTS:
+        return True, None
+    candidates = [
+        m
+        for m in versions
+        if m.key.architecture == key.architecture
+        and m.usable
+        and m.pack.format == FORMAT_EXTENTS
+        and m.pack.chunk_size == layout.chunk_size
+    ]
+    if base_version is not None:
+        wanted = normalize_version(base_version)
+        named = [m for m in candidates if m.key.version == wanted]
+        if not named:
+            raise NotFound(
+                f"no usable format-2 version {base_version[:80]!r} of {key.catalog_id} ({key.architecture}) to build on"
+            )
+        return True, named[0]
+    return True, max(candidates, key=lambda m: (m.pushed_at or "", m.updated_at or ""), default=None)
+
+
+def _base_answer(ctx: ServiceContext, base: Manifest | None) -> BaseAnswer | None:
+    if base is None:
+        return None
+    url = ctx.blobs.presign(index_key(base.key.prefix), "GET", ctx.settings.url_expiry_seconds)
+    return {"version": base.key.version, "pack_digest": base.pack.digest, "index_url": url}
 
 
 def _write_session_meta(
     ctx: ServiceContext,
     nonce: str,
     key: ManifestKey,
-    chunk_size: int,
+    layout: _Layout,
     meta: dict[str, Any],
     *,
     owner: str,
@@ -241,7 +328,9 @@ def _write_session_meta(
         "catalog_id": key.catalog_id,
         "version": key.version,
         "architecture": key.architecture,
-        "chunk_size": chunk_size,
+        "chunk_size": layout.chunk_size,
+        "format": layout.format,
+        "block_size": layout.block_size,
         "metadata": metadata_to_json(meta),
     }
     _put_session_meta(ctx, nonce, doc)
@@ -335,8 +424,8 @@ def verify_chunks(ctx: ServiceContext, who: Principal, upload_id: str, digests: 
     wanted = digest_list(digests, VERIFY_PAGE)
     _refuse_during_gc(ctx, open_session, wanted)
     catalog_id, nonce = open_session.manifest.catalog_id, open_session.nonce
-    limit = open_session.chunk_size
-    verdicts = parallel(lambda d: promote_staged(ctx.blobs, catalog_id, nonce, d, limit), wanted, workers=4)
+    limit, block_size = open_session.layout.chunk_size, open_session.layout.block_size
+    verdicts = parallel(lambda d: promote_staged(ctx.blobs, catalog_id, nonce, d, limit, block_size), wanted, workers=4)
     write_confirmed(ctx.blobs, nonce, {v.digest: v.confirmed for v in verdicts if v.confirmed is not None})
     answer: VerifyAnswer = {"verified": [], "missing": [], "corrupt": []}
     for verdict in verdicts:
@@ -377,9 +466,22 @@ def _staged_index(ctx: ServiceContext, open_session: _OpenSession) -> PackIndex:
     if len(data) != declared.size or hashlib.sha256(data).hexdigest() != declared.digest:
         raise Conflict("the uploaded index does not match the declared index_digest and index_size; push again")
     index = PackIndex.from_bytes(data)
-    if index.chunk_size != open_session.chunk_size:
-        raise InvalidInput("the index's chunk_size differs from the declared chunk_size")
+    layout = open_session.layout
+    if (index.chunk_size, index.format, index.block_size) != (layout.chunk_size, layout.format, layout.block_size):
+        raise InvalidInput("the index's chunk_size, format or block_size differs from what the push began with")
+    if index.format == FORMAT_EXTENTS:
+        _check_extents_index(index)
     return index
+
+
+def _check_extents_index(index: PackIndex) -> None:
+    """C2 and C4 of docs/adr-004-incremental-chunking.md: no stored sizes from the client, and no index
+    that keeps more than twice its data alive (one block per object would pin garbage forever)."""
+    if any(o.stored_size is not None for o in index.objects):
+        raise InvalidInput("C2: a pushed index must not carry stored_size; the server measures it")
+    kept = sum(o.size for o in index.objects)
+    if kept > 2 * index.data_size + index.chunk_size:
+        raise InvalidInput("C4: this index keeps more than twice its data alive in objects; push again with repacking")
 
 
 def commit(ctx: ServiceContext, who: Principal, upload_id: str, body: dict[str, Any]) -> Manifest:

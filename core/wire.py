@@ -50,8 +50,16 @@ REPORT_PAGE = 16  # corrupt-chunk reports per request
 MAX_INDEX_BYTES = 256 * 1024 * 1024  # a committed index is read from storage, never larger than this
 
 
+class BaseAnswer(TypedDict):
+    """The version an incremental (format-2) push builds on, and a GET URL of its index."""
+
+    version: str
+    pack_digest: str
+    index_url: str
+
+
 class PushAnswer(TypedDict):
-    """``POST …/push``: a session and where to put its index."""
+    """``POST …/push``: a session, and for a format-2 push the version it may build on."""
 
     upload_id: str
     catalog_id: str
@@ -59,6 +67,7 @@ class PushAnswer(TypedDict):
     architecture: str
     put_headers: dict[str, str]
     expires_at: str
+    base: BaseAnswer | None
 
 
 class IndexAnswer(TypedDict):
@@ -145,6 +154,9 @@ MAX_DESCRIPTION = 4096  # core.manifest.MAX_DESCRIPTION
 MAX_LIST_FIELD = 64  # core.manifest.MAX_LIST_FIELD: tags, required roles, required claims
 MIN_CHUNK_SIZE = 4096  # core.pack.MIN_CHUNK_SIZE
 MAX_CHUNK_SIZE = 64 * 1024 * 1024  # core.pack.MAX_CHUNK_SIZE
+PACK_FORMATS = (1, 2)  # core.pack.FORMAT_VERSION, core.pack.FORMAT_EXTENTS
+BLOCK_SIZES = (65536, 131072, 262144, 524288, 1048576)  # core.pack.BLOCK_SIZES
+DEFAULT_BLOCK_SIZE = 131072  # core.pack.DEFAULT_BLOCK_SIZE
 MAX_LIST_LIMIT = 1000  # GET /catalog?limit=
 
 # core.identity, written for the raw value the server receives (it folds case before matching)
@@ -191,6 +203,27 @@ def _obj(required: dict[str, Any], optional: dict[str, Any] | None = None, *, cl
     if closed:
         schema["additionalProperties"] = False
     return schema
+
+
+def _format_two_rules() -> list[dict[str, Any]]:
+    """What a push's body says about its index format, as JSON Schema: ``block_size`` and ``base``
+    only with format 2, and a chunk_size its block size divides (the default one when none is given)."""
+    format_two = {"properties": {"format": {"const": 2}}, "required": ["format"]}
+    rules: list[dict[str, Any]] = [
+        {"if": format_two, "else": {"not": {"anyOf": [{"required": ["block_size"]}, {"required": ["base"]}]}}},
+        {
+            "if": {"allOf": [format_two, {"not": {"required": ["block_size"]}}]},
+            "then": {"properties": {"chunk_size": {"multipleOf": DEFAULT_BLOCK_SIZE}}},
+        },
+    ]
+    for size in BLOCK_SIZES:
+        rules.append(
+            {
+                "if": {"properties": {"block_size": {"const": size}}, "required": ["block_size"]},
+                "then": {"properties": {"chunk_size": {"multipleOf": size}}},
+            }
+        )
+    return rules
 
 
 def _digest_page(limit: int) -> dict[str, Any]:
@@ -410,8 +443,27 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "multipleOf": MIN_CHUNK_SIZE,
             },
         },
-        {"force": _BOOL, **_METADATA_IN},
-    ),
+        {
+            "force": _BOOL,
+            "format": {
+                "enum": list(PACK_FORMATS),
+                "description": "the index format the push will commit: 1 (grid chunks, the default) or 2 "
+                "(extents over block-verified objects, incremental: docs/adr-004-incremental-chunking.md)",
+            },
+            "block_size": {
+                "enum": list(BLOCK_SIZES),
+                "description": f"format 2 only: the block grid (default {DEFAULT_BLOCK_SIZE}); divides chunk_size",
+            },
+            "base": {
+                "type": "string",
+                "pattern": VERSION_PATTERN,
+                "not": {"pattern": LATEST_PATTERN},
+                "description": "format 2 only: the version to build on (default: the newest usable one)",
+            },
+            **_METADATA_IN,
+        },
+    )
+    | {"allOf": _format_two_rules()},
     "PushAnswer": _obj(
         {
             "upload_id": _STR,
@@ -420,6 +472,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "architecture": _ARCH_OUT,
             "put_headers": _HEADERS,
             "expires_at": _STR,
+            "base": {
+                "anyOf": [
+                    _obj({"version": _STR, "pack_digest": _DIGEST, "index_url": _STR}),
+                    {"type": "null"},
+                ],
+                "description": "format 2: the newest ready version of this id and architecture the pusher can "
+                "see (or the one it named), whose blocks the push may reuse; null otherwise",
+            },
         }
     ),
     "IndexRequest": _obj(

@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--chunk-size", type=int, action=_ChunkSize)
     c.add_argument("--level", type=int, help="zstd level (default 3)")
     c.add_argument("--workers", type=int)
+    c.add_argument("--base", metavar="VERSION", help="send only what changed since this version (default: the "
+                   "newest of the same id and architecture)")  # fmt: skip
 
     c = command("pull", "Pull a VM, verify every byte, register it with prlctl (or run a pull PDFile)", json_flag=True)
     c.add_argument("ref", metavar="ID[:VERSION]|FILE.pdfile")

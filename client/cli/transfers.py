@@ -65,7 +65,8 @@ def _push_to_catalog(
     shown = progress(opts)
     with connect(opts) as api:
         try:
-            result = push(api, root, key, metadata=metadata, force=opts.force, config=config, progress=shown)
+            base = opts.base if isinstance(opts, PushOptions) else None
+            result = push(api, root, key, metadata=metadata, force=opts.force, base=base, config=config, progress=shown)
         finally:
             if isinstance(shown, RichProgress):
                 shown.close()

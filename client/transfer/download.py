@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import queue
@@ -51,7 +50,7 @@ from client.pool import run_bounded
 from client.transfer.common import DiskFull, Progress, TransferConfig, partial_paths, pull_lock
 from client.transfer.plan import places
 from core.errors import Conflict, Gone, InvalidInput, NotFound, PdcatError
-from core.pack import FILE, Chunk, FileEntry, PackIndex
+from core.pack import FILE, Chunk, FileEntry, PackIndex, content_digest
 from core.wire import CHUNK_PAGE
 
 __all__ = ["DownloadStats", "LocalChunks", "download", "place", "read_journal"]
@@ -141,7 +140,9 @@ def download(
             lambda ds: api.pull_urls(*key, ds),
             CHUNK_PAGE,
         )
-        largest = max((chunk.size for chunk in index.chunks()), default=0)
+        sizes = index.unique_digests()  # object digest -> raw size
+        largest = max(sizes.values(), default=0)
+        block_size = index.block_size
         buffers = _Buffers(largest)
         raws = _RawPool(largest, max(1, min(config.workers, os.cpu_count() or 2, _MAX_RAW_BUFFERS)))
         lock = threading.Lock()
@@ -151,7 +152,7 @@ def download(
         def fetch(chunk_digest: str) -> None:
             if config.chunk_delay:
                 time.sleep(config.chunk_delay)
-            size = where[chunk_digest][0][1].size
+            size = sizes[chunk_digest]
             work = buffers.mine()
 
             def place_all(raw: bytearray) -> None:
@@ -163,12 +164,12 @@ def download(
             here = False
             if local is not None and local.has(chunk_digest):
                 with raws.take() as raw:
-                    here = _from_local(local, work, raw, chunk_digest, size)
+                    here = _from_local(local, work, raw, chunk_digest, size, block_size)
                     if here:
                         place_all(raw)
             if not here:
                 try:
-                    fetched = _download_verified(blobs, urls, work, raws, chunk_digest, size, place_all)
+                    fetched = _download_verified(blobs, urls, work, raws, chunk_digest, size, block_size, place_all)
                 except ChunkCorrupt as exc:
                     raise _reported(api, key, chunk_digest, exc) from exc
             if fetched and local is not None:
@@ -184,7 +185,7 @@ def download(
                     stats.reused_bytes += size
             progress.advance(size)
 
-        progress.start("downloading", sum(where[d][0][1].size for d in todo))
+        progress.start("downloading", sum(sizes[d] for d in todo))
         try:
             if not done:
                 shutil.rmtree(partial, ignore_errors=True)
@@ -225,15 +226,15 @@ def download(
 def place(files: _Files, raw: bytearray, entry: FileEntry, chunk: Chunk) -> None:
     """Write a chunk's verified raw bytes into the bundle: the one step that does.
 
-    ``raw`` holds the raw bytes of the chunk's object; ``chunk.size`` of them, from its start, go to
-    ``entry``'s file at ``chunk.offset``. (Should an index entry ever name a sub-range of an object,
-    its ``object_offset`` is where the bytes start in ``raw``: this function is the place to add it.)
+    ``raw`` holds the raw bytes of the chunk's object; ``chunk.size`` of them, from
+    ``chunk.object_offset`` (0 in format 1; an extent's offset in its object in format 2), go to
+    ``entry``'s file at ``chunk.offset``.
 
     Each 4 KiB block of the file that the chunk would fill with zeros is skipped: the file is fresh
     and sparse there (or already holds this very chunk, when a pull resumes), so it reads back as
     zeros and stays a hole. Safe from several threads at once, also for the same file.
     """
-    start, end = 0, chunk.size
+    start, end = chunk.object_offset, chunk.object_offset + chunk.size
     if entry.type != FILE or chunk.offset < 0 or chunk.offset + chunk.size > entry.size or end > len(raw):
         raise ChunkCorrupt(f"chunk {chunk.digest[:12]} does not fit {entry.path[:80]!r} at {chunk.offset}")
     view = memoryview(raw)
@@ -388,10 +389,13 @@ def _compressed_bound(size: int) -> int:
     return size + (size >> 7) + 64 * 1024
 
 
-def _unpack(work: _Work, raw: bytearray, blob_size: int, chunk_digest: str, size: int) -> None:
+def _unpack(
+    work: _Work, raw: bytearray, blob_size: int, chunk_digest: str, size: int, block_size: int | None = None
+) -> None:
     """Decompress ``work.blob[:blob_size]`` into ``raw[:size]`` and check it: a zstd frame
     declaring ``size`` bytes (checked before decompressing), exactly ``size`` bytes out and nothing
-    after them, and the sha256 the chunk is named by. ``ChunkCorrupt`` otherwise."""
+    after them, and the name the object has in its index's format (its sha256, or the root of its
+    ``block_size`` blocks). ``ChunkCorrupt`` otherwise."""
     name = f"chunk {chunk_digest[:12]}"
     blob = memoryview(work.blob)[:blob_size]
     try:
@@ -415,22 +419,24 @@ def _unpack(work: _Work, raw: bytearray, blob_size: int, chunk_digest: str, size
         raise ChunkCorrupt(f"{name} is corrupt: {exc}") from exc
     if got != size or extra:
         raise ChunkCorrupt(f"{name} is corrupt: it does not decompress to the {size} bytes the index says")
-    if hashlib.sha256(out).hexdigest() != chunk_digest:
+    if content_digest(out, block_size) != chunk_digest:
         raise ChunkCorrupt(f"{name} is corrupt: its content does not match its digest")
 
 
-def _from_local(local: LocalChunks, work: _Work, raw: bytearray, chunk_digest: str, size: int) -> bool:
+def _from_local(
+    local: LocalChunks, work: _Work, raw: bytearray, chunk_digest: str, size: int, block_size: int | None
+) -> bool:
     """Fill ``raw`` with the chunk from this machine, verified; False if it is not here intact."""
     length = local.read_object(chunk_digest, memoryview(work.blob))
     if length is not None:
         try:
-            _unpack(work, raw, length, chunk_digest, size)
+            _unpack(work, raw, length, chunk_digest, size, block_size)
             return True
         except ChunkCorrupt as exc:
             log.warning("the cached copy of %s (%s); downloading it again", f"chunk {chunk_digest[:12]}", exc.message)
             local.drop(chunk_digest)
     view = memoryview(raw)[:size]
-    return local.read_range(chunk_digest, view) and hashlib.sha256(view).hexdigest() == chunk_digest
+    return local.read_range(chunk_digest, view) and content_digest(view, block_size) == chunk_digest
 
 
 def _download_verified(
@@ -440,6 +446,7 @@ def _download_verified(
     raws: _RawPool,
     chunk_digest: str,
     size: int,
+    block_size: int | None,
     use: Callable[[bytearray], None],
 ) -> int:
     """GET, decompress and verify one chunk, then ``use`` its raw bytes; a corrupt one is fetched once
@@ -454,7 +461,7 @@ def _download_verified(
         else:
             with raws.take() as raw:
                 try:
-                    _unpack(work, raw, length, chunk_digest, size)
+                    _unpack(work, raw, length, chunk_digest, size, block_size)
                 except ChunkCorrupt as exc:
                     problem = exc
                 else:

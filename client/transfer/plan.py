@@ -60,5 +60,5 @@ def places(index: PackIndex) -> Places:
 
 
 def written(where: Places, digests: Iterable[str]) -> int:
-    """Bytes written for these chunks: each once per place it appears in the VM."""
-    return sum(where[d][0][1].size * len(where[d]) for d in digests)
+    """Bytes written for these objects: each piece of them once, in every place it appears in the VM."""
+    return sum(chunk.size for d in digests for _, chunk in where[d])

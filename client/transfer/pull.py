@@ -126,7 +126,7 @@ class _PullJob:
 
     def plan(self, cache_state: str, remote: Iterable[str], reused: int, write_bytes: int) -> PullPlan:
         """Say what the pull will cost, then refuse up front if the disk cannot hold it."""
-        stored = _stored(self.index)
+        stored = self.index.stored_sizes()
         remote = list(remote)
         free = free_bytes(self.final.parent)
         plan = PullPlan(
@@ -160,7 +160,7 @@ class _PullJob:
         return PullResult(
             path=self.final,
             manifest=self.manifest,
-            chunks=len(_stored(self.index)),
+            chunks=len(self.index.unique_digests()),
             downloaded_chunks=stats.downloaded_chunks,
             downloaded_bytes=stats.downloaded_bytes,
             resumed_chunks=stats.resumed_chunks,
@@ -185,12 +185,13 @@ class _Figures:
 
 def _figures(index: PackIndex, done: set[str], local: LocalChunks | None = None) -> _Figures:
     where = places(index)
-    stored = _stored(index)
+    stored = index.stored_sizes()
+    sizes = index.unique_digests()
     todo = [d for d in where if d not in done]
     here = {d for d in todo if local is not None and local.has(d)}
     return _Figures(
         remote=[d for d in todo if d not in here],
-        reused=sum(where[d][0][1].size for d in here),
+        reused=sum(sizes[d] for d in here),
         written=written(where, todo),
         incoming=sum(_disk_bytes(stored[d]) for d in todo if d not in here),
     )
@@ -284,11 +285,6 @@ def _materialize(cache: VmCache, digest: str, final: Path) -> str:
         if exc.errno == errno.ENOSPC:
             raise DiskFull(f"{final.parent} ran out of space while copying the VM out of the cache") from exc
         raise
-
-
-def _stored(index: PackIndex) -> dict[str, int]:
-    """chunk digest -> bytes of its stored (compressed) object, its raw size if the index does not say."""
-    return {c.digest: c.stored_size or c.size for c in index.chunks()}
 
 
 def _disk_bytes(size: int) -> int:

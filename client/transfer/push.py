@@ -29,10 +29,11 @@ from client.api import CatalogClient
 from client.blobio import BlobClient
 from client.packer import ChunkCorrupt, compress, data_cells, digest, is_zero, read_cell, read_cell_into, scan_tree
 from client.transfer.common import NoProgress, Progress, TransferConfig
+from client.transfer.extents import BaseMap, ExtentsBuilder, NewObject, Segment, choose_block_size
 from core.errors import Conflict, InvalidInput
 from core.identity import ManifestKey
-from core.pack import FILE, Chunk, FileEntry, PackIndex
-from core.wire import CHUNK_PAGE, VERIFY_PAGE
+from core.pack import BLOCK_SIZES, FILE, FORMAT_EXTENTS, Chunk, FileEntry, PackIndex, block_digests, content_digest
+from core.wire import CHUNK_PAGE, MAX_INDEX_BYTES, VERIFY_PAGE
 
 __all__ = ["PushResult", "push"]
 
@@ -42,6 +43,8 @@ T = TypeVar("T")
 _CELL_BUDGET_BYTES = 32 * 1024 * 1024
 """Raw cell buffers (being read and hashed, waiting for the catalog's answer, being compressed):
 with one compressed chunk per transfer in flight, the push's memory, whatever the VM size."""
+_PACKS_IN_FLIGHT = 2
+"""Packed objects (format 2) being filled, asked about or sent at once, each ``chunk_size`` bytes."""
 
 
 @dataclass
@@ -72,6 +75,18 @@ class _Cell:
     size: int
 
 
+@dataclass
+class _Item:
+    """An object the catalog may lack: its name, its raw bytes, where to read them again, and how to
+    give its buffer back once they are no longer needed."""
+
+    digest: str
+    data: memoryview
+    segments: tuple[Segment, ...]
+    release: Callable[[], None]
+    progress: int  # bundle bytes to count as done once it is stored or sent
+
+
 class _Stopped(Exception):
     """The pass is over (finished or failed): work still queued does nothing."""
 
@@ -83,11 +98,13 @@ class _StoredMeanwhile(Exception):
 class _Pass:
     """The one pass over the bundle: a coordinator (the calling thread) and a pool of workers.
 
-    Workers read and hash cells (in order, a window ahead), then compress and PUT the ones the
-    catalog lacks. The coordinator collects hashes in order, asks the catalog about them a batch at
-    a time, and hands the missing ones back to the pool. A fixed pool of cell buffers bounds memory:
-    a buffer is taken before a cell is read into it and given back once its bytes are no longer
-    needed (all zeros, stored already, or sent).
+    Workers read and hash cells (in order, a window ahead), then compress and PUT the objects the
+    catalog lacks. The coordinator collects hashes in order, decides what each cell becomes (format
+    1: one chunk; format 2: ``ExtentsBuilder``), asks the catalog about new objects a batch at a
+    time, and hands the missing ones back to the pool. A fixed pool of cell buffers bounds memory: a
+    buffer is taken before a cell is read into it and given back once its bytes are no longer needed
+    (all zeros, reused, packed, stored already, or sent). Packed objects (format 2) have buffers of
+    their own, at most ``_PACKS_IN_FLIGHT`` at once.
     """
 
     def __init__(
@@ -100,16 +117,20 @@ class _Pass:
         config: TransferConfig,
         progress: Progress,
         put_headers: dict[str, str],
+        builder: ExtentsBuilder | None = None,
     ) -> None:
         self.api, self.upload_id, self.root, self.fingerprints = api, upload_id, root, fingerprints
         self.blobs, self.config, self.progress, self.put_headers = blobs, config, progress, put_headers
+        self.builder = builder
+        self.block_size = builder.block_size if builder is not None else None
         cells = max(4, _CELL_BUDGET_BYTES // config.chunk_size)
         hashers = max(2, os.cpu_count() or 2)
         self.window = max(2, min(hashers * 2, cells // 2))  # cells being read and hashed
-        self.batch_cells = max(1, min(CHUNK_PAGE, cells - self.window))  # cells per catalog question
+        self.batch_cells = max(1, min(CHUNK_PAGE, cells - self.window))  # objects per catalog question
         self._buffers: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         for _ in range(cells):
             self._buffers.put(bytearray(config.chunk_size))
+        self._packs = threading.BoundedSemaphore(_PACKS_IN_FLIGHT)
         # Reading and hashing is CPU work: a pool the size of the machine. Sending mostly waits on
         # the network: ``workers`` transfers in flight, each holding one compressed chunk. Two pools,
         # so a read never queues behind an upload.
@@ -124,33 +145,38 @@ class _Pass:
         self._verdicts: list[Future[None]] = []
         self._to_verify: list[str] = []
         self._verifies_running = 0
-        self._sources: dict[str, _Cell] = {}  # uploaded, not yet verified: to send again if refused
+        self._sources: dict[str, tuple[Segment, ...]] = {}  # uploaded, not yet verified: to send again if refused
+        self._batch: list[_Item] = []
         self.found: dict[str, list[Chunk]] = {}
         self.known: set[str] = set()  # digests this push has dealt with (stored, or sent)
         self.uploaded_bytes = self.uploaded_chunks = self.reused_bytes = 0
 
     # ---- the coordinator ---------------------------------------------------------------------
     def run(self, entries: list[FileEntry]) -> None:
-        hashing: deque[tuple[_Cell, bytearray, Future[str | None]]] = deque()
-        batch: list[tuple[_Cell, str, bytearray]] = []
+        hashing: deque[tuple[_Cell, bytearray, Future[str | bytes | None]]] = deque()
         try:
             for entry in entries:
                 if entry.type != FILE:
                     continue
                 self.found[entry.path] = []
+                if self.builder is not None:
+                    self.builder.file(entry)
                 cells = data_cells(self.root / entry.path, entry.size, self.config.chunk_size)
                 holes = entry.size - sum(length for _, length in cells)
                 if holes:
                     self.progress.advance(holes)
                 for offset, length in cells:
                     while len(hashing) >= self.window:
-                        self._collect(hashing.popleft(), batch)
-                    buffer = self._take_buffer(hashing, batch)
+                        self._collect(hashing.popleft())
+                    buffer = self._take_buffer(hashing)
                     cell = _Cell(entry.path, offset, length)
                     hashing.append((cell, buffer, self._hashing.submit(self._read, cell, buffer)))
             while hashing:
-                self._collect(hashing.popleft(), batch)
-            self._ask(batch)
+                self._collect(hashing.popleft())
+            if self.builder is not None:
+                self.builder.finish()
+                self.builder.repack(self._read_again)
+            self._ask()
             while self._asked:
                 self._asked.popleft().result()
             self._wait_uploads()
@@ -166,7 +192,7 @@ class _Pass:
             self._sending.shutdown(wait=True, cancel_futures=True)
             self._verifying.shutdown(wait=True, cancel_futures=True)
 
-    def _take_buffer(self, hashing: deque[Any], batch: list[tuple[_Cell, str, bytearray]]) -> bytearray:
+    def _take_buffer(self, hashing: deque[Any]) -> bytearray:
         """Wait for a free buffer; the coordinator's own held cells are moved on meanwhile, so it
         never waits for buffers only it could free."""
         while True:
@@ -175,59 +201,87 @@ class _Pass:
             except queue.Empty:
                 self._raise_if_failed()
                 if hashing:
-                    self._collect(hashing.popleft(), batch)
-                elif batch:
-                    self._ask(batch)
+                    self._collect(hashing.popleft())
+                elif self._batch:
+                    self._ask()
 
-    def _collect(self, item: tuple[_Cell, bytearray, Future[str | None]], batch: list[Any]) -> None:
+    def pack_buffer(self) -> bytearray:
+        """A buffer for a packed object (format 2): the batch is asked first, so every packed object
+        already made can be sent and free its place."""
+        self._ask()
+        while not self._packs.acquire(timeout=0.05):
+            self._raise_if_failed()
+        return bytearray(self.config.chunk_size)
+
+    def _collect(self, item: tuple[_Cell, bytearray, Future[str | bytes | None]]) -> None:
         cell, buffer, future = item
-        cell_digest = future.result()
-        if cell_digest is None:  # all zeros: a hole in the index, nothing to send
-            self._buffers.put(buffer)
-            self.progress.advance(cell.size)
-            return
-        self.found[cell.path].append(Chunk(cell.offset, cell.size, cell_digest))
-        if cell_digest in self.known or any(cell_digest == d for _, d, _ in batch):
-            self._buffers.put(buffer)  # the same bytes elsewhere in the bundle: one chunk serves both
-            self.progress.advance(cell.size)
-            return
-        batch.append((cell, cell_digest, buffer))
-        if len(batch) >= self.batch_cells:
-            self._ask(batch)
+        hashed = future.result()
 
-    def _ask(self, batch: list[tuple[_Cell, str, bytearray]]) -> None:
+        def release() -> None:
+            self._buffers.put(buffer)
+
+        view = memoryview(buffer)[: cell.size]
+        if hashed is None:  # all zeros: a hole in the index, nothing to send
+            release()
+            self.progress.advance(cell.size)
+            return
+        if isinstance(hashed, bytes):  # format 2: the cell's block digests
+            assert self.builder is not None
+            whole = self.builder.cell(cell.path, cell.offset, view, hashed)
+            if whole is None:  # reused, packed or zero: nothing of this buffer is needed any more
+                release()
+                self.progress.advance(cell.size)
+                return
+            hashed = whole
+        else:
+            self.found[cell.path].append(Chunk(cell.offset, cell.size, hashed))
+        self._enqueue(_Item(hashed, view, ((cell.path, cell.offset, cell.size),), release, cell.size))
+
+    def emit(self, new: NewObject) -> None:
+        """A packed object the builder sealed (format 2): sent like a cell, from its own buffer."""
+        self._enqueue(_Item(new.digest, new.data, new.segments, self._packs.release, 0))
+
+    def _enqueue(self, item: _Item) -> None:
+        if item.digest in self.known or any(item.digest == queued.digest for queued in self._batch):
+            item.release()  # the same bytes elsewhere in the bundle: one object serves both
+            self.progress.advance(item.progress)
+            return
+        self._batch.append(item)
+        if len(self._batch) >= self.batch_cells:
+            self._ask()
+
+    def _ask(self) -> None:
         """Hand the batch to the asking thread (one, so answers keep the bundle's order) and go on
         reading while the catalog answers: a round trip never stalls the pass."""
-        if not batch:
+        if not self._batch:
             return
         self._raise_if_failed()
-        self.known.update(d for _, d, _ in batch)
-        self._asked.append(self._asking.submit(self._answer, list(batch)))
+        batch, self._batch = self._batch, []
+        self.known.update(item.digest for item in batch)
+        self._asked.append(self._asking.submit(self._answer, batch))
         while self._asked and self._asked[0].done():
             self._asked.popleft().result()
-        batch.clear()
 
-    def _answer(self, batch: list[tuple[_Cell, str, bytearray]]) -> None:
+    def _answer(self, batch: list[_Item]) -> None:
         """Which of the batch the catalog has verified already; the rest go to be sent."""
         try:
             self._raise_if_failed()
-            digests = [d for _, d, _ in batch]
+            digests = [item.digest for item in batch]
             answer = _retrying(self.config, lambda: self.api.upload_chunks(self.upload_id, digests))
         except BaseException as exc:
-            for _, _, buffer in batch:
-                self._buffers.put(buffer)
+            for item in batch:
+                item.release()
             self._fail(exc)
             raise
         stored = set(answer["stored"])
         self.put_headers = dict(answer.get("put_headers") or self.put_headers)
-        for cell, cell_digest, buffer in batch:
-            if cell_digest in stored:
-                self.reused_bytes += cell.size
-                self._buffers.put(buffer)
-                self.progress.advance(cell.size)
+        for item in batch:
+            if item.digest in stored:
+                self.reused_bytes += len(item.data)
+                item.release()
+                self.progress.advance(item.progress)
             else:
-                url = answer["urls"][cell_digest]
-                future = self._sending.submit(self._upload, cell, cell_digest, buffer, url)
+                future = self._sending.submit(self._upload, item, answer["urls"][item.digest])
                 with self._lock:
                     self._uploads.add(future)
                 future.add_done_callback(self._uploaded)
@@ -255,8 +309,9 @@ class _Pass:
                 self._error = exc
 
     # ---- the workers -------------------------------------------------------------------------
-    def _read(self, cell: _Cell, buffer: bytearray) -> str | None:
-        """Read a cell once, into its buffer: its digest, or None for all zeros."""
+    def _read(self, cell: _Cell, buffer: bytearray) -> str | bytes | None:
+        """Read a cell once, into its buffer: None for all zeros, else its digest (format 1) or its
+        blocks' raw digests (format 2)."""
         try:
             self._raise_if_failed()
             path = self.root / cell.path
@@ -264,53 +319,61 @@ class _Pass:
             read_cell_into(path, cell.offset, view)
             if _fingerprint(path) != self.fingerprints[cell.path]:
                 raise Conflict(f"{cell.path} changed while pushing; stop the VM and push again")
-            return None if is_zero(view) else digest(view)
+            if is_zero(view):
+                return None
+            return digest(view) if self.block_size is None else block_digests(view, self.block_size)
         except BaseException as exc:
             self._fail(exc)
             raise
 
-    def _upload(self, cell: _Cell, cell_digest: str, buffer: bytearray, url: str) -> None:
-        """Compress, give the cell's buffer back at once (the next cell can be read into it while
-        this one travels), then PUT."""
-        held: bytearray | None = buffer
+    def _read_again(self, path: str, offset: int, length: int) -> bytes:
+        data = read_cell(self.root / path, offset, length)
+        if _fingerprint(self.root / path) != self.fingerprints[path]:
+            raise Conflict(f"{path} changed while pushing; stop the VM and push again")
+        return data
+
+    def _upload(self, item: _Item, url: str) -> None:
+        """Compress, give the buffer back at once (the next cell can be read into it while this
+        object travels), then PUT."""
+        held = True
         try:
             self._raise_if_failed()
-            blob = compress(memoryview(buffer)[: cell.size], self.config.level)
-            self._buffers.put(buffer)
-            held = None
-            self._send(cell_digest, blob, url)
+            blob = compress(item.data, self.config.level)
+            item.release()
+            held = False
+            self._send(item.digest, blob, url)
             with self._lock:
-                self._sources[cell_digest] = cell
-                self._to_verify.append(cell_digest)
+                self._sources[item.digest] = item.segments
+                self._to_verify.append(item.digest)
                 if len(self._to_verify) >= VERIFY_PAGE or not self._verifies_running:
                     self._submit_verify()  # a full page, or the verifier is idle: keep the tail short
-            self.progress.advance(cell.size)
+            self.progress.advance(item.progress)
         except BaseException as exc:
             self._fail(exc)
             raise
         finally:
-            if held is not None:
-                self._buffers.put(held)
+            if held:
+                item.release()
 
-    def _send(self, cell_digest: str, blob: bytes, url: str | None) -> None:
+    def _send(self, object_digest: str, blob: bytes, url: str | None) -> None:
         if self.config.chunk_delay:
             time.sleep(self.config.chunk_delay)
-        what = f"chunk {cell_digest[:12]}"
+        what = f"chunk {object_digest[:12]}"
         with contextlib.suppress(_StoredMeanwhile):
 
             def refresh() -> str:
-                return self._fresh_url(cell_digest)
+                return self._fresh_url(object_digest)
 
             self.blobs.put(url or refresh(), blob, what, self.put_headers, refresh=refresh)
         with self._lock:
             self.uploaded_bytes += len(blob)
             self.uploaded_chunks += 1
 
-    def _fresh_url(self, cell_digest: str) -> str:
-        answer = _retrying(self.config, lambda: self.api.upload_chunks(self.upload_id, [cell_digest]))
-        url = answer["urls"].get(cell_digest)
+    def _fresh_url(self, object_digest: str) -> str:
+        answer = _retrying(self.config, lambda: self.api.upload_chunks(self.upload_id, [object_digest]))
+        url = answer["urls"].get(object_digest)
         if url is None:
-            raise _StoredMeanwhile(cell_digest)
+            raise _StoredMeanwhile(object_digest)
         return url
 
     # ---- verification ------------------------------------------------------------------------
@@ -329,17 +392,17 @@ class _Pass:
                 self._verifies_running -= 1
 
     def _check(self, batch: list[str]) -> None:
-        """A chunk the server refuses is read and sent once more, then the push fails."""
+        """An object the server refuses is read and sent once more, then the push fails."""
         answer = _retrying(self.config, lambda: self.api.verify_chunks(self.upload_id, batch))
         refused = answer["corrupt"] + answer["missing"]
         if refused:
             log.warning("the catalog refused %d chunk(s); sending them again", len(refused))
-            for cell_digest in refused:
-                cell = self._sources[cell_digest]
-                data = read_cell(self.root / cell.path, cell.offset, cell.size)
-                if digest(data) != cell_digest:
-                    raise Conflict(f"{cell.path} changed while pushing; stop the VM and push again")
-                self._send(cell_digest, compress(data, self.config.level), None)
+            for object_digest in refused:
+                segments = self._sources[object_digest]
+                data = b"".join(read_cell(self.root / path, offset, length) for path, offset, length in segments)
+                if content_digest(data, self.block_size) != object_digest:
+                    raise Conflict(f"{segments[0][0]} changed while pushing; stop the VM and push again")
+                self._send(object_digest, compress(data, self.config.level), None)
             again = _retrying(self.config, lambda: self.api.verify_chunks(self.upload_id, refused))
             if again["corrupt"] or again["missing"]:
                 bad = (again["corrupt"] + again["missing"])[0]
@@ -348,8 +411,8 @@ class _Pass:
                     "or storage, then push again: verified chunks are kept"
                 )
         with self._lock:
-            for cell_digest in batch:
-                self._sources.pop(cell_digest, None)
+            for object_digest in batch:
+                self._sources.pop(object_digest, None)
 
 
 def push(
@@ -359,11 +422,16 @@ def push(
     *,
     metadata: dict[str, Any] | None = None,
     force: bool = False,
+    base: str | None = None,
     config: TransferConfig | None = None,
     progress: Progress | None = None,
     blobs: BlobClient | None = None,
 ) -> PushResult:
-    """Begin, send the bundle in one pass, declare and upload the index, commit (ADR 002)."""
+    """Begin, send the bundle in one pass, declare and upload the index, commit (ADR 002).
+
+    In index format 2 (the default, ADR 004) the push builds on ``base`` (a version of the same id
+    and architecture; by default the newest the catalog offers) and sends only the blocks that changed.
+    """
     config = config or TransferConfig()
     progress = progress or NoProgress()
     started = time.monotonic()
@@ -374,7 +442,14 @@ def push(
     # not match its digest, so the push stops instead of storing a lie.
     fingerprints = {e.path: _fingerprint(root / e.path) for e in entries if e.type == FILE}
     PackIndex.parse(PackIndex(config.chunk_size, tuple(entries)).to_json())  # paths, counts, sizes: before a byte
+    block_size = _block_size(root, entries, config)
     body: dict[str, Any] = {"chunk_size": config.chunk_size, "force": force, **(metadata or {})}
+    if block_size is not None:
+        body.update(format=FORMAT_EXTENTS, block_size=block_size)
+        if base is not None:
+            body["base"] = base
+    elif base is not None:
+        raise InvalidInput("--base needs index format 2 (this push uses format 1)")
     session = api.push_begin(key.catalog_id, key.version, key.architecture, body)
     upload_id: str = session["upload_id"]
     own_blobs = blobs is None
@@ -382,19 +457,31 @@ def push(
     one_pass = _Pass(
         api, upload_id, root, fingerprints, blob_client, config, progress, dict(session.get("put_headers") or {})
     )
+    if block_size is not None:
+        base_map = _base_map(api, upload_id, blob_client, config, session.get("base"), block_size)
+        one_pass.builder = ExtentsBuilder(block_size, config.chunk_size, base_map, one_pass.emit, one_pass.pack_buffer)
+        one_pass.block_size = block_size
     progress.start("pushing", sum(e.size for e in entries if e.type == FILE))
     try:
         one_pass.run(entries)
         for entry in entries:
             if entry.type == FILE and os.lstat(root / entry.path).st_size != entry.size:
                 raise Conflict(f"{entry.path} changed size while being pushed; stop the VM and try again")
-        files = tuple(
-            FileEntry(e.path, e.type, e.mode, e.size, tuple(one_pass.found[e.path]), e.target) if e.type == FILE else e
-            for e in entries
-        )
-        index = PackIndex(config.chunk_size, files)
-        PackIndex.parse(index.to_json())  # the catalog's own rules (sizes, counts)
+        if one_pass.builder is not None:
+            index = one_pass.builder.index(entries)
+            one_pass.reused_bytes += one_pass.builder.reused_bytes
+        else:
+            files = tuple(
+                FileEntry(e.path, e.type, e.mode, e.size, tuple(one_pass.found[e.path]), e.target)
+                if e.type == FILE
+                else e
+                for e in entries
+            )
+            index = PackIndex(config.chunk_size, files)
         index_bytes = index.canonical_bytes()
+        if len(index_bytes) > MAX_INDEX_BYTES:
+            raise InvalidInput(f"the pack index is {len(index_bytes)} bytes, more than the catalog takes")
+        PackIndex.from_bytes(index_bytes)  # the catalog's own rules (sizes, counts, extents)
         declared = {"index_digest": hashlib.sha256(index_bytes).hexdigest(), "index_size": len(index_bytes)}
         target = _retrying(config, lambda: api.declare_index(upload_id, declared))
         blob_client.put(target["index_url"], index_bytes, "the pack index", target.get("put_headers") or {})
@@ -413,3 +500,48 @@ def push(
         reused_bytes=one_pass.reused_bytes,
         seconds=time.monotonic() - started,
     )
+
+
+def _block_size(root: Path, entries: list[FileEntry], config: TransferConfig) -> int | None:
+    """Format 2's block size for this bundle, by its allocated bytes; None for format 1 (asked for,
+    a grid that blocks do not divide, or a bundle too large for a format-2 index)."""
+    if config.pack_format != FORMAT_EXTENTS:
+        return None
+    allocated = sum(os.lstat(root / e.path).st_blocks * 512 for e in entries if e.type == FILE)
+    block_size = choose_block_size(allocated)
+    if block_size is None:
+        return None
+    fitting = [size for size in BLOCK_SIZES if size <= block_size and config.chunk_size % size == 0]
+    return max(fitting, default=None)  # a small grid (--chunk-size) takes the largest block that divides it
+
+
+def _base_map(
+    api: CatalogClient,
+    upload_id: str,
+    blobs: BlobClient,
+    config: TransferConfig,
+    offered: dict[str, Any] | None,
+    block_size: int,
+) -> BaseMap | None:
+    """The base version the catalog offered, if it can be built on: its index checked against its
+    pack digest, in this push's block size, and only the objects the catalog confirms it still holds
+    (asked a page at a time; they are then confirmed for this session's commit)."""
+    if not offered:
+        return None
+    data = blobs.get(offered["index_url"], "the base version's index")
+    if hashlib.sha256(data).hexdigest() != offered.get("pack_digest"):
+        raise ChunkCorrupt("the base version's index does not match its pack digest; refusing to build on it")
+    index = PackIndex.from_bytes(data)
+    del data
+    if index.format != FORMAT_EXTENTS or index.block_size != block_size or index.chunk_size != config.chunk_size:
+        return None
+    base = BaseMap(index)
+    wanted = list(base.objects)
+    stored: set[str] = set()
+    for start in range(0, len(wanted), CHUNK_PAGE):
+        page = wanted[start : start + CHUNK_PAGE]
+        answer = _retrying(config, lambda page=page: api.upload_chunks(upload_id, page))  # type: ignore[misc]
+        stored.update(answer["stored"])
+    base.keep_only(stored)
+    log.info("building on %s: %d of its %d objects are stored", offered.get("version"), len(stored), len(wanted))
+    return base

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import zstandard
 
-from core.pack import PackIndex
+from core.pack import PackIndex, block_digests, object_root
 
 __all__ = [
     "CHUNK_SIZE",
@@ -31,6 +31,7 @@ __all__ = [
     "commit",
     "declaration",
     "download_chunk",
+    "extents_pack",
     "fetch_index",
     "index_bytes",
     "manifest_path",
@@ -98,17 +99,56 @@ def build_pack(files: Mapping[str, bytes], chunk_size: int = CHUNK_SIZE) -> Pack
     return Pack(index, chunks)
 
 
+Extent = tuple[int, int, bytes, int]
+"""``(file_offset, length, object's raw bytes, object_offset)``: a run of a file taken from an object."""
+
+
+def extents_pack(
+    files: Mapping[str, tuple[int, list[Extent]]], *, block_size: int = 65536, chunk_size: int = 131072
+) -> Pack:
+    """A format-2 pack (docs/adr-004-incremental-chunking.md) written by hand: each file's size and its
+    extents, objects named by the root of their blocks and listed in the order of first reference."""
+    objects: dict[str, dict[str, Any]] = {}
+    chunks: dict[str, bytes] = {}
+    entries: list[dict[str, Any]] = []
+    for path, (size, extents) in files.items():
+        out = []
+        for file_offset, length, raw, object_offset in extents:
+            blocks = block_digests(raw, block_size)
+            digest = object_root(blocks, block_size)
+            if digest not in objects:
+                objects[digest] = {"digest": digest, "size": len(raw), "blocks": blocks.hex()}
+                chunks[digest] = raw
+            out.append([file_offset, length, list(objects).index(digest), object_offset])
+        entries.append({"path": path, "type": "file", "mode": 0o644, "size": size, "extents": out})
+    index = {
+        "format": 2,
+        "compression": "zstd",
+        "chunk_size": chunk_size,
+        "block_size": block_size,
+        "size": sum(size for size, _ in files.values()),
+        "objects": list(objects.values()),
+        "files": entries,
+    }
+    return Pack(index, chunks)
+
+
 def manifest_path(cid: str, version: str, arch: str) -> str:
     return f"/catalog/{cid}/{version}/{arch}"
 
 
 def index_bytes(pack: Pack) -> bytes:
-    """The canonical bytes a client uploads as the session's index (their sha256 is declared)."""
+    """The canonical bytes a client uploads as the session's index (their sha256 is declared).
+    A format-2 pack's index is sent exactly as built, valid or not (attacks build invalid ones)."""
+    if pack.index.get("format") == 2:
+        return json.dumps(pack.index, sort_keys=True, separators=(",", ":")).encode()
     return PackIndex.parse(pack.index).canonical_bytes()
 
 
 def declaration(pack: Pack) -> dict[str, Any]:
-    """What a push begins with: the grid of ``pack``'s index (the index itself is declared later)."""
+    """What a push begins with: the grid (and format) of ``pack``'s index (the index itself is declared later)."""
+    if pack.index.get("format") == 2:
+        return {"chunk_size": pack.index["chunk_size"], "format": 2, "block_size": pack.index["block_size"]}
     return {"chunk_size": pack.index["chunk_size"]}
 
 

@@ -19,6 +19,7 @@ from tests.contract.helpers import (
     begin_push,
     build_pack,
     commit,
+    extents_pack,
     fetch_index,
     index_bytes,
     pull,
@@ -131,3 +132,24 @@ def test_gc_needs_the_delete_claim_and_checks_its_body(backend, admin):
         assert anonymous.post("/admin/gc", json={}).status_code == 401
     for body in ({"dry_run": "yes"}, {"grace_seconds": -1}, {"cursor": 5}, {"nope": 1}, {"cursor": "not-a-cursor"}):
         assert_error(admin.post("/admin/gc", json=body), 400, "invalid_input")
+
+
+def test_gc_keeps_the_base_objects_an_incremental_version_still_uses(publisher, admin, cid):
+    """Index format 2: v2 points into part of v1's objects; deleting v1 must not reclaim them."""
+    bs, cs = 65536, 131072
+    a, b, new = (hashlib.sha256(b"gc2-%d" % i).digest() * (cs // 32) for i in range(3))
+    v1 = extents_pack({"disk": (2 * cs, [(0, cs, a, 0), (cs, cs, b, 0)])})
+    v2 = extents_pack({"disk": (2 * cs, [(0, bs, a, 0), (bs, bs, new[:bs], 0), (cs, cs, a, 0)])})
+    for version, pack in (("1.0", v1), ("2.0", v2)):
+        r = begin_push(publisher, cid, version, "x86_64", pack)
+        sent = send_chunks(publisher, r.json()["upload_id"], pack)
+        assert not sent["verdict"]["corrupt"]
+        put_index(publisher, r.json(), index_bytes(pack))
+        assert commit(publisher, r.json()["upload_id"]).status_code == 200
+    everything = extents_pack({"disk": (3 * cs, [(0, cs, a, 0), (cs, cs, b, 0), (2 * cs, bs, new[:bs], 0)])})
+    assert len(_stored(publisher, cid, everything)) == 3
+
+    assert admin.delete(f"/catalog/{cid}/1.0/x86_64").status_code == 204
+    _gc(admin)
+    kept = _stored(publisher, cid, everything)
+    assert kept == set(v2.chunks), "gc swept an object a ready format-2 version uses, or kept one none does"

@@ -38,7 +38,7 @@ from tests.contract.helpers import (
 )
 
 KIB4 = 4096
-SESSION_FIELDS = {"upload_id", "catalog_id", "version", "architecture", "put_headers", "expires_at"}
+SESSION_FIELDS = {"upload_id", "catalog_id", "version", "architecture", "put_headers", "expires_at", "base"}
 
 
 def _blocks(*seeds: int, size: int = KIB4) -> bytes:

@@ -1,0 +1,186 @@
+"""Index format 2 over HTTP on every backend (docs/adr-004-incremental-chunking.md): objects named by
+the root of their blocks and verified by the server, extents into the base version's objects, the
+base a push is offered, and the commit rules an index must pass."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+
+import httpx
+
+from core.pack import content_digest
+from tests.contract.helpers import (
+    ask_chunks,
+    assert_error,
+    begin_push,
+    build_pack,
+    commit,
+    download_chunk,
+    extents_pack,
+    fetch_index,
+    index_bytes,
+    plain,
+    pull,
+    pull_urls,
+    push_pack,
+    put_index,
+    send_chunks,
+    upload_chunks,
+    verify,
+)
+
+BS = 65536
+CS = 131072
+DISK = "vm.pvm/disk.hds"
+CONFIG = "vm.pvm/config.pvs"
+
+
+def _error(r, status: int, code: str, words: str) -> None:
+    """The one error shape, and a message that names what is wrong."""
+    message = assert_error(r, status, code)["message"]
+    assert words in message, message
+
+
+def _rnd(seed: int, n: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+A, B, C = _rnd(1, CS), _rnd(2, CS), _rnd(3, 70000)
+SIZE = 2 * CS + len(C)
+V1 = {
+    CONFIG: (9, [(0, 9, b"<config/>", 0)]),
+    DISK: (SIZE, [(0, CS, A, 0), (CS, CS, B, 0), (2 * CS, len(C), C, 0)]),
+}
+
+
+def _push(client: httpx.Client, cid: str, version: str, files, **body) -> tuple[dict, dict]:
+    pack = extents_pack(files)
+    r = begin_push(client, cid, version, "x86_64", pack, **body)
+    assert r.status_code == 201, r.text
+    session = r.json()
+    sent = send_chunks(client, session["upload_id"], pack)
+    assert not sent["verdict"]["corrupt"] and not sent["verdict"]["missing"], sent["verdict"]
+    put_index(client, session, index_bytes(pack))
+    c = commit(client, session["upload_id"])
+    assert c.status_code == 200, c.text
+    return session, {**sent, "manifest": c.json(), "pack": pack}
+
+
+def test_an_incremental_push_sends_only_new_objects_and_pulls_back_whole(publisher, cid):
+    first, v1 = _push(publisher, cid, "1", V1)
+    assert first["base"] is None  # nothing to build on yet
+    assert v1["manifest"]["pack"]["format"] == 2
+    assert v1["manifest"]["pack"]["chunk_count"] == 4
+
+    new_block = _rnd(4, BS)  # v2 rewrites the second block of the disk's first cell
+    v2_files = {
+        CONFIG: V1[CONFIG],
+        DISK: (SIZE, [(0, BS, A, 0), (BS, BS, new_block, 0), (CS, CS, B, 0), (2 * CS, len(C), C, 0)]),
+    }
+    second, v2 = _push(publisher, cid, "2", v2_files)
+    base = second["base"]
+    assert (base["version"], base["pack_digest"]) == ("1", v1["manifest"]["pack"]["digest"])
+    offered = plain.get(base["index_url"])
+    assert offered.status_code == 200 and hashlib.sha256(offered.content).hexdigest() == base["pack_digest"]
+    assert sorted(v2["uploaded"]) == [content_digest(new_block, BS)]  # everything else is stored
+    assert len(v2["stored"]) == 4
+
+    answer = pull(publisher, cid, "2", "x86_64").json()
+    index = fetch_index(answer)
+    assert index["format"] == 2 and index["block_size"] == BS
+    assert all(o["stored_size"] > 0 for o in index["objects"])
+    objects = {o["digest"]: o for o in index["objects"]}
+    urls = pull_urls(publisher, cid, "2", "x86_64", list(objects)).json()["urls"]
+    raw = {d: download_chunk(u) for d, u in urls.items()}
+    assert all(content_digest(data, BS) == d for d, data in raw.items())
+    disk = next(f for f in index["files"] if f["path"] == DISK)
+    rebuilt = bytearray(disk["size"])
+    for file_offset, length, number, object_offset in disk["extents"]:
+        source = raw[index["objects"][number]["digest"]]
+        rebuilt[file_offset : file_offset + length] = source[object_offset : object_offset + length]
+    assert bytes(rebuilt) == A[:BS] + new_block + B + C
+
+    report = publisher.post(f"/catalog/{cid}/2/x86_64/pull/report", json={"digests": list(objects)[:2]})
+    assert report.status_code == 200, report.text
+    assert report.json() == {"quarantined": [], "intact": list(objects)[:2]}
+
+
+def test_the_server_names_objects_by_their_block_root(publisher, cid):
+    pack = extents_pack(V1)
+    session = begin_push(publisher, cid, "1", "x86_64", pack).json()
+    digests = list(pack.chunks)
+    asked = ask_chunks(publisher, session["upload_id"], digests).json()
+    wrong = {digests[0]: pack.chunks[digests[1]], digests[1]: pack.chunks[digests[1]] + b"x"}
+    upload_chunks({d: asked["urls"][d] for d in wrong}, wrong, asked["put_headers"])
+    verdict = verify(publisher, session["upload_id"], list(wrong)).json()
+    assert sorted(verdict["corrupt"]) == sorted(wrong)
+    # format 1's name for the same bytes (their sha256) is not a format-2 object's name
+    plain_name = hashlib.sha256(A).hexdigest()
+    asked = ask_chunks(publisher, session["upload_id"], [plain_name]).json()
+    upload_chunks(asked["urls"], {plain_name: A}, asked["put_headers"])
+    assert verify(publisher, session["upload_id"], [plain_name]).json()["corrupt"] == [plain_name]
+
+
+def _begin_and_send(client: httpx.Client, cid: str, pack, **body) -> dict:
+    r = begin_push(client, cid, "1", "x86_64", pack, **body)
+    assert r.status_code == 201, r.text
+    session = r.json()
+    sent = send_chunks(client, session["upload_id"], pack)
+    assert not sent["verdict"]["corrupt"], sent["verdict"]
+    return session
+
+
+def test_commit_refuses_an_index_that_breaks_the_format_rules(publisher, cid):
+    pack = extents_pack(V1)
+    session = _begin_and_send(publisher, cid, pack)
+
+    def refused(index: dict, status: int, code: str, rule: str) -> None:
+        data = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
+        put_index(publisher, session, data)
+        _error(commit(publisher, session["upload_id"]), status, code, rule)
+
+    with_size = json.loads(json.dumps(pack.index))
+    with_size["objects"][0]["stored_size"] = 1
+    refused(with_size, 400, "invalid_input", "C2")
+    overlapping = json.loads(json.dumps(pack.index))
+    overlapping["files"][1]["extents"][1][0] = 0
+    refused(overlapping, 400, "invalid_input", "I5")
+    renamed = json.loads(json.dumps(pack.index))
+    renamed["objects"][1]["digest"] = renamed["objects"][2]["digest"]
+    refused(renamed, 400, "invalid_input", "I3")
+    refused(extents_pack(V1, block_size=CS).index, 400, "invalid_input", "block_size")  # not the session's grid
+    unverified = extents_pack({**V1, "vm.pvm/more": (BS, [(0, BS, _rnd(9, BS), 0)])})
+    put_index(publisher, session, index_bytes(unverified))
+    _error(commit(publisher, session["upload_id"]), 409, "conflict", "not verified")
+    put_index(publisher, session, index_bytes(pack))
+    assert commit(publisher, session["upload_id"]).status_code == 200
+
+
+def test_commit_refuses_an_index_that_keeps_more_than_twice_its_data(publisher, cid):
+    big = 4 * BS  # objects of four blocks, each used for one: four times the data stays alive
+    objects = [_rnd(20 + i, big) for i in range(3)]
+    files = {DISK: (3 * BS, [(i * BS, BS, obj, 0) for i, obj in enumerate(objects)])}
+    pack = extents_pack(files, chunk_size=big)
+    session = _begin_and_send(publisher, cid, pack)
+    put_index(publisher, session, index_bytes(pack))
+    _error(commit(publisher, session["upload_id"]), 400, "invalid_input", "C4")
+
+
+def test_the_base_a_push_is_offered(su, publisher, cid):
+    _push(publisher, cid, "1", V1)
+    _push(publisher, cid, "2", V1)
+    pack = extents_pack(V1)
+    assert begin_push(publisher, cid, "3", "x86_64", pack).json()["base"]["version"] == "2"  # the newest
+    assert begin_push(publisher, cid, "4", "x86_64", pack, base="1").json()["base"]["version"] == "1"
+    assert begin_push(publisher, cid, "5", "arm64", pack).json()["base"] is None  # another architecture
+    _error(begin_push(publisher, cid, "6", "x86_64", pack, base="9"), 404, "not_found", "no usable")
+    grid = build_pack({DISK: A})
+    _error(begin_push(publisher, cid, "7", "x86_64", grid, base="1"), 400, "invalid_input", "format-2")
+    assert begin_push(publisher, cid, "8", "x86_64", grid).json()["base"] is None  # format 1 has none
+
+    # a version the pusher cannot see: no base at all, exactly as if dedup were off
+    push_pack(su, cid, "secret", "x86_64", grid, required_roles=["hidden-team"])
+    assert begin_push(publisher, cid, "9", "x86_64", pack).json()["base"] is None
+    assert begin_push(publisher, cid, "10", "x86_64", pack, base="1").json()["base"] is None
