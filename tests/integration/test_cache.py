@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 import sqlite3
 import threading
 import time
@@ -28,6 +29,7 @@ from client.cache import (
     DEFAULT_KEEP_FREE_BYTES,
     Budget,
     CacheEntry,
+    LocalChunks,
     VmCache,
     budget_from_env,
     cache_dir,
@@ -706,3 +708,24 @@ def test_configuration_from_the_environment(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("PDCAT_CACHE_MAX_BYTES", "10GB")
     with pytest.raises(InvalidInput, match="PDCAT_CACHE_MAX_BYTES"):
         budget_from_env()
+
+
+@pytest.mark.parametrize("where", ["disk", "tmpfs"])
+def test_kept_objects_are_exact_whether_or_not_the_filesystem_takes_direct_writes(
+    tmp_path: Path, where: str
+) -> None:
+    """Objects are written with O_DIRECT where the filesystem takes it (padded to 4 KiB, then cut to
+    length) and buffered where it refuses (tmpfs): either way the file holds exactly the object."""
+    root = tmp_path if where == "disk" else Path("/dev/shm")
+    folder = root / f"pdcat-keep-{os.getpid()}-{random.randrange(1 << 30)}"
+    folder.mkdir()
+    try:
+        local = LocalChunks(folder, set(), {}, keep=True)
+        for size in (1, 4095, 4096, 4097, 300_001):
+            blob = random.Random(size).randbytes(size)
+            digest = hashlib.sha256(blob).hexdigest()
+            local.keep(digest, memoryview(blob))
+            assert local.keeping and local.has(digest)
+            assert (folder / digest[:2] / digest).read_bytes() == blob
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
