@@ -811,7 +811,6 @@ class LocalChunks:
             return
         self._objects.add(chunk_digest)
 
-
     def _write_new(self, tmp: Path, blob: memoryview) -> None:
         """Write a new object file. Where the filesystem takes it, with ``O_DIRECT``: the pull has just
         written the same bytes, decompressed, into the VM, and the kept copy is read only by a later

@@ -407,11 +407,10 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             "POST",
             m + "/push",
             push,
-            "Begin a push: an upload session (storage protocol v2) and, in index format 2, the version it may "
-            "build on (404: the named base is not a usable format-2 version)",
+            "Begin a push: an upload session (storage protocol v2) and, in index format 2, the version it may build on",
             claim=Claim.PUSH,
             body=SCHEMAS["PushRequest"],
-            responses=(201, 400, 401, 403, 404, 409, 410),
+            responses=(201, 400, 401, 403, 409, 410),
             answer="PushAnswer",
         ),
         ApiRoute(

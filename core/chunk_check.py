@@ -17,7 +17,7 @@ from core.errors import NotFound, PayloadTooLarge
 from core.marks import Confirmed
 from core.pack import ContentHasher, content_digest
 from core.ports import BlobStore
-from core.storage_layout import chunk_key, quarantine_key, staging_chunk_key
+from core.storage_layout import quarantine_key, staging_chunk_key, stored_key
 
 __all__ = ["ONE_SHOT_LIMIT", "Verdict", "compressed_bound", "promote_staged", "raw_size_if_valid", "recheck_stored"]
 
@@ -88,7 +88,7 @@ def promote_staged(
     Already verified (someone promoted it first): the existing object stands and the staged copy is
     dropped. The staged object is removed in every outcome but "missing".
     """
-    final = chunk_key(catalog_id, digest)
+    final = stored_key(catalog_id, digest, block_size)
     staged = staging_chunk_key(nonce, digest)
     try:
         with _CHECKS, blobs.taken(staged, compressed_bound(raw_limit)) as taken:
@@ -119,7 +119,7 @@ def recheck_stored(
     Returns True if it was quarantined, or is not in ``chunks/`` at all (quarantined before, or never
     there): either way the next push uploads it again. The client's word alone never removes anything.
     """
-    final = chunk_key(catalog_id, digest)
+    final = stored_key(catalog_id, digest, block_size)
     with _CHECKS:
         try:
             blob = blobs.get_bytes(final, max_bytes=compressed_bound(raw_limit))

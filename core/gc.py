@@ -45,6 +45,7 @@ from core.storage_layout import (
     index_key,
     is_nonce,
     nonce_of_staging_key,
+    objects_prefix,
     staging_index_key,
     staging_meta_key,
     staging_prefix,
@@ -335,9 +336,9 @@ def _collect_catalog(
         if marked is None:
             return
         cutoff = clock.now() - settings.grace_seconds
-        prefix = chunks_prefix(catalog_id)
         garbage = (
             info
+            for prefix in (chunks_prefix(catalog_id), objects_prefix(catalog_id))  # index formats 1 and 2
             for info in blobs.list(prefix)
             if is_digest(name := info.key[len(prefix) :])
             and name not in marked

@@ -20,7 +20,7 @@ from core.pack import PackIndex
 from core.ports import Stored
 from core.rbac import Principal
 from core.service_common import ServiceContext, pack_fields, parallel, sees
-from core.storage_layout import chunk_key, index_key
+from core.storage_layout import index_key, stored_key
 from core.wire import MAX_INDEX_BYTES
 
 __all__ = ["Slot", "create_over", "free_identity", "import_index"]
@@ -96,7 +96,7 @@ def _verified_sizes(ctx: ServiceContext, catalog_id: str, index: PackIndex) -> d
     """Stored size of every chunk of ``index``, one HEAD each (never a listing of the catalog);
     only the server writes ``chunks/``, so presence means verified."""
     digests = list(index.unique_digests())
-    heads = parallel(lambda d: ctx.blobs.head(chunk_key(catalog_id, d)), digests)
+    heads = parallel(lambda d: ctx.blobs.head(stored_key(catalog_id, d, index.block_size)), digests)
     missing = [d for d, info in zip(digests, heads, strict=True) if info is None]
     if missing:
         raise Conflict(f"{len(missing)} chunk(s) of this index are not in storage (e.g. {missing[0][:12]})")

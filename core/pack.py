@@ -65,8 +65,10 @@ FORMAT_VERSION = 1
 FORMAT_EXTENTS = 2  # extents over block-verified objects (docs/adr-004-incremental-chunking.md)
 BLOCK_SIZES = (65536, 131072, 262144, 524288, 1048576)
 DEFAULT_BLOCK_SIZE = 131072
-MAX_EXTENTS = 10_000_000
-_ROOT_DOMAIN = b"pdcat-object-v2\x00"  # keeps object roots apart from format 1's plain sha256 names
+# Extents in one index: a 100 GB VM has ~24,000-52,000 (ADR 004), so this fits ~2 TB of data and keeps a
+# server's parse of a hostile index to seconds and a few hundred MB, as format 1's chunk bound does.
+MAX_EXTENTS = 1_000_000
+_ROOT_DOMAIN = b"pdcat-object-v2\x00"
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024  # see docs/adr-001-chunk-size.md
 MIN_CHUNK_SIZE = 4096
 # The server verifies a chunk in memory (core.chunk_check), a few at a time per request: 64 MiB keeps
@@ -108,16 +110,17 @@ def block_digests(data: bytes | bytearray | memoryview, block_size: int) -> byte
     return b"".join(hashlib.sha256(view[i : i + block_size]).digest() for i in range(0, len(view), block_size))
 
 
-def object_root(blocks: bytes, block_size: int) -> str:
-    """A format-2 object's name: sha256 over a domain tag, the block size and its blocks' digests."""
-    return hashlib.sha256(_ROOT_DOMAIN + block_size.to_bytes(8, "big") + blocks).hexdigest()
+def object_root(blocks: bytes, block_size: int, size: int) -> str:
+    """A format-2 object's name: sha256 over a domain tag, the block size, the object's size and its
+    blocks' digests. The name binds the size, so no index can give a stored object another one."""
+    return hashlib.sha256(_ROOT_DOMAIN + block_size.to_bytes(8, "big") + size.to_bytes(8, "big") + blocks).hexdigest()
 
 
 def content_digest(data: bytes | bytearray | memoryview, block_size: int | None) -> str:
     """The name of an object holding ``data``: its sha256 (format 1, ``block_size`` None) or its root."""
     if block_size is None:
         return hashlib.sha256(data).hexdigest()
-    return object_root(block_digests(data, block_size), block_size)
+    return object_root(block_digests(data, block_size), block_size, len(data))
 
 
 class ContentHasher:
@@ -128,6 +131,7 @@ class ContentHasher:
         self._whole = hashlib.sha256()
         self._block = hashlib.sha256()
         self._in_block = 0
+        self._size = 0
         self._blocks: list[bytes] = []
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
@@ -135,6 +139,7 @@ class ContentHasher:
             self._whole.update(data)
             return
         view = memoryview(data)
+        self._size += len(view)
         while view:
             take = min(len(view), self._block_size - self._in_block)
             self._block.update(view[:take])
@@ -148,7 +153,7 @@ class ContentHasher:
         if self._block_size is None:
             return self._whole.hexdigest()
         blocks = self._blocks + ([self._block.digest()] if self._in_block else [])
-        return object_root(b"".join(blocks), self._block_size)
+        return object_root(b"".join(blocks), self._block_size, self._size)
 
 
 def validate_relative_path(path: object) -> str:

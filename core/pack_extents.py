@@ -98,7 +98,7 @@ def _objects(raw: object, block_size: int, chunk_size: int) -> list[PackObject]:
         count = -(-size // block_size)
         if not isinstance(blocks, str) or len(blocks) != 64 * count or not _HEX.issuperset(blocks):
             raise InvalidInput(f"I3: object {digest[:12]} must list {count} block digests in lower-case hex")
-        if object_root(bytes.fromhex(blocks), block_size) != digest:
+        if object_root(bytes.fromhex(blocks), block_size, size) != digest:
             raise InvalidInput(f"I3: object {digest[:12]} is not named by the root of its blocks")
         stored = item.get("stored_size")
         if stored is not None and (type(stored) is not int or stored <= 0):

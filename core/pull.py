@@ -20,7 +20,7 @@ from core.pack import MAX_CHUNK_SIZE, PackIndex
 from core.pdpack_meta import checksum_algorithm
 from core.rbac import Claim, Principal, require
 from core.service_common import ServiceContext, digest_list, expires_at, parallel
-from core.storage_layout import chunk_key, index_key
+from core.storage_layout import index_key, stored_key
 from core.wire import CHUNK_PAGE, MAX_INDEX_BYTES, REPORT_PAGE, PackAnswer, PullAnswer, ReportAnswer
 
 __all__ = ["IndexCache", "pull", "pull_urls", "report_corrupt"]
@@ -110,12 +110,13 @@ def pull_urls(
             "expires_at": expires_at(ctx.settings.url_expiry_seconds),
         }
     wanted = digest_list(digests, CHUNK_PAGE)
-    known = cache.known(ctx, manifest).digests
-    if any(d not in known for d in wanted):
+    known = cache.known(ctx, manifest)
+    if any(d not in known.digests for d in wanted):
         raise InvalidInput("some digests are not part of this version")
     expiry = ctx.settings.url_expiry_seconds
+    keys = {d: stored_key(manifest.catalog_id, d, known.block_size) for d in wanted}
     return {
-        "urls": {d: ctx.blobs.presign(chunk_key(manifest.catalog_id, d), "GET", expiry) for d in wanted},
+        "urls": {d: ctx.blobs.presign(key, "GET", expiry) for d, key in keys.items()},
         "expires_at": expires_at(expiry),
     }
 

@@ -51,13 +51,13 @@ from core.service_common import (
 )
 from core.storage_layout import (
     MAX_SESSION_META_BYTES,
-    chunk_key,
     index_key,
     is_nonce,
     nonce_of_staging_key,
     staging_chunk_key,
     staging_index_key,
     staging_meta_key,
+    stored_key,
 )
 from core.wire import (
     CHUNK_PAGE,
@@ -277,8 +277,10 @@ def _survey(
     Dedup only if the pusher sees every version, tombstones included: a hidden version's content must
     not be probed by asking which digests are stored. The base is the named version, or the newest
     usable format-2 version of the same architecture; there is none without dedup (its objects could
-    not be confirmed), so a push answers the same whether or not something hidden exists.
+    not be confirmed). A named base that is not such a version is simply not offered (``None``), never
+    an error: an error only when nothing hidden exists would tell a caller that something is hidden.
     """
+    wanted = normalize_version(base_version) if base_version is not None else None  # syntax first, always
     versions = list(ctx.store.iter_all(key.catalog_id))
     if not all(sees(who, m) for m in versions):
         return False, None
@@ -292,14 +294,8 @@ def _survey(
         and m.pack.format == FORMAT_EXTENTS
         and m.pack.chunk_size == layout.chunk_size
     ]
-    if base_version is not None:
-        wanted = normalize_version(base_version)
-        named = [m for m in candidates if m.key.version == wanted]
-        if not named:
-            raise NotFound(
-                f"no usable format-2 version {base_version[:80]!r} of {key.catalog_id} ({key.architecture}) to build on"
-            )
-        return True, named[0]
+    if wanted is not None:
+        return True, next((m for m in candidates if m.key.version == wanted), None)
     return True, max(candidates, key=lambda m: (m.pushed_at or "", m.updated_at or ""), default=None)
 
 
@@ -402,7 +398,8 @@ def upload_chunks(ctx: ServiceContext, who: Principal, upload_id: str, digests: 
     catalog_id = open_session.manifest.catalog_id
     stored: dict[str, Confirmed] = {}
     if open_session.dedup:
-        heads = parallel(lambda d: ctx.blobs.head(chunk_key(catalog_id, d)), wanted)
+        block_size = open_session.layout.block_size
+        heads = parallel(lambda d: ctx.blobs.head(stored_key(catalog_id, d, block_size)), wanted)
         stored = {d: Confirmed(info.size) for d, info in zip(wanted, heads, strict=True) if info is not None}
         write_confirmed(ctx.blobs, open_session.nonce, stored)
     expiry = ctx.settings.url_expiry_seconds

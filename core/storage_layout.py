@@ -1,8 +1,8 @@
 """Where every object lives in the catalog's storage (bucket, container or folder), and what a key may
 be: the one home of the storage-key rules of protocol v2 (docs/adr-002-storage-protocol-v2.md).
 
-Only the server writes under ``catalogs/*/chunks/``, ``quarantine/`` and ``gc/``; clients receive
-presigned PUT URLs for keys under ``staging/<nonce>/`` alone.
+Only the server writes under ``catalogs/*/chunks/``, ``catalogs/*/objects/``, ``quarantine/`` and ``gc/``; clients
+receive presigned PUT URLs for keys under ``staging/<nonce>/`` alone.
 
 Every blob store (the embedded file store, S3, Azure Blob) checks each key with :func:`validate_key`
 and each listing prefix with :func:`validate_prefix` before it touches storage, so every backend
@@ -37,11 +37,13 @@ __all__ = [
     "mark_key",
     "marks_prefix",
     "nonce_of_staging_key",
+    "objects_prefix",
     "quarantine_key",
     "staging_chunk_key",
     "staging_index_key",
     "staging_meta_key",
     "staging_prefix",
+    "stored_key",
     "validate_key",
     "validate_prefix",
 ]
@@ -115,6 +117,19 @@ def chunks_prefix(catalog_id: str) -> str:
 def chunk_key(catalog_id: str, digest: str) -> str:
     """A verified chunk. Dedup is scoped to one catalog id: a digest from another grants nothing."""
     return f"{chunks_prefix(catalog_id)}{digest}"
+
+
+def objects_prefix(catalog_id: str) -> str:
+    return f"catalogs/{catalog_id}/objects/"
+
+
+def stored_key(catalog_id: str, digest: str, block_size: int | None) -> str:
+    """Where a verified object lives: ``chunks/`` for format 1 (named by sha256), ``objects/`` for
+    format 2 (named by the root of its ``block_size`` blocks). Each format's sessions read and write
+    only their own prefix, so no index of one format can reach, confirm or quarantine the other's."""
+    if block_size is None:
+        return chunk_key(catalog_id, digest)
+    return f"{objects_prefix(catalog_id)}{digest}"
 
 
 def index_key(manifest_prefix: str) -> str:

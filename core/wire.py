@@ -477,8 +477,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     _obj({"version": _STR, "pack_digest": _DIGEST, "index_url": _STR}),
                     {"type": "null"},
                 ],
-                "description": "format 2: the newest ready version of this id and architecture the pusher can "
-                "see (or the one it named), whose blocks the push may reuse; null otherwise",
+                "description": "format 2: the newest usable format-2 version of this id, architecture and grid "
+                "(or the one named, if it is one), offered only to a pusher who sees every version of the id; "
+                "null otherwise",
             },
         }
     ),

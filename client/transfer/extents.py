@@ -178,7 +178,7 @@ class ExtentsBuilder:
         if not any(reused):
             whole = _New()
             whole.blocks, whole.size, whole.segments = [blocks], len(data), [(path, offset, len(data))]
-            whole.digest = object_root(blocks, bs)
+            whole.digest = object_root(blocks, bs, len(data))
             file.add(offset, len(data), whole, 0)
             return whole.digest
         for i, digest in enumerate(digests):
@@ -230,7 +230,7 @@ class ExtentsBuilder:
         self._pack = self._pack_data = None
         if pack is None or data is None or not pack.size:
             return
-        pack.digest = object_root(b"".join(pack.blocks), self.block_size)
+        pack.digest = object_root(b"".join(pack.blocks), self.block_size, pack.size)
         self._emit(NewObject(pack.digest, memoryview(data)[: pack.size], tuple(pack.segments)))
 
     def finish(self) -> None:

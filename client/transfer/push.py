@@ -458,7 +458,7 @@ def push(
         api, upload_id, root, fingerprints, blob_client, config, progress, dict(session.get("put_headers") or {})
     )
     if block_size is not None:
-        base_map = _base_map(api, upload_id, blob_client, config, session.get("base"), block_size)
+        base_map = _base_map(api, upload_id, blob_client, config, session.get("base"), block_size, base)
         one_pass.builder = ExtentsBuilder(block_size, config.chunk_size, base_map, one_pass.emit, one_pass.pack_buffer)
         one_pass.block_size = block_size
     progress.start("pushing", sum(e.size for e in entries if e.type == FILE))
@@ -522,11 +522,18 @@ def _base_map(
     config: TransferConfig,
     offered: dict[str, Any] | None,
     block_size: int,
+    requested: str | None,
 ) -> BaseMap | None:
     """The base version the catalog offered, if it can be built on: its index checked against its
     pack digest, in this push's block size, and only the objects the catalog confirms it still holds
     (asked a page at a time; they are then confirmed for this session's commit)."""
     if not offered:
+        if requested is not None:
+            log.warning(
+                "the catalog offers no version %s to build on (none you can use, in index format 2, of this "
+                "architecture); sending every block",
+                requested,
+            )
         return None
     data = blobs.get(offered["index_url"], "the base version's index")
     if hashlib.sha256(data).hexdigest() != offered.get("pack_digest"):

@@ -115,7 +115,7 @@ def extents_pack(
         out = []
         for file_offset, length, raw, object_offset in extents:
             blocks = block_digests(raw, block_size)
-            digest = object_root(blocks, block_size)
+            digest = object_root(blocks, block_size, len(raw))
             if digest not in objects:
                 objects[digest] = {"digest": digest, "size": len(raw), "blocks": blocks.hex()}
                 chunks[digest] = raw

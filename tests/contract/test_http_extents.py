@@ -175,12 +175,65 @@ def test_the_base_a_push_is_offered(su, publisher, cid):
     assert begin_push(publisher, cid, "3", "x86_64", pack).json()["base"]["version"] == "2"  # the newest
     assert begin_push(publisher, cid, "4", "x86_64", pack, base="1").json()["base"]["version"] == "1"
     assert begin_push(publisher, cid, "5", "arm64", pack).json()["base"] is None  # another architecture
-    _error(begin_push(publisher, cid, "6", "x86_64", pack, base="9"), 404, "not_found", "no usable")
+    assert begin_push(publisher, cid, "6", "x86_64", pack, base="9").json()["base"] is None  # not an error: see below
+    _error(begin_push(publisher, cid, "6", "x86_64", pack, base="!bad"), 400, "invalid_input", "version")
     grid = build_pack({DISK: A})
     _error(begin_push(publisher, cid, "7", "x86_64", grid, base="1"), 400, "invalid_input", "format-2")
     assert begin_push(publisher, cid, "8", "x86_64", grid).json()["base"] is None  # format 1 has none
 
-    # a version the pusher cannot see: no base at all, exactly as if dedup were off
+    # a version the pusher cannot see: no base at all, exactly as if dedup were off; a named base that
+    # does not exist answers the same before and after, and a malformed one the same 400
     push_pack(su, cid, "secret", "x86_64", grid, required_roles=["hidden-team"])
     assert begin_push(publisher, cid, "9", "x86_64", pack).json()["base"] is None
     assert begin_push(publisher, cid, "10", "x86_64", pack, base="1").json()["base"] is None
+    assert begin_push(publisher, cid, "11", "x86_64", pack, base="9").json()["base"] is None
+    _error(begin_push(publisher, cid, "11", "x86_64", pack, base="!bad"), 400, "invalid_input", "version")
+
+
+def test_the_formats_never_reach_each_others_objects(publisher, cid):
+    """Format-1 chunks live under chunks/ (named by sha256), format-2 objects under objects/ (named by a
+    root that binds their size): no index of one format can confirm, claim or quarantine the other's."""
+    _push(publisher, cid, "1", V1)
+    x = content_digest(A, BS)
+    # a format-1 index naming a format-2 object: its session does not see it stored, so no commit
+    grid = build_pack({DISK: A}, chunk_size=CS)
+    grid.index["files"][0]["chunks"][0]["digest"] = x
+    grid.chunks = {x: A}
+    r = begin_push(publisher, cid, "2", "x86_64", grid)
+    assert ask_chunks(publisher, r.json()["upload_id"], [x]).json()["stored"] == []
+    put_index(publisher, r.json(), index_bytes(grid))
+    _error(commit(publisher, r.json()["upload_id"]), 409, "conflict", "not verified")
+    # a format-1 version's report cannot quarantine it either: the format-1 name is not stored at all
+    push_pack(publisher, cid, "3", "x86_64", {DISK: A}, chunk_size=CS)
+    plain_name = hashlib.sha256(A).hexdigest()
+    report = publisher.post(f"/catalog/{cid}/3/x86_64/pull/report", json={"digests": [plain_name]})
+    assert report.json() == {"quarantined": [], "intact": [plain_name]}
+    answer = pull(publisher, cid, "1", "x86_64").json()
+    assert download_chunk(pull_urls(publisher, cid, "1", "x86_64", [x]).json()["urls"][x]) == A
+    assert answer["manifest"]["pack"]["format"] == 2
+
+    # the root's preimage pushed as a format-1 chunk lands in chunks/, not where format 2 looks
+    preimage_pack = extents_pack({DISK: (CS, [(0, CS, A[:CS], 0)])})
+    root_input = b"pdcat-object-v2\x00" + BS.to_bytes(8, "big") + CS.to_bytes(8, "big")
+    root_input += bytes.fromhex(preimage_pack.index["objects"][0]["blocks"])
+    assert hashlib.sha256(root_input).hexdigest() == x
+    push_pack(publisher, cid, "4", "x86_64", {DISK: root_input}, chunk_size=CS)
+    r = begin_push(publisher, cid, "5", "x86_64", extents_pack({DISK: (CS, [(0, CS, _rnd(7, CS), 0)])}))
+    assert ask_chunks(publisher, r.json()["upload_id"], [x]).json()["stored"] == [x]  # the real object, untouched
+
+
+def test_an_index_cannot_give_a_stored_object_another_size(publisher, cid):
+    """The name binds the size: an index that shortens a stored object names another object."""
+    _push(publisher, cid, "1", V1)
+    pack = extents_pack(V1)
+    session = begin_push(publisher, cid, "2", "x86_64", pack).json()
+    send_chunks(publisher, session["upload_id"], pack)
+    lying = json.loads(json.dumps(pack.index))
+    disk = next(f for f in lying["files"] if f["path"] == DISK)
+    number = disk["extents"][2][2]  # the object of the short tail C
+    lying["objects"][number]["size"] -= 1
+    disk["size"] -= 1
+    lying["size"] -= 1
+    disk["extents"][2][1] -= 1
+    put_index(publisher, session, json.dumps(lying, sort_keys=True, separators=(",", ":")).encode())
+    _error(commit(publisher, session["upload_id"]), 400, "invalid_input", "I3")

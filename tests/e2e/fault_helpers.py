@@ -157,10 +157,11 @@ def random_bundle(parent: Path, name: str, data_bytes: int, *, seed: int) -> Pat
 
 
 def chunk_dir(data_dir: Path, catalog_id: str) -> Path:
-    """Where the embedded server keeps the chunks of one catalog id (core.storage_layout.chunks_prefix under
-    the file blob store's ``objects`` folder); tests check the count matches, so a layout change
-    fails loudly instead of making a poll wait for files that never appear."""
-    return data_dir / "blobs" / "objects" / "catalogs" / catalog_id / "chunks"
+    """Where the embedded server keeps the pushed objects of one catalog id: ``objects/`` of index
+    format 2, what pdcat pushes (core.storage_layout.objects_prefix, under the file blob store's own
+    ``objects`` folder); tests check the count matches, so a layout change fails loudly instead of
+    making a poll wait for files that never appear."""
+    return data_dir / "blobs" / "objects" / "catalogs" / catalog_id / "objects"
 
 
 def stored_chunks(data_dir: Path, catalog_id: str) -> int:

@@ -216,7 +216,7 @@ def test_a_cached_vm_pulls_with_its_storage_gone(
     pdcat.push(src, cid, "1")
     _pull(pdcat, f"{cid}:1", plain_dest, "first")
     stored = chunk_dir(backend.server.data_dir, cid).parent
-    assert (stored / "chunks").is_dir() and list(stored.rglob("index.json"))
+    assert chunk_dir(backend.server.data_dir, cid).is_dir() and list(stored.rglob("index.json"))
     shutil.rmtree(stored)
 
     got = _pull(pdcat, f"{cid}:1", plain_dest, "second")

@@ -711,9 +711,7 @@ def test_configuration_from_the_environment(tmp_path: Path, monkeypatch: pytest.
 
 
 @pytest.mark.parametrize("where", ["disk", "tmpfs"])
-def test_kept_objects_are_exact_whether_or_not_the_filesystem_takes_direct_writes(
-    tmp_path: Path, where: str
-) -> None:
+def test_kept_objects_are_exact_whether_or_not_the_filesystem_takes_direct_writes(tmp_path: Path, where: str) -> None:
     """Objects are written with O_DIRECT where the filesystem takes it (padded to 4 KiB, then cut to
     length) and buffered where it refuses (tmpfs): either way the file holds exactly the object."""
     root = tmp_path if where == "disk" else Path("/dev/shm")

@@ -28,7 +28,7 @@ BS = 65536
 
 def _object(data: bytes) -> dict[str, Any]:
     blocks = block_digests(data, BS)
-    return {"digest": object_root(blocks, BS), "size": len(data), "blocks": blocks.hex()}
+    return {"digest": object_root(blocks, BS, len(data)), "size": len(data), "blocks": blocks.hex()}
 
 
 A = random.Random(1).randbytes(2 * BS)
