@@ -25,7 +25,7 @@ log = logging.getLogger("pdcat.verify")
 
 
 ONE_SHOT_LIMIT = 8 * 1024 * 1024
-_CHECKS = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+_CHECKS = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) // 2))
 """Chunks checked at once in this process, however many requests ask: a check is CPU work (more at
 once only queue for the cores) and holds a compressed and a raw chunk in memory, so this bounds a
 server's memory as well (the embedded server verifies while it receives other uploads)."""

@@ -93,6 +93,9 @@ def _recipe(args: argparse.Namespace, path: str, positional: str, expected: str 
 
 
 def cmd_serve(args: argparse.Namespace, connect: Connect) -> int:
+    from core.local.lean import skip_unused_crypto
+
+    skip_unused_crypto(os.environ)  # before anything imports PyJWT: see core/local/lean.py
     from core.config import load_settings
     from core.local.bootstrap import open_local_catalog
     from core.local.server import LocalServer, WsgiApp, data_dir_default
