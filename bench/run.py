@@ -347,8 +347,20 @@ class Bench:
             + " MiB"
         )
         if first:
+            # v3 is v1 plus the scattered writes (not v2 plus them), so it names v1 as its base, as a user
+            # who changed v1 would: by default a push builds on the newest version, here v2 (ADR 004)
             push3 = self.pdcat(
-                "push", str(self.src.v3), "--catalog", catalog, "--version", "3", "--arch", ARCH, "--json"
+                "push",
+                str(self.src.v3),
+                "--catalog",
+                catalog,
+                "--version",
+                "3",
+                "--arch",
+                ARCH,
+                "--base",
+                "1",
+                "--json",
             )
             out3 = push3.json()
             fig.scattered_bytes, fig.scattered_how = int(out3["uploaded_bytes"]), "pdcat push --json: uploaded_bytes"
