@@ -29,17 +29,29 @@ class BlobTooLarge(PdcatError):
     """Storage answered more bytes than the object can hold (final: the object is not what was asked)."""
 
 
+_PIECE = 256 * 1024
+"""How much of a PUT body is handed to httpx at a time (see ``_ReleasedBody``)."""
+
+
 class _ReleasedBody(httpx.SyncByteStream):
-    """A PUT body that lets go of its bytes once the request is over. httpx keeps a finished
-    response in a reference cycle (the response and its stream) that holds the request, and so the
-    body, until the cyclic garbage collector runs: without this a push holds every chunk it sent
-    since the last collection, not just the ones in flight."""
+    """A PUT body, handed over in pieces, that lets go of its bytes once the request is over.
+
+    Pieces: h11 joins each piece it is given into a new ``bytes``, and httpcore then re-slices the
+    rest of it after every ``send()`` (another copy each time). Given a whole 4 MiB object, a slow
+    upload held two or three copies of it and copied megabytes per send call; a push over a WAN, with
+    every transfer slow, held ~8 MiB more per transfer in flight. In 256 KiB pieces that is 256 KiB.
+
+    Release: httpx keeps a finished response in a reference cycle (the response and its stream) that
+    holds the request, and so the body, until the cyclic garbage collector runs: without this a push
+    holds every chunk it sent since the last collection, not just the ones in flight."""
 
     def __init__(self, data: bytes) -> None:
         self._data = data
 
     def __iter__(self) -> Iterator[bytes]:
-        yield self._data
+        view = memoryview(self._data)
+        for start in range(0, len(view), _PIECE):
+            yield view[start : start + _PIECE]  # type: ignore[misc]  # h11 takes any bytes-like object
 
     def release(self) -> None:
         self._data = b""
