@@ -98,13 +98,14 @@ def _objects(raw: object, block_size: int, chunk_size: int) -> list[PackObject]:
         count = -(-size // block_size)
         if not isinstance(blocks, str) or len(blocks) != 64 * count or not _HEX.issuperset(blocks):
             raise InvalidInput(f"I3: object {digest[:12]} must list {count} block digests in lower-case hex")
-        if object_root(bytes.fromhex(blocks), block_size, size) != digest:
+        raw = bytes.fromhex(blocks)
+        if object_root(raw, block_size, size) != digest:
             raise InvalidInput(f"I3: object {digest[:12]} is not named by the root of its blocks")
         stored = item.get("stored_size")
         if stored is not None and (type(stored) is not int or stored <= 0):
             raise InvalidInput(f"I3: stored_size of object {digest[:12]} must be a positive integer")
         seen.add(digest)
-        out.append(PackObject(digest, size, blocks, stored))
+        out.append(PackObject(digest, size, raw, stored))
     return out
 
 

@@ -32,12 +32,17 @@ REPACK_BUDGET = 1.25
 Segment = tuple[str, int, int]
 """``(path, file_offset, length)``: where some bytes of a new object are read from in the bundle."""
 
-_BLOCK_SIZE_LIMITS = ((131072, 350 * 10**9), (262144, 700 * 10**9), (524288, 1_200 * 10**9), (1048576, 2 * 10**12))
+_BLOCK_SIZE_LIMITS = ((131072, 32 * 10**9), (262144, 64 * 10**9), (524288, 128 * 10**9), (1048576, 2 * 10**12))
 
 
 def choose_block_size(data_bytes: int) -> int | None:
-    """The block size a first push uses for this much data (its index must stay under the server's
-    bound); None above 2 TB of data: such a bundle is pushed in format 1."""
+    """The block size a first push uses for this much data; None above 2 TB of data (such a bundle is
+    pushed in format 1).
+
+    Up to 128 GB of data a bundle has at most ~250,000 blocks: its index (16 MB of JSON, 8 MB of
+    block digests held by a pull or a push) keeps the client within its memory budget. Scattered
+    1 MiB writes then cost 1.09x (128 KiB blocks), 1.15x (256 KiB) or 1.29x (512 KiB) the bytes
+    changed (docs/adr-004-incremental-chunking.md); beyond, 1 MiB blocks cost more."""
     for block_size, limit in _BLOCK_SIZE_LIMITS:
         if data_bytes < limit:
             return block_size
@@ -81,7 +86,7 @@ class NewObject:
 class BaseMap:
     """The base version's blocks, by path and file offset: which object holds each, where.
 
-    Kept as each file's extents (sorted) plus the objects' hex block digests, so memory is the base
+    Kept as each file's extents (sorted) plus the objects' block digests, so memory is the base
     index's, not a table per block.
     """
 
@@ -98,9 +103,9 @@ class BaseMap:
         """Forget the objects the catalog no longer holds: their blocks are sent again."""
         self.objects = {d: o for d, o in self.objects.items() if d in stored}
 
-    def at(self, path: str, file_offset: int) -> tuple[PackObject, int, str] | None:
+    def at(self, path: str, file_offset: int) -> tuple[PackObject, int, bytes] | None:
         """The base object holding the block at ``file_offset`` of ``path``, the block's offset in
-        it, and the block's hex digest; None where the base has no (usable) block there."""
+        it, and the block's digest; None where the base has no (usable) block there."""
         found = self._files.get(path)
         if found is None:
             return None
@@ -116,7 +121,7 @@ class BaseMap:
             return None
         object_offset = piece.object_offset + (file_offset - piece.offset)
         block = object_offset // self.block_size
-        return obj, object_offset, obj.blocks[64 * block : 64 * block + 64]
+        return obj, object_offset, obj.blocks[32 * block : 32 * block + 32]
 
 
 @dataclass
@@ -197,7 +202,7 @@ class ExtentsBuilder:
         if self.base is None:
             return None
         found = self.base.at(path, file_offset)
-        if found is None or found[2] != digest.hex():
+        if found is None or found[2] != digest:
             return None
         return found[0], found[1]
 
@@ -278,7 +283,7 @@ class ExtentsBuilder:
             block = memoryview(raw)[start : start + bs]
             digest = hashlib.sha256(block).digest()
             at = (piece.object_offset + start) // bs
-            if digest.hex() != piece.ref.blocks[64 * at : 64 * at + 64]:
+            if digest != piece.ref.blocks[32 * at : 32 * at + 32]:
                 from core.errors import Conflict
 
                 raise Conflict(f"{path} changed while pushing; stop the VM and push again")
@@ -321,4 +326,4 @@ class ExtentsBuilder:
 def _object(ref: _Ref) -> PackObject:
     if isinstance(ref, PackObject):
         return PackObject(ref.digest, ref.size, ref.blocks)  # the stored size is the server's to say
-    return PackObject(ref.digest, ref.size, b"".join(ref.blocks).hex())
+    return PackObject(ref.digest, ref.size, b"".join(ref.blocks))

@@ -191,6 +191,9 @@ class _Pass:
             self._asking.shutdown(wait=True, cancel_futures=True)
             self._sending.shutdown(wait=True, cancel_futures=True)
             self._verifying.shutdown(wait=True, cancel_futures=True)
+            with contextlib.suppress(queue.Empty):
+                while True:  # the cell buffers go now, before the index is built and serialised
+                    self._buffers.get_nowait()
 
     def _take_buffer(self, hashing: deque[Any]) -> bytearray:
         """Wait for a free buffer; the coordinator's own held cells are moved on meanwhile, so it
