@@ -52,11 +52,22 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
+_NO_ANSWER = {
+    "ConnectError": "the connection failed. Is the catalog running there, and is the URL right (--server, "
+    "PDCAT_SERVER)?",
+    "WriteError": "the connection broke while sending. Run the command again",
+    "ReadError": "the connection broke before the answer came. Run the command again",
+    "RemoteProtocolError": "it closed the connection without a valid answer. Is that URL a pdcat catalog?",
+    "LocalProtocolError": "the request could not be sent (a header no request may carry)",
+}
+
+
 def _unreachable(url: str, kind: str, *, timed_out: bool = False) -> ConnectionFailed:
-    """What a request that got no answer raises, however it was sent (``kind``: httpx's name for it)."""
+    """What a request that got no answer raises, however it was sent (``kind``: httpx's name for what
+    happened), in words that say what to do next."""
     if timed_out:
-        return ConnectionFailed(f"the catalog at {url} did not answer in time")
-    return ConnectionFailed(f"cannot reach the catalog at {url}: {kind}")
+        return ConnectionFailed(f"the catalog at {url} did not answer in time. Check the network, then run it again")
+    return ConnectionFailed(f"cannot reach the catalog at {url}: {_NO_ANSWER.get(kind, kind)}")
 
 
 def _query(params: Mapping[str, Any]) -> str:
@@ -291,11 +302,25 @@ class CatalogClient:
             body = jsonlib.dumps(json, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
             headers["Content-Type"] = "application/json"
         status, content = self._sender.send(method, target, body, headers)
+        if status == 401 and path != "/auth/token":
+            raise self._unauthenticated(self._error(status, content))
         if status >= 400:
             raise self._error(status, content)
         if status == 204 or not content:
             return None
         return jsonlib.loads(content)
+
+    def _unauthenticated(self, error: PdcatError) -> PdcatError:
+        """A 401 says what to do next, by the credential this client sent."""
+        headers = self._settings[0]
+        login = f"pdcat login --server {self.base_url} -u USER"
+        if "X-Api-Key" in headers:
+            hint = "check PDCAT_API_KEY (an admin creates a new key with 'pdcat apikey create')"
+        elif "Authorization" in headers:
+            hint = f"log in again: {login}"
+        else:
+            hint = f"log in first: {login}"
+        return type(error)(f"{error.message}; {hint}")
 
     @staticmethod
     def _error(status: int, content: bytes) -> PdcatError:

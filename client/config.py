@@ -1,7 +1,8 @@
 """Where the client keeps its login: ``<user config dir>/pdcat/credentials.json``, mode 0600.
 
 ``PDCAT_SERVER``, ``PDCAT_TOKEN`` and ``PDCAT_API_KEY`` override what is stored, so scripts and CI
-never need to write a credential to disk.
+never need to write a credential to disk: a credential in the environment replaces the stored login
+entirely (as ``GH_TOKEN`` does for gh), never joins it.
 """
 
 from __future__ import annotations
@@ -11,12 +12,30 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from platformdirs import user_config_dir
 
-from core.errors import Unauthenticated
+from core.errors import InvalidInput, Unauthenticated
 
-__all__ = ["Credentials", "config_dir", "load_credentials", "save_credentials"]
+__all__ = [
+    "Credentials",
+    "config_dir",
+    "forget_credentials",
+    "load_credentials",
+    "normalize_server",
+    "save_credentials",
+]
+
+
+def normalize_server(url: str) -> str:
+    """A catalog URL as stored and compared: ``http(s)://host[:port][/path]`` without trailing slashes."""
+    text = url.strip()
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        example = text.split("/")[0] or "catalog.example.com:8080"
+        raise InvalidInput(f"{text[:80]!r} is not a catalog URL: write it with its scheme, e.g. http://{example[:60]}")
+    return text.rstrip("/")
 
 
 def config_dir() -> Path:
@@ -57,15 +76,43 @@ def save_credentials(creds: Credentials) -> Path:
     return path
 
 
-def load_credentials(server: str | None = None) -> Credentials:
-    stored: dict[str, str | None] = {}
+def forget_credentials() -> Path | None:
+    """Remove the stored login; the file it was in, or None if there was none."""
+    path = _path()
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    return path
+
+
+def _stored() -> dict[str, str | None]:
     try:
         stored = json.loads(_path().read_text())
     except (FileNotFoundError, ValueError):
-        stored = {}
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def load_credentials(server: str | None = None) -> Credentials:
+    """The server (``server``, else ``PDCAT_SERVER``, else the stored one) and the credential for it:
+    ``PDCAT_TOKEN`` or ``PDCAT_API_KEY`` if set (one of them), else the stored token for that server."""
+    stored = _stored()
     url = server or os.environ.get("PDCAT_SERVER") or stored.get("server")
     if not url:
         raise Unauthenticated("no catalog server: run 'pdcat login --server URL -u USER' or set PDCAT_SERVER")
-    token = os.environ.get("PDCAT_TOKEN") or (stored.get("token") if url == stored.get("server") else None)
-    api_key = os.environ.get("PDCAT_API_KEY") or None
-    return Credentials(url, token, api_key, stored.get("username"), stored.get("expires_at"))
+    url = normalize_server(url)
+    env_token, env_key = os.environ.get("PDCAT_TOKEN") or None, os.environ.get("PDCAT_API_KEY") or None
+    if env_token and env_key:
+        raise InvalidInput("PDCAT_TOKEN and PDCAT_API_KEY are both set: keep the one this command should use")
+    if env_token or env_key:
+        return Credentials(url, env_token, env_key)
+    same = False
+    if stored.get("server"):
+        try:
+            same = normalize_server(str(stored["server"])) == url
+        except InvalidInput:
+            same = False
+    if not same:
+        return Credentials(url)
+    return Credentials(url, stored.get("token"), None, stored.get("username"), stored.get("expires_at"))

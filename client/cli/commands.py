@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client.api import CatalogClient
-from client.cli.session import Connect, common, reference, say
-from client.config import Credentials, save_credentials
+from client.cli.session import Connect, common, explain_missing, reference, say
+from client.config import Credentials, forget_credentials, normalize_server, save_credentials
 from client.options import (
     COMMANDS,
     ImportOptions,
@@ -27,7 +27,7 @@ from client.options import (
     resolve,
 )
 from client.output import console, err_console, human_size, manifest_table, print_json
-from core.errors import InvalidInput, PdcatError
+from core.errors import InvalidInput, NotFound, PdcatError
 from core.identity import LATEST, normalize_architecture
 
 if TYPE_CHECKING:
@@ -139,15 +139,21 @@ def cmd_login(args: argparse.Namespace, connect: Connect) -> int:
         if not sys.stdin.isatty():
             raise InvalidInput("no password: pass -p, set PDCAT_PASSWORD, or run in a terminal")
         password = getpass.getpass(f"Password for {args.username}: ")
-    with CatalogClient(args.server) as api:
+    server = normalize_server(args.server)
+    with CatalogClient(server) as api:
         answer = api.login(args.username, password)
-    path = save_credentials(
-        Credentials(args.server.rstrip("/"), answer["token"], None, args.username, answer["expires_at"])
-    )
+    path = save_credentials(Credentials(server, answer["token"], None, args.username, answer["expires_at"]))
     say(
         common(args),
-        f"Logged in to {args.server} as {args.username} (token until {answer['expires_at']}; saved in {path})",
+        f"Logged in to {server} as {args.username} (token until {answer['expires_at']}; saved in {path})",
     )
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace, connect: Connect) -> int:
+    """Forget the stored login (the token stays valid until it expires: it is a bearer token)."""
+    path = forget_credentials()
+    say(common(args), f"Logged out: removed {path}" if path else "Not logged in: nothing to remove")
     return 0
 
 
@@ -185,7 +191,10 @@ def cmd_ls(opts: ListOptions, connect: Connect) -> int:
 def cmd_show(args: argparse.Namespace, connect: Connect) -> int:
     catalog_id, version, arch = reference(args.ref, args.arch)
     with connect(common(args)) as api:
-        m = api.get(catalog_id, version, arch)
+        try:
+            m = api.get(catalog_id, version, arch)
+        except NotFound as exc:
+            raise explain_missing(api, catalog_id, version, arch, exc) from None
     if args.json:
         print_json(m)
         return 0
@@ -375,6 +384,7 @@ def _entry_json(e: CacheEntry) -> dict[str, Any]:
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Connect], int]] = {
     "serve": cmd_serve,
     "login": cmd_login,
+    "logout": cmd_logout,
     "whoami": cmd_whoami,
     "show": cmd_show,
     "taint": cmd_state,

@@ -38,11 +38,35 @@ class _ChunkSize(argparse.Action):
         """argparse sets it; the text above is the one shown."""
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show pdcat's version and exit")
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("pdcat")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            found = "unknown (not installed)"
+        print(f"pdcat {found}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command, flag and help text of ``pdcat``. The ``dest`` of each option of ls, push, pull, import
     and import-vm is the name of its field in ``client.options``; ``args.command`` picks the command."""
     p = argparse.ArgumentParser(prog="pdcat", description="Push and pull Parallels Desktop VMs through a catalog.")
     p.add_argument("--debug", action="store_true", help="show logs and full errors")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, *, json_flag: bool = False, server: bool = True) -> argparse.ArgumentParser:
@@ -73,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--server", required=True)
     c.add_argument("-u", "--username", required=True)
     c.add_argument("-p", "--password", help="(default: PDCAT_PASSWORD, or asked for)")
+
+    command("logout", "Forget the stored login", server=False)
 
     command("whoami", "Show who you are logged in as", json_flag=True)
 

@@ -15,7 +15,7 @@ from client.api import CatalogClient
 from client.config import load_credentials
 from client.options import Options, resolve
 from client.output import RichProgress, console
-from core.errors import InvalidInput, Unauthenticated
+from core.errors import InvalidInput, NotFound, PdcatError, Unauthenticated
 from core.identity import normalize_architecture, parse_reference
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ __all__ = [
     "Connect",
     "common",
     "connect",
+    "explain_missing",
     "host_architecture",
     "progress",
     "reference",
@@ -52,6 +53,30 @@ def connect(options: Options) -> CatalogClient:
     if not creds.token and not creds.api_key:
         raise Unauthenticated(f"not logged in to {creds.server}: run 'pdcat login --server {creds.server} -u USER'")
     return CatalogClient(creds.server, token=creds.token, api_key=creds.api_key)
+
+
+def explain_missing(api: CatalogClient, catalog_id: str, version: str, arch: str, exc: NotFound) -> NotFound:
+    """The catalog's "not found" for ``id:version (arch)``, naming what does exist of that id among what
+    this caller can see: the other architectures of the version, or the versions of the id."""
+    if not exc.message.endswith(("not found", "not found: no usable version")):
+        return exc  # not the catalog's answer for a missing version (a pull that lost its version...)
+    try:
+        items = api.versions(catalog_id)
+    except NotFound:
+        items = []
+    except PdcatError:
+        return exc
+    if not items:
+        return NotFound(f"{exc.message}: there is no VM {catalog_id} that you can see ('pdcat ls' lists them)")
+    ready = [m for m in items if m.get("status") == "ready"]
+    same = ready if version == "latest" else [m for m in items if m.get("version") == version]
+    if same:
+        archs = ", ".join(sorted({str(m["architecture"]) for m in same}))
+        return NotFound(f"{exc.message}: {catalog_id}:{version} exists for {archs} (pick one with --arch)")
+    newest = sorted(items, key=lambda m: str(m.get("pushed_at") or ""), reverse=True)
+    names = list(dict.fromkeys(str(m["version"]) for m in newest))
+    more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+    return NotFound(f"{exc.message}: {catalog_id} has versions {', '.join(names[:8])}{more}")
 
 
 def common(args: argparse.Namespace) -> Options:

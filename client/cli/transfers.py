@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from client.cache import CacheEntry, VmCache
-from client.cli.session import Connect, host_architecture, progress, reference, say, transfer_config
+from client.cli.session import Connect, explain_missing, host_architecture, progress, reference, say, transfer_config
 from client.options import ImportOptions, ImportVmOptions, PullOptions, PushOptions
 from client.output import RichProgress, console, human_size, print_json
 from client.prlctl import Prlctl, PrlctlError, find_prlctl
 from client.transfer import PullPlan, TransferConfig, pull, push
 from client.vm_setup import SetupResult, VmSetup, check_vm_setup, setup_pulled_vm
-from core.errors import InvalidInput
+from core.errors import InvalidInput, NotFound
 from core.identity import LATEST, ManifestKey, normalize_architecture
 
 __all__ = ["cmd_import", "cmd_import_vm", "cmd_pull", "cmd_push"]
@@ -180,6 +180,8 @@ def cmd_pull(opts: PullOptions, connect: Connect) -> int:
                 on_plan=show_plan,
                 on_evict=show_eviction,
             )
+        except NotFound as exc:
+            raise explain_missing(api, catalog_id, version, arch, exc) from None
         finally:
             if isinstance(shown, RichProgress):
                 shown.close()

@@ -133,6 +133,47 @@ def test_not_logged_in_hints_at_login(backend, pdcat_bare: Pdcat) -> None:
     assert "pdcat login" in pdcat_bare.fail("ls", env={"PDCAT_SERVER": backend.url})
 
 
+def test_credentials_in_the_environment_replace_the_stored_login(
+    backend, pdcat_bare: Pdcat, request: pytest.FixtureRequest
+) -> None:
+    """As GH_TOKEN does for gh: with a stored login, PDCAT_API_KEY (or PDCAT_TOKEN) is used alone."""
+    needs_embedded(backend, "the built-in admin user")
+    pdcat_bare.ok("login", "--server", backend.url + "/", "-u", "admin", "-p", admin_password(request.config))
+    key = pdcat_bare.json("apikey", "create", "--role", "USER", "--description", "ci")["key"]
+    me = pdcat_bare.json("whoami", env={"PDCAT_API_KEY": key})
+    assert me["via"] == "api_key", me
+    assert pdcat_bare.json("whoami", env={"PDCAT_SERVER": backend.url + "//"})["subject"] == "admin"  # one URL
+    both = pdcat_bare.fail("whoami", env={"PDCAT_API_KEY": key, "PDCAT_TOKEN": "x"})
+    assert "PDCAT_TOKEN and PDCAT_API_KEY are both set" in both
+    assert "check PDCAT_API_KEY" in pdcat_bare.fail("whoami", env={"PDCAT_API_KEY": "pdk_wrong"})
+
+    assert "Logged out" in pdcat_bare.ok("logout").out
+    assert "pdcat login" in pdcat_bare.fail("ls")
+    assert "nothing to remove" in pdcat_bare.ok("logout").out
+
+
+def test_messages_say_what_to_do_next(backend, pdcat_bare: Pdcat, tmp_path: Path) -> None:
+    assert pdcat_bare.ok("--version").out.startswith("pdcat ")
+    no_scheme = backend.url.split("://", 1)[1]
+    line = pdcat_bare.fail("login", "--server", no_scheme, "-u", "a", "-p", "b")
+    assert "is not a catalog URL" in line and "http://" in line and "Traceback" not in line
+    line = pdcat_bare.fail("ls", "--server", "http://127.0.0.1:9", env={"PDCAT_TOKEN": "t"})
+    assert "cannot reach the catalog at http://127.0.0.1:9" in line and "Is the catalog running" in line
+    assert "ConnectError" not in line
+    stale = token_env(backend, ["USER"], "e2e-stale")
+    line = pdcat_bare.fail("ls", env={**stale, "PDCAT_TOKEN": stale["PDCAT_TOKEN"] + "x"})
+    assert "log in again: pdcat login --server" in line
+
+
+def test_a_missing_version_or_architecture_names_what_exists(pdcat: Pdcat, cid: str, tmp_path: Path) -> None:
+    pdcat.push(make_bundle(tmp_path / "src"), cid, "1.0")
+    line = pdcat.fail("show", f"{cid}:1.0", "--arch", "arm64")
+    assert "exists for x86_64" in line and "--arch" in line
+    line = pdcat.fail(*pull_args(f"{cid}:2.0", tmp_path / "vms", "v"))
+    assert f"{cid} has versions 1.0" in line
+    assert "no VM" in pdcat.fail("show", f"{cid}-nope:1.0", "--arch", ARCH)
+
+
 # ---- push, list, show, pull -----------------------------------------------------------------------
 @pytest.mark.every_backend
 def test_push_list_show_pull_register(pdcat: Pdcat, cid: str, tmp_path: Path) -> None:
