@@ -1,5 +1,5 @@
 # Two commands for a new user: `make demo` and `make test`. Everything else is set up on demand.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -8,16 +8,24 @@ EMULATORS := infra/local/emulators
 NODE_STAMP := $(EMULATORS)/node_modules/.installed
 IAC_STAMP := .venv-iac/.installed
 
-.PHONY: demo test unit contract lint typecheck check bench bench-wan clean system-packages
+.PHONY: demo test unit contract lint typecheck check bench bench-wan compat clean system-packages
+
+# pdcat needs Python 3.11 or newer (pyproject.toml): a .venv made by an older one, or left broken, is
+# made again rather than reused.
+NEW_ENOUGH := -c 'import sys; sys.exit(sys.version_info < (3, 11))'
+define make_venv
+	@$(PYTHON) $(NEW_ENOUGH) 2>/dev/null || { echo "pdcat needs Python 3.11 or newer; '$(PYTHON)' is $$($(PYTHON) --version 2>&1). Run: make PYTHON=/path/to/python3.11" >&2; exit 2; }
+	@$(BIN)/python $(NEW_ENOUGH) 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+endef
 
 # The demo needs only the client and the embedded server; tests need the clouds' SDKs and the tools too.
 $(BASE_STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(make_venv)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	@touch $(BASE_STAMP)
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(make_venv)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP) $(BASE_STAMP)
 
@@ -37,6 +45,11 @@ system-packages:
 
 demo: $(BASE_STAMP)
 	@$(BIN)/python infra/local/demo.py
+
+# pdcat installed (as pipx would) into a fresh virtualenv of every Python 3.11+ this machine has, then
+# serve, login, push and pull with it.
+compat:
+	@sh infra/local/compat.sh
 
 test: $(STAMP) $(NODE_STAMP) $(IAC_STAMP) system-packages check
 	@$(BIN)/python -m pytest -n 2 --dist loadgroup -q

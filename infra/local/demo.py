@@ -156,6 +156,13 @@ def main() -> int:
         f"8. stopped the catalog. push {t_push:.1f}s, pull {t_pull:.1f}s, whole demo {time.monotonic() - started:.1f}s"
     )
     shutil.rmtree(work, ignore_errors=True)
+    pdcat = Path(sys.executable).parent / "pdcat"
+    print(
+        "\nNext: pdcat is installed in this repository's virtualenv. Run it as\n"
+        f"  {os.path.relpath(pdcat)} --help\n"
+        "or put it on your PATH for this shell with  source .venv/bin/activate  (then just: pdcat --help),\n"
+        "or install it for your user with  pipx install .  (Python 3.11 or newer). README.md, 'Using it', goes on."
+    )
     return 0
 
 
