@@ -66,6 +66,7 @@ import json
 import logging
 import mmap
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -843,19 +844,39 @@ class LocalChunks:
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 _DIRECT_ALIGN = 4096
-_aligned = threading.local()
+_ALIGNED_BUFFERS = 2
+"""Page-aligned buffers for O_DIRECT writes, shared by every pull thread: a few writes at a time keep
+the disk busy, and a buffer per download worker would add a chunk's worth of memory per worker."""
+_aligned: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
+_aligned_made = threading.BoundedSemaphore(_ALIGNED_BUFFERS)
+
+
+@contextlib.contextmanager
+def _aligned_buffer(size: int) -> Iterator[mmap.mmap]:
+    """One of the shared aligned buffers, at least ``size`` bytes (made, or grown, on demand)."""
+    try:
+        buf = _aligned.get_nowait()
+    except queue.Empty:
+        buf = mmap.mmap(-1, size) if _aligned_made.acquire(blocking=False) else _aligned.get()
+    if len(buf) < size:
+        buf.close()
+        buf = mmap.mmap(-1, size)  # anonymous mappings are page-aligned
+    try:
+        yield buf
+    finally:
+        _aligned.put(buf)
 
 
 def _write_direct(fd: int, blob: memoryview) -> bool:
-    """Write ``blob`` through an ``O_DIRECT`` descriptor: copied into a page-aligned buffer (one per
-    thread, reused), padded to the alignment, then the file cut to its length. False if the
-    filesystem refuses the write (EINVAL), so the caller can write it buffered instead."""
+    """Write ``blob`` through an ``O_DIRECT`` descriptor: copied into a shared page-aligned buffer,
+    padded to the alignment, then the file cut to its length. False if the filesystem refuses the
+    write (EINVAL), so the caller can write it buffered instead."""
     padded = -(-len(blob) // _DIRECT_ALIGN) * _DIRECT_ALIGN
-    buf: mmap.mmap | None = getattr(_aligned, "buf", None)
-    if buf is None or len(buf) < padded:
-        if buf is not None:
-            buf.close()
-        buf = _aligned.buf = mmap.mmap(-1, padded)  # anonymous mappings are page-aligned
+    with _aligned_buffer(padded) as buf:
+        return _write_padded(fd, blob, buf, padded)
+
+
+def _write_padded(fd: int, blob: memoryview, buf: mmap.mmap, padded: int) -> bool:
     view = memoryview(buf)
     try:
         view[: len(blob)] = blob
