@@ -82,6 +82,7 @@ class PushOptions(_ManifestOptions):
     chunk_size: int | None = None
     level: int | None = None
     base: str | None = None
+    allow_any_folder: bool = False
     vm_type: str | None = None
     min_cpu: int | None = None
     min_memory_mb: int | None = None

@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", type=int)
     c.add_argument("--base", metavar="VERSION", help="send only what changed since this version (default: the "
                    "newest of the same id and architecture)")  # fmt: skip
+    c.add_argument("--allow-any-folder", action="store_true", help="push a folder that is not a .pvm/.macvm "
+                   "bundle with its config.pvs")  # fmt: skip
 
     c = command("pull", "Pull a VM, verify every byte, register it with prlctl (or run a pull PDFile)", json_flag=True)
     c.add_argument("ref", metavar="ID[:VERSION]|FILE.pdfile")

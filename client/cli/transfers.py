@@ -28,6 +28,8 @@ def _push_target(opts: PushOptions) -> tuple[Path, ManifestKey, dict[str, Any]]:
         raise InvalidInput(f"{root} does not exist")
     if not root.is_dir():
         raise InvalidInput(f"{root} is not a VM bundle folder (.pvm / .macvm)")
+    if not opts.allow_any_folder:
+        _check_vm_bundle(root)
     arch = normalize_architecture(opts.arch or host_architecture())
     key = ManifestKey.parse(opts.catalog, opts.version, arch)
     vm_type = opts.vm_type or ("macvm" if root.suffix == ".macvm" else "pvm")
@@ -44,6 +46,22 @@ def _push_target(opts: PushOptions) -> tuple[Path, ManifestKey, dict[str, Any]]:
     if requirements:  # a PDFile's MINIMUM_REQUIREMENT lines
         metadata["minimum_requirements"] = requirements
     return root, key, metadata
+
+
+def _check_vm_bundle(root: Path) -> None:
+    """A Parallels VM is a ``.pvm`` or ``.macvm`` folder with its ``config.pvs``: anything else is most
+    likely the wrong folder (its parent, a copy of the disk alone), which would be pushed as a VM that
+    no Parallels Desktop can open."""
+    problems = []
+    if root.suffix.lower() not in (".pvm", ".macvm"):
+        problems.append("its name does not end in .pvm or .macvm")
+    if not (root / "config.pvs").is_file():
+        problems.append("it has no config.pvs")
+    if problems:
+        raise InvalidInput(
+            f"{root} does not look like a Parallels VM: {' and '.join(problems)}. Point at the VM's "
+            ".pvm or .macvm folder, or push this folder anyway with --allow-any-folder"
+        )
 
 
 def cmd_push(opts: PushOptions, connect: Connect) -> int:

@@ -174,6 +174,19 @@ def test_a_missing_version_or_architecture_names_what_exists(pdcat: Pdcat, cid: 
     assert "no VM" in pdcat.fail("show", f"{cid}-nope:1.0", "--arch", ARCH)
 
 
+def test_push_refuses_a_folder_that_is_not_a_vm(pdcat: Pdcat, cid: str, tmp_path: Path) -> None:
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.txt").write_text("abc")
+    line = pdcat.fail(*push_args(folder, cid, "1.0"))
+    assert "does not look like a Parallels VM" in line and "config.pvs" in line and "--allow-any-folder" in line
+    renamed = tmp_path / "notes.pvm"
+    folder.rename(renamed)
+    assert "it has no config.pvs" in pdcat.fail(*push_args(renamed, cid, "1.0"))
+    pushed = pdcat.json(*push_args(renamed, cid, "1.0"), "--allow-any-folder", "--json")
+    assert pushed["manifest"]["size"] == 3
+
+
 # ---- push, list, show, pull -----------------------------------------------------------------------
 @pytest.mark.every_backend
 def test_push_list_show_pull_register(pdcat: Pdcat, cid: str, tmp_path: Path) -> None:
