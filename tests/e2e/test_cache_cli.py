@@ -5,6 +5,7 @@ nothing, chunk reuse across versions, damaged cached chunks, resume, eviction or
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -314,3 +315,26 @@ def test_on_a_copy_on_write_filesystem_the_cache_keeps_the_bundle_and_clones_it(
     out = _pull(pdcat, f"{cid}:1", tmp_path / "elsewhere", "copy")
     assert (out["cache"], out["clone_method"], out["downloaded_bytes"]) == ("hit", "sparse-copy", 0)
     assert_same_tree(v1, tmp_path / "elsewhere" / "copy.pvm")
+
+
+def test_a_cache_on_another_disk_does_not_count_against_the_destination(
+    pdcat: Pdcat, cid: str, tmp_path: Path, plain_dest: Path
+) -> None:
+    """The space a pull needs at its destination is what it writes there: kept objects count only when
+    the cache shares the destination's filesystem (issue 15, item 5)."""
+    src = make_bundle(tmp_path / "src")
+    pdcat.push(src, cid, "1")
+    plans = {}
+    for where, cache in (("same disk", tmp_path / "cache"), ("other disk", Path("/dev/shm") / f"pdcat-{cid}")):
+        try:
+            out = pdcat.ok(
+                "pull", f"{cid}:1", "--arch", ARCH, "--dest", str(plain_dest / where), "--no-register",
+                env={"PDCAT_CACHE_DIR": str(cache)},
+            ).out  # fmt: skip
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        found = re.search(r"writes ([0-9.]+) (B|KiB|MiB|GiB)", out)
+        assert found, out
+        plans[where] = float(found.group(1)) * 1024 ** ["B", "KiB", "MiB", "GiB"].index(found.group(2))
+        assert_same_tree(src, plain_dest / where / f"{cid}.pvm")
+    assert plans["other disk"] < plans["same disk"], plans  # the kept objects land on the cache's own disk
