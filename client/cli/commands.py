@@ -109,8 +109,7 @@ def cmd_serve(args: argparse.Namespace, connect: Connect) -> int:
     data = Path(args.data) if args.data else data_dir_default()
     app = WsgiApp()
     server = LocalServer(app, args.host, args.port, threads=args.threads)
-    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
-    public_url = os.environ.get("PDCAT_PUBLIC_URL") or f"http://{shown_host}:{server.port}"
+    public_url = _public_url(args.public_url or os.environ.get("PDCAT_PUBLIC_URL"), args.host, server.port)
     catalog = open_local_catalog(data, public_url, settings)
     app.catalog = catalog
     print(f"pdcat catalog serving on {public_url} (data: {data})", flush=True)
@@ -131,6 +130,24 @@ def cmd_serve(args: argparse.Namespace, connect: Connect) -> int:
         server.close()
         catalog.close()
     return 0
+
+
+def _public_url(given: str | None, host: str, port: int) -> str:
+    """Where clients reach this server: presigned URLs start with it, so teammates need one that names
+    this machine, not the loopback address."""
+    if given:
+        return normalize_server(given)
+    if host in ("0.0.0.0", "", "::"):
+        import socket
+
+        name = socket.getfqdn()
+        print(
+            f"Listening on every interface; clients are sent to http://{name}:{port}. If teammates reach this "
+            "machine by another name or address, restart with --public-url http://NAME:PORT",
+            flush=True,
+        )
+        return f"http://{name}:{port}"
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 def cmd_login(args: argparse.Namespace, connect: Connect) -> int:

@@ -89,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = command("serve", "Run the embedded catalog (SQLite + local files) on this machine", server=False)
     c.add_argument("--data", help="data folder (default: the platform's user data folder)")
-    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    c.add_argument("--public-url", metavar="URL", help="the URL teammates reach this server by, which presigned URLs "
+                   "use (default: PDCAT_PUBLIC_URL; else http://<this machine's name>:PORT when listening on every "
+                   "interface, http://HOST:PORT otherwise)")  # fmt: skip
     c.add_argument("--port", type=int, default=int(os.environ.get("PDCAT_PORT", "8080")))
     c.add_argument("--threads", type=int, default=16)
 
