@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+import threading
+import time
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -18,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-__all__ = ["RichProgress", "console", "human_size", "manifest_table", "print_json"]
+__all__ = ["LineProgress", "RichProgress", "console", "human_size", "manifest_table", "print_json"]
 
 console = Console(stderr=False, highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -63,7 +65,9 @@ def manifest_table(items: list[dict[str, Any]]) -> Table:
 
 
 class RichProgress:
-    """A rich bar per phase: bytes, rate and time left."""
+    """A rich bar per phase, on a terminal: bytes, rate and time left. The bar shows what was really
+    done: a transfer that fails or is interrupted leaves it where it stopped (the command then says so,
+    and how to resume). Log lines (retries) print above it, through the same console."""
 
     def __init__(self, out: Console | None = None) -> None:
         self._progress = Progress(
@@ -90,8 +94,67 @@ class RichProgress:
 
     def finish(self) -> None:
         if self._task is not None:
-            task = self._progress.tasks[-1]
-            self._progress.update(self._task, completed=task.total)
+            self._progress.refresh()
 
     def close(self) -> None:
         self._progress.stop()
+
+
+class LineProgress:
+    """Progress without a terminal (CI, a pipe, a log file): a plain line every ``every`` seconds with
+    the percentage, bytes, rate and time left, and a last line saying whether the phase finished or
+    where it stopped. Thread-safe: transfers advance it from many threads."""
+
+    def __init__(self, out: TextIO | None = None, *, every: float = 5.0) -> None:
+        self._out = out or sys.stderr
+        self._every = every
+        self._lock = threading.Lock()
+        self._phase, self._total, self._done = "", 0, 0
+        self._started = self._shown = 0.0
+
+    def start(self, phase: str, total: int) -> None:
+        with self._lock:
+            self._phase, self._total, self._done = phase, max(total, 1), 0
+            self._started = self._shown = time.monotonic()
+        self._print(f"{phase}: {human_size(total)}")
+
+    def advance(self, nbytes: int) -> None:
+        with self._lock:
+            self._done += nbytes
+            now = time.monotonic()
+            if now - self._shown < self._every:
+                return
+            self._shown = now
+            line = f"{self._phase}: {self._status(now)}"
+        self._print(line)
+
+    def finish(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            done = self._done >= self._total
+            elapsed = now - self._started
+            line = (
+                f"{self._phase}: done, {human_size(self._total)} in {elapsed:.0f}s"
+                if done
+                else f"{self._phase}: stopped at {self._status(now, eta=False)}"
+            )
+        self._print(line)
+
+    def close(self) -> None:
+        pass
+
+    def _status(self, now: float, *, eta: bool = True) -> str:
+        """How far, how fast, how long still; called with the lock held."""
+        elapsed = max(now - self._started, 1e-6)
+        rate = self._done / elapsed
+        share = min(self._done / self._total, 1.0)
+        amount = f"{human_size(self._done)} of {human_size(self._total)}"
+        text = f"{share:.0%} ({amount}), {human_size(rate)}/s"
+        if eta and rate > 0 and share < 1:
+            left = int((self._total - self._done) / rate)
+            text += f", about {left // 60}:{left % 60:02d} left"
+        return text
+
+    def _print(self, line: str) -> None:
+        self._out.write(line + "\n")
+        self._out.flush()

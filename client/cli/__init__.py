@@ -67,6 +67,18 @@ def _limit_allocator_growth() -> None:
         pass
 
 
+_KEPT = {"push": "what was sent and verified is kept", "pull": "what was downloaded is kept"}
+
+
+def _resume_hint(command: str, exc: Exception) -> str | None:
+    """After a transfer that stopped for want of a network or a server (not a refusal), what to do."""
+    from core.errors import Unavailable
+
+    if command in _KEPT and isinstance(exc, Unavailable):
+        return f"run the same command again to resume: {_KEPT[command]}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _limit_allocator_growth()
     args = build_parser().parse_args(argv)
@@ -91,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from client.output import err_console
 
         err_console.print(f"pdcat: {exc.message}", markup=False, highlight=False)
+        hint = _resume_hint(args.command, exc)
+        if hint:
+            err_console.print(f"pdcat: {hint}", markup=False, highlight=False)
         return 1
     except OSError as exc:
         if args.debug:

@@ -49,12 +49,29 @@ class _MaskSignatures(logging.Filter):
         return True
 
 
+class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines through the same rich console as the progress bar, so a retry warning prints above
+    a running bar instead of into it (rich is loaded only once something is logged)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream not in (sys.stderr, sys.__stderr__):  # redirected (tests, embedding): as any handler
+            super().emit(record)
+            return
+        try:
+            text = self.format(record)
+            from client.output import err_console
+
+            err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(debug: bool) -> None:
     """Warnings (retries, re-fetched chunks) as short prefixed lines; everything with --debug.
 
     Either way, presigned URLs are logged without their signatures (``_MaskSignatures``).
     """
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _ConsoleHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s") if debug else _WarningFormatter())
     handler.addFilter(_MaskSignatures())
     root = logging.getLogger()

@@ -85,10 +85,16 @@ def common(args: argparse.Namespace) -> Options:
 
 
 def progress(options: Options) -> Progress:
-    if options.json or options.quiet or not sys.stderr.isatty():
+    """One renderer for every transfer: a rich bar on a terminal, a plain line every few seconds
+    without one (CI), nothing with --quiet or --json (stdout is then the JSON answer)."""
+    if options.json or options.quiet:
         from client.transfer import NoProgress
 
         return NoProgress()
+    if not sys.stderr.isatty():
+        from client.output import LineProgress
+
+        return LineProgress()
     return RichProgress()
 
 

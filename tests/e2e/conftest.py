@@ -238,7 +238,7 @@ class Pdcat:
         r = self.run(*args, env=env)
         assert r.code == code, f"pdcat {' '.join(args)} exited {r.code}, expected {code}:\n{r.err}\n{r.out}"
         assert "Traceback" not in r.err + r.out
-        lines = [line for line in r.err.splitlines() if line.strip()]
+        lines = reason_lines(r.err)
         assert len(lines) == 1, f"expected one line on stderr, got:\n{r.err}"
         return lines[0]
 
@@ -265,6 +265,17 @@ class Pdcat:
             check=True,
         )
         return done.stdout
+
+
+def reason_lines(err: str) -> list[str]:
+    """What pdcat said on stderr besides its progress: warnings and reasons, each ``pdcat: ...``.
+    (Without a terminal, a transfer's progress is plain lines on stderr too, each starting with its
+    phase: ``pushing: 45% ...``.)"""
+    return [line for line in err.splitlines() if line.startswith("pdcat:")]
+
+
+def progress_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.strip() and not line.startswith("pdcat:")]
 
 
 def _clean_env(tmp: Path) -> dict[str, str]:

@@ -29,6 +29,7 @@ from tests.e2e.conftest import (
     make_bundle,
     needs_embedded,
     path_without_prlctl,
+    reason_lines,
     token_env,
 )
 from tests.e2e.fault_helpers import chunk_dir
@@ -260,7 +261,7 @@ def test_pull_register_and_start(pdcat: Pdcat, cid: str, tmp_path: Path) -> None
     # the start fails: exit 1, everything undone (the new VM unregistered), the verified bundle kept
     r = pdcat.run(*pull_args(cid, dest, "no-start", "--start"), env={"PDCAT_FAKE_PRLCTL_FAIL": "start"})
     assert r.code == 1 and "Traceback" not in r.err
-    [line] = r.err.strip().splitlines()
+    [line] = reason_lines(r.err)
     bundle = dest / "no-start.pvm"
     assert "NOT registered: prlctl start failed" in line and "undone: unregistered {" in line
     assert f"the verified bundle stays at {bundle}" in line and "finish by hand: prlctl register" in line
@@ -292,7 +293,7 @@ def test_register_failure_keeps_the_bundle_and_fails(pdcat: Pdcat, cid: str, tmp
     r = pdcat.run(*pull_args(cid, dest, "n"), env={"PDCAT_FAKE_PRLCTL_FAIL": "register"})
     assert r.code == 1 and "Traceback" not in r.err
     assert "NOT registered" in r.out and str(vm) in r.out
-    [line] = r.err.strip().splitlines()
+    [line] = reason_lines(r.err)
     assert "NOT registered" in line and str(vm) in line and "prlctl register" in line
     assert_same_tree(src, vm)  # the verified bundle stays
     assert listing(dest) == ["n.pvm"]
@@ -447,7 +448,7 @@ def test_corrupt_chunk_in_storage(backend, pdcat: Pdcat, cid: str, tmp_path: Pat
     r = pdcat.run(*pull_args(cid, dest, "n"))
     assert r.code == 1 and "Traceback" not in r.err
     # the last line is the reason; before it the client may log that it fetched the chunk once more
-    reason = r.err.strip().splitlines()[-1]
+    reason = reason_lines(r.err)[-1]
     assert reason.startswith("pdcat: ") and "chunk" in reason and "corrupt" in reason
     assert listing(dest) == []  # no bundle, no .partial folder, no journal
     assert registers(pdcat) == []

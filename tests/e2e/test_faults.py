@@ -21,7 +21,7 @@ import pytest
 
 from core.auth import issue_token
 from infra.local.servers import RunningServer, start_embedded
-from tests.e2e.conftest import Pdcat, Run, assert_same_tree, listing, needs_embedded
+from tests.e2e.conftest import Pdcat, Run, assert_same_tree, listing, needs_embedded, progress_lines, reason_lines
 from tests.e2e.fault_helpers import (
     Background,
     FlakyProxy,
@@ -84,7 +84,7 @@ def reason(run: Run) -> str:
     """The one-line reason of a failed run: no traceback, and any other stderr line is a warning."""
     assert run.code == 1, f"pdcat {' '.join(run.args)} exited {run.code}, expected 1:\n{run.err}\n{run.out}"
     assert "Traceback" not in run.err + run.out
-    lines = [line for line in run.err.splitlines() if line.strip()]
+    lines = reason_lines(run.err)
     assert lines, "no reason on stderr"
     assert all(line.startswith("pdcat: warning: ") for line in lines[:-1]), run.err
     assert lines[-1].startswith("pdcat: ") and not lines[-1].startswith("pdcat: warning: "), run.err
@@ -347,3 +347,38 @@ def test_push_and_pull_through_a_flaky_network(fpdcat: Pdcat, cid: str, tmp_path
             server.stop()
     finally:
         proxy.close()
+
+
+# ---- progress without a terminal, and a server that dies mid-push --------------------------------
+def test_without_a_terminal_progress_is_plain_lines_and_a_dead_server_says_how_to_resume(
+    fpdcat: Pdcat, cid: str, tmp_path: Path, background: list[Background]
+) -> None:
+    """Issue 15, item 6: in CI (no TTY) a transfer prints its progress as plain lines; when the catalog
+    dies under a push, the last progress line says where it stopped (not 100%) and the reason ends with
+    how to resume. Run again against the catalog back up, it finishes."""
+    secret, port = "faults-" + secrets.token_hex(24), free_port()
+    settings = {"PDCAT_JWT_SECRET": secret, "PDCAT_LOG_LEVEL": "WARNING"}
+    server = start_embedded(tmp_path / "dying", env=settings, port=port)
+    token = issue_token(secret, "fault-admin", ["ADMIN"], [], 3600)[0]
+    env: dict[str, str | None] = {"PDCAT_SERVER": server.url, "PDCAT_TOKEN": token, **slow(0.05)}
+    src = random_bundle(tmp_path / "src", "ci", 6 * MIB, seed=15)
+    bg = spawn(fpdcat, *push_args(src, cid, "--workers", "2"), env=env)
+    background.append(bg)
+    wait_until(lambda: "pushing: " in bg.stderr(), "the first progress line", timeout=WAIT, process=bg)
+    server.stop()
+    run = bg.wait(timeout=120)
+    assert run.code == 1 and "Traceback" not in run.err, run.err
+    *_, what, hint = reason_lines(run.err)
+    assert "cannot reach the catalog" in what or "giving up" in what, run.err
+    assert hint == "pdcat: run the same command again to resume: what was sent and verified is kept", run.err
+    shown = progress_lines(run.err)
+    assert shown[0].startswith("pushing: ") and shown[-1].startswith("pushing: stopped at "), run.err
+    assert "100%" not in shown[-1]
+
+    again_server = start_embedded(tmp_path / "dying", env=settings, port=port)
+    try:
+        done = fpdcat.run(*push_args(src, cid), env={"PDCAT_SERVER": again_server.url, "PDCAT_TOKEN": token})
+        assert done.code == 0, done.err
+        assert progress_lines(done.err)[-1].startswith("pushing: done, "), done.err
+    finally:
+        again_server.stop()

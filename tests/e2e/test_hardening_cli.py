@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Pdcat, Run, listing, make_bundle
+from tests.e2e.conftest import Pdcat, Run, listing, make_bundle, reason_lines
 from tests.e2e.fault_helpers import Background, random_bundle, spawn, wait_until
 
 ARCH = "x86_64"
@@ -42,7 +42,7 @@ def background() -> Any:
 def _one_line_failure(run: Run) -> str:
     assert run.code == 1, f"pdcat {' '.join(run.args)} exited {run.code}, expected 1:\n{run.err}\n{run.out}"
     assert "Traceback" not in run.err + run.out
-    lines = [line for line in run.err.splitlines() if line.strip()]
+    lines = reason_lines(run.err)
     assert lines and all(line.startswith("pdcat: warning: ") for line in lines[:-1]), run.err
     assert lines[-1].startswith("pdcat: ") and not lines[-1].startswith("pdcat: warning: "), run.err
     return lines[-1]
