@@ -63,7 +63,13 @@ def save_credentials(creds: Credentials) -> Path:
     """Atomic write with 0600 from the first byte: the token is as good as a password."""
     path = _path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"server": creds.server, "token": creds.token, "username": creds.username, "expires_at": creds.expires_at}
+    data = {
+        "server": creds.server,
+        "token": creds.token,
+        "api_key": creds.api_key,
+        "username": creds.username,
+        "expires_at": creds.expires_at,
+    }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".credentials-")
     try:
         with os.fdopen(fd, "w") as f:
@@ -115,4 +121,6 @@ def load_credentials(server: str | None = None) -> Credentials:
             same = False
     if not same:
         return Credentials(url)
-    return Credentials(url, stored.get("token"), None, stored.get("username"), stored.get("expires_at"))
+    return Credentials(
+        url, stored.get("token"), stored.get("api_key"), stored.get("username"), stored.get("expires_at")
+    )

@@ -54,6 +54,7 @@ class ListOptions(Options):
     id: str | None = None
     tag: str | None = None
     arch: str | None = None
+    format: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

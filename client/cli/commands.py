@@ -151,12 +151,20 @@ def _public_url(given: str | None, host: str, port: int) -> str:
 
 
 def cmd_login(args: argparse.Namespace, connect: Connect) -> int:
+    server = normalize_server(args.server)
+    if args.api_key:
+        return _login_with_api_key(args, server)
+    if not args.username:
+        raise InvalidInput("login needs -u USER (or --api-key KEY)")
     password = args.password or os.environ.get("PDCAT_PASSWORD")
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise InvalidInput("--password-stdin read no password")
     if password is None:
         if not sys.stdin.isatty():
-            raise InvalidInput("no password: pass -p, set PDCAT_PASSWORD, or run in a terminal")
+            raise InvalidInput("no password: pass --password-stdin, -p or PDCAT_PASSWORD, or run in a terminal")
         password = getpass.getpass(f"Password for {args.username}: ")
-    server = normalize_server(args.server)
     with CatalogClient(server) as api:
         answer = api.login(args.username, password)
     path = save_credentials(Credentials(server, answer["token"], None, args.username, answer["expires_at"]))
@@ -164,6 +172,26 @@ def cmd_login(args: argparse.Namespace, connect: Connect) -> int:
         common(args),
         f"Logged in to {server} as {args.username} (token until {answer['expires_at']}; saved in {path})",
     )
+    return 0
+
+
+def _login_with_api_key(args: argparse.Namespace, server: str) -> int:
+    """Store an API key as this machine's credential, once the catalog has accepted it."""
+    key = sys.stdin.readline().strip() if args.api_key == "-" else args.api_key.strip()
+    if not key:
+        raise InvalidInput("--api-key - read no key from standard input")
+    with CatalogClient(server, api_key=key) as api:
+        me = api.whoami()
+    path = save_credentials(Credentials(server, None, key, str(me["subject"]), None))
+    say(common(args), f"Logged in to {server} as {me['subject']} with an API key (saved in {path})")
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace, connect: Connect) -> int:
+    from client.cli.completion import completion_script
+    from client.cli.parser import build_parser
+
+    print(completion_script(build_parser(), args.shell), end="")
     return 0
 
 
@@ -198,11 +226,25 @@ def cmd_ls(opts: ListOptions, connect: Connect) -> int:
             items = list(api.list_manifests(tag=opts.tag, architecture=arch))
     if opts.json:
         print_json({"items": items})
+    elif opts.format:
+        for m in items:
+            print(_formatted(opts.format, m))
+    elif opts.quiet:  # docker's -q: just what identifies each, for scripts
+        for ref in dict.fromkeys(f"{m['catalog_id']}:{m['version']}" for m in items):
+            print(ref)
     elif not items:
         console.print("No VMs visible to you.")
     else:
         console.print(manifest_table(items))
     return 0
+
+
+def _formatted(template: str, manifest: dict[str, Any]) -> str:
+    try:
+        return template.format_map(manifest)
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        fields = ", ".join(sorted(manifest))
+        raise InvalidInput(f"--format {template!r}: {exc!s} is not usable; the fields are {fields}") from None
 
 
 def cmd_show(args: argparse.Namespace, connect: Connect) -> int:
@@ -254,6 +296,8 @@ def cmd_rm(args: argparse.Namespace, connect: Connect) -> int:
     if arch and not version:
         raise InvalidInput("--arch needs ID:VERSION")
     with connect(common(args)) as api:
+        if not version and not args.yes:
+            _confirm_whole_id(api, catalog_id)
         api.delete(catalog_id, version or None, arch, purge=args.purge)
     removed = f"Removed {args.ref}" + (f" ({arch})" if arch else "")
     if args.purge:
@@ -261,6 +305,18 @@ def cmd_rm(args: argparse.Namespace, connect: Connect) -> int:
     else:
         say(common(args), f"{removed}; its data stays in storage until `pdcat gc` reclaims what no other version uses")
     return 0
+
+
+def _confirm_whole_id(api: CatalogClient, catalog_id: str) -> None:
+    """``rm ID`` removes every version and architecture: asked first on a terminal, refused without one
+    unless --yes (as ``docker system prune`` or ``gh repo delete`` do)."""
+    count = len(api.versions(catalog_id))
+    what = f"every version of {catalog_id} ({count} version-architecture pair{'s' if count != 1 else ''})"
+    if not sys.stdin.isatty():
+        raise InvalidInput(f"this would remove {what}; pass --yes to do it without a terminal")
+    answer = input(f"Remove {what}? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise InvalidInput("nothing removed")
 
 
 def cmd_apikey(args: argparse.Namespace, connect: Connect) -> int:
@@ -402,6 +458,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Connect], int]] = {
     "serve": cmd_serve,
     "login": cmd_login,
     "logout": cmd_logout,
+    "completion": cmd_completion,
     "whoami": cmd_whoami,
     "show": cmd_show,
     "taint": cmd_state,

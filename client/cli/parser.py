@@ -9,7 +9,7 @@ import os
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing for ``pdcat --help``
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Any
+    from typing import Any, NoReturn
 
 __all__ = ["build_parser"]
 
@@ -38,6 +38,23 @@ class _ChunkSize(argparse.Action):
         """argparse sets it; the text above is the one shown."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, plus "did you mean" for a mistyped command or choice (git's and gh's habit)."""
+
+    def error(self, message: str) -> NoReturn:
+        import re
+
+        found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:
+            import difflib
+
+            choices = re.findall(r"'([^']*)'", found.group(2))
+            close = difflib.get_close_matches(found.group(1), choices, n=1)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
+        super().error(message)
+
+
 class _Version(argparse.Action):
     """``--version``: the installed distribution's version, looked up only when asked for."""
 
@@ -64,7 +81,7 @@ class _Version(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     """Every command, flag and help text of ``pdcat``. The ``dest`` of each option of ls, push, pull, import
     and import-vm is the name of its field in ``client.options``; ``args.command`` picks the command."""
-    p = argparse.ArgumentParser(prog="pdcat", description="Push and pull Parallels Desktop VMs through a catalog.")
+    p = _Parser(prog="pdcat", description="Push and pull Parallels Desktop VMs through a catalog.")
     p.add_argument("--debug", action="store_true", help="show logs and full errors")
     p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -96,19 +113,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--port", type=int, default=int(os.environ.get("PDCAT_PORT", "8080")))
     c.add_argument("--threads", type=int, default=16)
 
-    c = command("login", "Log in and store a token", server=False)
+    c = command("login", "Log in and store a token (or an API key)", server=False)
     c.add_argument("--server", required=True)
-    c.add_argument("-u", "--username", required=True)
+    c.add_argument("-u", "--username")
     c.add_argument("-p", "--password", help="(default: PDCAT_PASSWORD, or asked for)")
+    c.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    c.add_argument("--api-key", metavar="KEY", help="store this API key instead of logging in with a password "
+                   "('-': read it from standard input)")  # fmt: skip
 
     command("logout", "Forget the stored login", server=False)
 
+    c = command("completion", "Print a shell completion script: source <(pdcat completion bash)", server=False)
+    c.add_argument("shell", choices=("bash", "zsh"))
+
     command("whoami", "Show who you are logged in as", json_flag=True)
 
-    c = command("ls", "List VMs (every visible one, or the versions of one id)", json_flag=True)
+    c = command("ls", "List VMs (every visible one, or the versions of one id); -q: ID:VERSION only", json_flag=True)
     c.add_argument("id", nargs="?")
     c.add_argument("--tag")
     c.add_argument("--arch")
+    c.add_argument("--format", metavar="TEMPLATE", help="one line per version from a template of its fields, e.g. "
+                   "'{catalog_id}:{version} {architecture} {size}' (the fields of --json)")  # fmt: skip
 
     c = command("show", "Show one VM version", json_flag=True)
     c.add_argument("ref", metavar="ID:VERSION")
@@ -188,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = command("rm", "Remove a VM id, a version, or one architecture of a version")
     c.add_argument("ref", metavar="ID[:VERSION]")
     c.add_argument("--arch")
+    c.add_argument("-y", "--yes", action="store_true", help="remove a whole id without asking")
     c.add_argument("--purge", action="store_true", help="also delete stored data no other version uses")
 
     c = command("cache", "Inspect and trim the local cache of pulled VMs", json_flag=True, server=False)

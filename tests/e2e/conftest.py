@@ -207,7 +207,9 @@ class Pdcat:
     prlctl_log: Path
     calls: list[Run] = field(default_factory=list)
 
-    def run(self, *args: str, env: dict[str, str | None] | None = None, timeout: float = 120) -> Run:
+    def run(
+        self, *args: str, env: dict[str, str | None] | None = None, timeout: float = 120, stdin: str | None = None
+    ) -> Run:
         full = dict(self.env)
         for k, v in (env or {}).items():
             if v is None:
@@ -221,7 +223,7 @@ class Pdcat:
             capture_output=True,
             text=True,
             timeout=timeout,
-            stdin=subprocess.DEVNULL,
+            **({"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}),
         )
         result = Run(args, done.returncode, done.stdout, done.stderr)
         self.calls.append(result)

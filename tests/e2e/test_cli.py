@@ -152,6 +152,16 @@ def test_credentials_in_the_environment_replace_the_stored_login(
     assert "pdcat login" in pdcat_bare.fail("ls")
     assert "nothing to remove" in pdcat_bare.ok("logout").out
 
+    # CI logs in without a password on its command line: an API key (from stdin), stored like a token
+    done = pdcat_bare.run("login", "--server", backend.url, "--api-key", "-", stdin=key + "\n")
+    assert done.code == 0 and "with an API key" in done.out, done.err
+    assert pdcat_bare.json("whoami")["via"] == "api_key"
+    assert "check PDCAT_API_KEY" in pdcat_bare.fail("login", "--server", backend.url, "--api-key", "pdk_wrong")
+    password = admin_password(request.config)
+    done = pdcat_bare.run("login", "--server", backend.url, "-u", "admin", "--password-stdin", stdin=password + "\n")
+    assert done.code == 0 and "Logged in" in done.out, done.err
+    assert pdcat_bare.json("whoami")["via"] != "api_key"
+
 
 def test_messages_say_what_to_do_next(backend, pdcat_bare: Pdcat, tmp_path: Path) -> None:
     assert pdcat_bare.ok("--version").out.startswith("pdcat ")
@@ -392,8 +402,11 @@ def test_rm_arch_version_id_and_purge(pdcat: Pdcat, cid: str, tmp_path: Path) ->
     pdcat.push(src, c, "1.0")
 
     assert "Removed" in pdcat.ok("rm", f"{a}:1.0", "--arch", "aarch64").out
-    pdcat.ok("rm", b)
-    assert "reclaimed" in pdcat.ok("rm", c, "--purge").out
+    line = pdcat.fail("rm", b)  # a whole id, without a terminal to ask on: refused, nothing removed
+    assert "every version of" in line and "2 version-architecture pairs" in line and "--yes" in line
+    assert {i["version"] for i in pdcat.json("ls", b)["items"]} == {"1.0", "2.0"}
+    pdcat.ok("rm", b, "--yes")
+    assert "reclaimed" in pdcat.ok("rm", c, "--purge", "-y").out
     remaining = {(i["catalog_id"], i["version"], i["architecture"]) for i in pdcat.json("ls")["items"]}
     assert remaining & {(a, "1.0", "arm64"), (b, "1.0", ARCH), (b, "2.0", ARCH), (c, "1.0", ARCH)} == set()
     assert (a, "1.0", ARCH) in remaining
@@ -404,6 +417,18 @@ def test_rm_arch_version_id_and_purge(pdcat: Pdcat, cid: str, tmp_path: Path) ->
     assert_not_found(pdcat.fail("pull", f"{c}:latest", "--arch", ARCH, "--dest", str(dest)))
     assert listing(dest) == []
     assert "needs ID:VERSION" in pdcat.fail("rm", a, "--arch", ARCH)
+
+
+def test_ls_for_scripts_ids_only_or_a_template(pdcat: Pdcat, cid: str, tmp_path: Path) -> None:
+    src = make_bundle(tmp_path / "src")
+    pdcat.push(src, cid, "1.0")
+    pdcat.push(src, cid, "1.0", arch="arm64")
+    pdcat.push(src, cid, "2.0")
+    assert sorted(pdcat.ok("ls", cid, "-q").out.split()) == [f"{cid}:1.0", f"{cid}:2.0"]  # one line each
+    lines = pdcat.ok("ls", cid, "--format", "{catalog_id}:{version} {architecture}").out.splitlines()
+    assert sorted(lines) == sorted([f"{cid}:1.0 x86_64", f"{cid}:1.0 arm64", f"{cid}:2.0 x86_64"])
+    line = pdcat.fail("ls", cid, "--format", "{nope}")
+    assert "--format" in line and "catalog_id" in line
 
 
 # ---- failures a user meets ----------------------------------------------------------------------
