@@ -125,7 +125,8 @@ def list_argv(exe: str, *, info: bool = False) -> list[str]:
 
 
 def info_argv(exe: str, vm: str) -> list[str]:
-    return [exe, "list", "-i", "--json", vm]
+    """One VM in full: the argv prl-devops-service runs to get a VM's ``Home`` (docs/prlctl.md)."""
+    return [exe, "list", vm, "-a", "-i", "--json"]
 
 
 def sudo_argv(sudo: str, user: str, argv: Sequence[str]) -> list[str]:
@@ -136,7 +137,11 @@ def sudo_argv(sudo: str, user: str, argv: Sequence[str]) -> list[str]:
 # ---- answers (pure) ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class VmInfo:
-    """One VM as ``prlctl list`` shows it (home and adapters only in the ``-i`` form)."""
+    """One VM as ``prlctl list`` shows it (home and adapters only in the ``-i`` form).
+
+    ``home`` may be empty even in the ``-i`` form: a bulk ``list -a -i`` can leave ``Home`` out
+    (``Prlctl.list_info`` then asks for that VM alone).
+    """
 
     id: str
     name: str
@@ -146,7 +151,11 @@ class VmInfo:
 
 
 def parse_vm_list(text: str) -> list[VmInfo]:
-    """Rows of ``prlctl list -a --json`` (uuid/name/status) or ``list -i --json`` (ID/Name/State/Home)."""
+    """Rows of ``prlctl list -a --json`` (uuid/name/status) or ``list -i --json`` (ID/Name/State/Home).
+
+    Missing or null keys read as empty; a row without an id is skipped. ``Home`` falls back to the folder
+    of ``Home path`` (its ``config.pvs``) when only that is there.
+    """
     try:
         rows = json.loads(text)
     except ValueError as exc:
@@ -158,7 +167,10 @@ def parse_vm_list(text: str) -> list[VmInfo]:
         vm_id = str(row.get("ID") or row.get("uuid") or "")
         name = str(row.get("Name") or row.get("name") or "")
         status = str(row.get("State") or row.get("status") or "")
-        home = str(row.get("Home") or row.get("home") or "")
+        home = str(row.get("Home") or "")
+        config = str(row.get("Home path") or "")
+        if not home and config.endswith("/config.pvs"):
+            home = config[: -len("config.pvs")]
         if vm_id:
             out.append(VmInfo(vm_id, name, status, home, tuple(net_adapters(row))))
     return out
@@ -178,7 +190,7 @@ def adapter_macs(info: Mapping[str, Any]) -> dict[str, str]:
     out = {}
     for adapter in net_adapters(info):
         nic = hardware[adapter] if isinstance(hardware, dict) else None
-        out[adapter] = str(nic.get("mac", "")) if isinstance(nic, dict) else ""
+        out[adapter] = str(nic.get("mac") or "") if isinstance(nic, dict) else ""
     return out
 
 
@@ -255,8 +267,22 @@ class Prlctl:
         return dict(rows[0])
 
     def list_info(self) -> list[VmInfo]:
-        """Every VM with its home folder and adapters (``list -a -i``; the short list has neither)."""
-        return parse_vm_list(self.run(list_argv(self.exe, info=True)).stdout)
+        """Every VM with its home folder and adapters (``list -a -i``; the short list has neither).
+
+        A bulk ``list -a -i`` can answer an empty ``Home`` (prl-devops-service works around this Parallels
+        Desktop bug the same way): such a VM is asked for alone with ``list VM -a -i``. A VM that vanished in
+        between keeps its empty home.
+        """
+        vms = parse_vm_list(self.run(list_argv(self.exe, info=True)).stdout)
+        return [vm if vm.home else self._with_home(vm) for vm in vms]
+
+    def _with_home(self, vm: VmInfo) -> VmInfo:
+        try:
+            alone = parse_vm_list(self.run(info_argv(self.exe, vm.id)).stdout)
+        except PrlctlError as exc:
+            log.debug("prlctl list %s: %s", vm.id, exc.message)
+            return vm
+        return next((found for found in alone if found.id == vm.id and found.home), vm)
 
     def registered(self, bundle: Path) -> VmInfo:
         for vm in self.list_info():

@@ -27,6 +27,7 @@ from core.errors import InvalidInput
 REPO = Path(__file__).resolve().parents[2]
 FAKE_PRLCTL = REPO / "tests" / "fakes" / "prlctl"
 FAKE_SUDO = REPO / "tests" / "fakes" / "sudo"
+TRANSCRIPTS = REPO / "tests" / "data" / "prlctl"  # derived from prl-devops-service: see README.md there
 BUNDLE_MAC = "001C42AB12CD"
 OTHER = "nobody"
 
@@ -88,7 +89,13 @@ class Parallels:
 
 @pytest.fixture
 def parallels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Parallels]:
-    for name in ("PDCAT_FAKE_PRLCTL_FAIL", "PDCAT_FAKE_PRLCTL_BOOT_SECONDS", "PDCAT_FAKE_PRLCTL_USER", "PDCAT_SUDO"):
+    for name in (
+        "PDCAT_FAKE_PRLCTL_FAIL",
+        "PDCAT_FAKE_PRLCTL_BOOT_SECONDS",
+        "PDCAT_FAKE_PRLCTL_USER",
+        "PDCAT_FAKE_PRLCTL_BULK_HOME_EMPTY",
+        "PDCAT_SUDO",
+    ):
         monkeypatch.delenv(name, raising=False)
     state = tmp_path / "parallels"
     state.mkdir()
@@ -328,6 +335,45 @@ def test_exec_waits_for_the_guest_then_times_out_cleanly(
     assert parallels.vms() == [] and bundle.is_dir()
     probes = [argv for argv in parallels.calls() if argv[0] == "exec"]
     assert 2 <= len(probes) <= 8 and all(argv[2:] == ["echo", "pdcat-ready"] for argv in probes)  # backoff, no spin
+
+
+def shape(value: Any) -> Any:
+    """The keys (in order) and value types of a JSON answer, without the values."""
+    if isinstance(value, dict):
+        return [(k, shape(v)) for k, v in value.items()]
+    if isinstance(value, list):
+        return [shape(value[0])] if value else []
+    return type(value).__name__
+
+
+def test_the_fake_answers_with_the_keys_of_the_transcripts(parallels: Parallels, tmp_path: Path) -> None:
+    """The fake's ``list`` rows have the shape of tests/data/prlctl (prl-devops-service's Go structs)."""
+    prlctl = parallels.prlctl()
+    vm = prlctl.register(make_bundle(tmp_path, "vm"))
+    [row] = parallels.ask("list", "-a", "-i", "--json")
+    stopped = json.loads((TRANSCRIPTS / "list-a-i-json.json").read_text())[1]  # one adapter, stopped, no IP
+    assert stopped["State"] == "stopped" and shape(row) == shape(stopped)
+    assert [row] == parallels.ask("list", vm, "-a", "-i", "--json")  # one VM: the same row
+    assert row["Home"] == f"{tmp_path}/vm.pvm/" and row["Home path"] == f"{tmp_path}/vm.pvm/config.pvs"
+
+    [short] = parallels.ask("list", "-a", "--json")
+    [real_short, _] = json.loads((TRANSCRIPTS / "list-a-json.json").read_text())
+    assert list(short)[:4] == list(real_short) and list(short)[4:] == ["home"]  # "home": the fake's own, for tests
+    assert (short["uuid"], short["status"], short["name"]) == (vm, "stopped", "Golden")
+
+
+def test_a_bulk_list_without_home_still_finds_the_registered_vm(
+    parallels: Parallels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PDCAT_FAKE_PRLCTL_BULK_HOME_EMPTY", "1")
+    bundle = make_bundle(tmp_path, "vm")
+    got = setup_pulled_vm(parallels.prlctl(), bundle, VmSetup(name="found", clone=True))
+    rows = parallels.ask("list", "-a", "-i", "--json")
+    assert {r["Home"] for r in rows} == {""} and len(rows) == 2  # the bulk list still hides both
+    vms = {vm["ID"]: vm for vm in (parallels.ask("list", r["ID"], "-a", "-i", "--json")[0] for r in rows)}
+    assert vms[got.vm_id]["Name"] == "found" and vms[got.vm_id]["Home"] == f"{bundle}/"
+    assert vms[str(got.clone_id)]["Home"] == f"{tmp_path}/found-clone.pvm/"
+    assert ["list", got.vm_id, "-a", "-i", "--json"] in parallels.calls()  # asked for the VM alone
 
 
 def test_the_fake_exec_behaves_like_the_real_one(parallels: Parallels, tmp_path: Path) -> None:

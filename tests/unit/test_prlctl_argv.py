@@ -36,6 +36,7 @@ from client.vm_setup import VmSetup, manual_steps, resolve_names
 from core.errors import InvalidInput, PdcatError
 
 EXE = "/Applications/Parallels Desktop.app/Contents/MacOS/prlctl"
+TRANSCRIPTS = Path(__file__).resolve().parents[1] / "data" / "prlctl"  # their source: README.md there
 VM = "{0b1e7a52-6c1d-4c2f-9a53-0d0c8a1b2c3d}"
 
 
@@ -56,7 +57,7 @@ def test_argv_follows_the_real_prlctl_syntax() -> None:
     assert delete_argv(EXE, VM) == [EXE, "delete", VM]
     assert list_argv(EXE) == [EXE, "list", "-a", "--json"]
     assert list_argv(EXE, info=True) == [EXE, "list", "-a", "-i", "--json"]
-    assert info_argv(EXE, VM) == [EXE, "list", "-i", "--json", VM]
+    assert info_argv(EXE, VM) == [EXE, "list", VM, "-a", "-i", "--json"]  # as prl-devops-service asks
 
 
 def test_exec_passes_a_shell_line_as_one_word_and_a_sequence_as_words() -> None:
@@ -82,6 +83,66 @@ def test_parse_vm_list_reads_both_list_shapes() -> None:
     assert parse_vm_list("[]") == [] and parse_vm_list("{}") == [] and parse_vm_list('[1, {"name": "no id"}]') == []
     with pytest.raises(PrlctlError, match="did not answer JSON"):
         parse_vm_list("Failed to get VM config")
+
+
+def transcript(name: str) -> str:
+    return (TRANSCRIPTS / name).read_text()
+
+
+def test_parse_the_transcripts_derived_from_prl_devops_service() -> None:
+    macos, ubuntu = "{5c3a0d36-8f4e-4a8e-9b0a-6f3f2d1c9e71}", "{0b1e7a52-6c1d-4c2f-9a53-0d0c8a1b2c3d}"
+    full = parse_vm_list(transcript("list-a-i-json.json"))
+    assert [(v.id, v.name, v.status, v.home, v.adapters) for v in full] == [
+        (macos, "macOS 15 runner", "running", "/Users/ci/Parallels/macOS 15 runner.pvm/", ("net0",)),
+        (ubuntu, "ubuntu 24.04", "stopped", "/Users/ci/Parallels/ubuntu.pvm/", ("net0",)),
+    ]
+    rows = json.loads(transcript("list-a-i-json.json"))
+    assert [adapter_macs(row) for row in rows] == [{"net0": "001C42A1B2C3"}, {"net0": "001C42D4E5F6"}]
+    short = parse_vm_list(transcript("list-a-json.json"))
+    assert [(v.id, v.name, v.status, v.home, v.adapters) for v in short] == [
+        (macos, "macOS 15 runner", "running", "", ()),
+        (ubuntu, "ubuntu 24.04", "stopped", "", ()),
+    ]
+    bulk = parse_vm_list(transcript("list-a-i-json-home-missing.json"))
+    assert [(v.id, v.home) for v in bulk] == [(macos, ""), (ubuntu, "")]  # the bulk fetch without Home
+    [alone] = parse_vm_list(transcript("list-vm-a-i-json.json"))
+    assert (alone.id, alone.home) == (ubuntu, "/Users/ci/Parallels/ubuntu.pvm/")
+
+
+def test_home_falls_back_to_the_folder_of_home_path_and_lowercase_home_is_not_read() -> None:
+    row = {"ID": VM, "Name": "A", "State": "stopped", "Home": "", "Home path": "/v/a.pvm/config.pvs"}
+    assert [v.home for v in parse_vm_list(json.dumps([row]))] == ["/v/a.pvm/"]
+    short = {"uuid": VM, "status": "stopped", "ip_configured": "-", "name": "A", "home": "/v/a.pvm"}
+    assert [v.home for v in parse_vm_list(json.dumps([short]))] == [""]  # no real list has "home"
+    nulls = {"ID": VM, "Name": None, "State": None, "Home": None, "Hardware": None}
+    assert [(v.name, v.status, v.home, v.adapters) for v in parse_vm_list(json.dumps([nulls]))] == [("", "", "", ())]
+
+
+@dataclass(frozen=True)
+class ScriptedList(Prlctl):
+    """A Prlctl whose ``run`` answers ``list`` from the transcripts (and fails for a VM it is told is gone)."""
+
+    gone: tuple[str, ...] = ()
+    calls: list[list[str]] = field(default_factory=list)
+
+    def run(self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None) -> Completed:
+        self.calls.append(list(argv[1:]))
+        if list(argv) == list_argv(EXE, info=True):
+            return Completed(0, transcript("list-a-i-json-home-missing.json"), "")
+        vm = argv[2]
+        if vm in self.gone:
+            raise PrlctlError("prlctl list failed: Failed to get VM config: The virtual machine could not be found.")
+        rows = [row for row in json.loads(transcript("list-a-i-json.json")) if row["ID"] == vm]
+        return Completed(0, json.dumps(rows), "")
+
+
+def test_list_info_asks_for_each_vm_whose_home_the_bulk_list_left_out() -> None:
+    macos, ubuntu = "{5c3a0d36-8f4e-4a8e-9b0a-6f3f2d1c9e71}", "{0b1e7a52-6c1d-4c2f-9a53-0d0c8a1b2c3d}"
+    prlctl = ScriptedList(EXE, gone=(macos,))
+    got = prlctl.list_info()
+    assert [(v.id, v.home) for v in got] == [(macos, ""), (ubuntu, "/Users/ci/Parallels/ubuntu.pvm/")]
+    assert prlctl.calls == [["list", "-a", "-i", "--json"], info_argv(EXE, macos)[1:], info_argv(EXE, ubuntu)[1:]]
+    assert prlctl.registered(Path("/Users/ci/Parallels/ubuntu.pvm")).id == ubuntu
 
 
 def test_network_adapters_and_their_macs_in_numeric_order() -> None:
