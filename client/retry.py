@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,32 @@ from core.errors import NotFound, PdcatError, Unavailable
 __all__ = ["MAX_DELAY", "BlobMissing", "RetriesExceeded", "RetryPolicy", "UrlRefused", "check_storage", "retryable"]
 
 log = logging.getLogger("pdcat.transfer")
+
+
+_QUIET_SECONDS = 10.0
+
+
+class _RetryWarnings:
+    """One warning per cause every few seconds, per policy (a blob client's, shared by its transfers):
+    when a server goes away, every transfer in flight fails the same way at once, and a line for each
+    of them says nothing more than the first."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[float, int]] = {}  # reason -> (last shown, how many since)
+        self._lock = threading.Lock()
+
+    def warn(self, what: str, reason: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            shown, since = self._seen.get(reason, (-_QUIET_SECONDS, 0))
+            if now - shown < _QUIET_SECONDS:
+                self._seen[reason] = (shown, since + 1)
+                return
+            self._seen[reason] = (now, 0)
+        more = f" (and {since} more like it)" if since else ""
+        log.warning("%s failed (%s); retrying%s", what, reason, more)
+
+
 T = TypeVar("T")
 
 MAX_DELAY = 30.0
@@ -92,6 +119,7 @@ class RetryPolicy:
     retries: int = 5  # tries after the first
     backoff: float = 0.5  # seconds before the first retry (before jitter)
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)  # tests pass a recorder
+    warnings: _RetryWarnings = field(default_factory=_RetryWarnings, repr=False, compare=False)
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1 for the first)."""
@@ -133,7 +161,7 @@ class RetryPolicy:
                 break
             retry += 1
             if not isinstance(last, Unavailable):  # busy answers stay quiet; a dropped connection earns a warning
-                log.warning("%s failed (%s); retrying", what, str(last) or type(last).__name__)
+                self.warnings.warn(what, str(last) or type(last).__name__)
             self.sleep(self.delay(retry))
         error = (
             give_up(last)

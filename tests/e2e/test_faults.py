@@ -360,12 +360,13 @@ def test_without_a_terminal_progress_is_plain_lines_and_a_dead_server_says_how_t
     settings = {"PDCAT_JWT_SECRET": secret, "PDCAT_LOG_LEVEL": "WARNING"}
     server = start_embedded(tmp_path / "dying", env=settings, port=port)
     token = issue_token(secret, "fault-admin", ["ADMIN"], [], 3600)[0]
-    env: dict[str, str | None] = {"PDCAT_SERVER": server.url, "PDCAT_TOKEN": token, **slow(0.05)}
-    src = random_bundle(tmp_path / "src", "ci", 6 * MIB, seed=15)
+    env: dict[str, str | None] = {"PDCAT_SERVER": server.url, "PDCAT_TOKEN": token, **slow(0.1)}
+    src = random_bundle(tmp_path / "src", "ci", 16 * MIB, seed=15)  # 256 chunks at 0.1 s, 2 at a time: ~13 s
     bg = spawn(fpdcat, *push_args(src, cid, "--workers", "2"), env=env)
     background.append(bg)
     wait_until(lambda: "pushing: " in bg.stderr(), "the first progress line", timeout=WAIT, process=bg)
-    server.stop()
+    server.process.kill()  # dies mid-push, without finishing the requests in flight
+    server.process.wait(timeout=30)
     run = bg.wait(timeout=120)
     assert run.code == 1 and "Traceback" not in run.err, run.err
     *_, what, hint = reason_lines(run.err)

@@ -273,3 +273,17 @@ def test_a_put_body_goes_out_in_pieces_and_whole() -> None:
     BlobClient(transport=httpx.MockTransport(handle), retries=0).put("http://storage.test/x", data, "chunk x")
     assert bytes(received) == data
     assert max(seen) <= 256 * 1024 and len(seen) == 17
+
+
+def test_the_same_failure_everywhere_at_once_is_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """A server gone away fails every transfer in flight alike: one line says it (with how many more
+    were alike since), not a line per transfer and retry."""
+    policy, _ = _policy()
+    with caplog.at_level(logging.WARNING, logger="pdcat.transfer"):
+        for name in ("a", "b", "c"):
+            policy.run(_outcomes(httpx.ConnectError("refused"), "done"), f"chunk {name}")
+        policy.run(_outcomes(httpx.ReadError("reset"), "done"), "chunk d")
+    assert [r.getMessage() for r in caplog.records] == [
+        "chunk a failed (refused); retrying",
+        "chunk d failed (reset); retrying",
+    ]
