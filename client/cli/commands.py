@@ -187,6 +187,20 @@ def _login_with_api_key(args: argparse.Namespace, server: str) -> int:
     return 0
 
 
+def cmd_tag(args: argparse.Namespace, connect: Connect) -> int:
+    catalog_id, version, arch = reference(args.ref, args.arch)
+    with connect(common(args)) as api:
+        try:
+            m = api.edit(catalog_id, version, arch, "tags", list(args.tags), add=not args.rm)
+        except NotFound as exc:
+            raise explain_missing(api, catalog_id, version, arch, exc) from None
+    if args.json:
+        print_json(m)
+    else:
+        say(common(args), f"{m['catalog_id']}:{m['version']} ({m['architecture']}) tags: {', '.join(m['tags']) or '-'}")
+    return 0
+
+
 def cmd_completion(args: argparse.Namespace, connect: Connect) -> int:
     from client.cli.completion import completion_script
     from client.cli.parser import build_parser
@@ -458,6 +472,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Connect], int]] = {
     "serve": cmd_serve,
     "login": cmd_login,
     "logout": cmd_logout,
+    "tag": cmd_tag,
     "completion": cmd_completion,
     "whoami": cmd_whoami,
     "show": cmd_show,

@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "bundle with its config.pvs")  # fmt: skip
 
     c = command("pull", "Pull a VM, verify every byte, register it with prlctl (or run a pull PDFile)", json_flag=True)
-    c.add_argument("ref", metavar="ID[:VERSION]|FILE.pdfile")
+    c.add_argument("ref", metavar="ID[:VERSION]|ID@sha256:DIGEST|FILE.pdfile")
     c.add_argument("--from", dest="storage", metavar="CONNECTION", help="pull an original-format pack from your own "
                    "storage instead (provider=aws-s3;bucket=...)")  # fmt: skip
     c.add_argument("--arch", help="(default: this machine's)")
@@ -209,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = command("run", "Run a PDFile (push, pull, list, import or import-vm)", json_flag=True, server=False)
     c.add_argument("path", metavar="FILE.pdfile")
+
+    c = command("tag", "Add tags to a version (--rm: remove them)", json_flag=True)
+    c.add_argument("ref", metavar="ID:VERSION")
+    c.add_argument("tags", nargs="+", metavar="TAG")
+    c.add_argument("--arch", help="(default: this machine's)")
+    c.add_argument("--rm", action="store_true", help="remove these tags instead")
 
     c = command("rm", "Remove a VM id, a version, or one architecture of a version")
     c.add_argument("ref", metavar="ID[:VERSION]")

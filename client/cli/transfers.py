@@ -148,8 +148,32 @@ def _vm_setup(opts: PullOptions) -> VmSetup:
     return setup
 
 
+def _by_digest(opts: PullOptions, connect: Connect) -> tuple[str, str, str]:
+    """``ID@sha256:DIGEST`` (or a unique prefix of at least 12 hex characters): the version and
+    architecture whose pack has that digest, as ``docker pull image@sha256:...`` pins an image."""
+    catalog_id, _, wanted = opts.ref.partition("@")
+    wanted = wanted.removeprefix("sha256:").lower()
+    if len(wanted) < 12 or any(c not in "0123456789abcdef" for c in wanted):
+        raise InvalidInput(f"{opts.ref[:120]!r}: after '@' give sha256:DIGEST (at least 12 hex characters)")
+    with connect(opts) as api:
+        items = api.versions(reference(catalog_id, opts.arch)[0])
+    found = [m for m in items if str((m.get("pack") or {}).get("digest") or "").startswith(wanted)]
+    if opts.arch:
+        found = [m for m in found if m["architecture"] == normalize_architecture(opts.arch)]
+    if not found:
+        raise NotFound(f"no version of {catalog_id} that you can see has a pack digest starting {wanted[:16]}")
+    digests = {m["pack"]["digest"] for m in found}
+    if len(digests) > 1:
+        raise InvalidInput(f"sha256:{wanted} matches {len(digests)} packs of {catalog_id}; give more of the digest")
+    m = max(found, key=lambda m: str(m.get("pushed_at") or ""))  # the same bytes under several versions: any will do
+    return str(m["catalog_id"]), str(m["version"]), str(m["architecture"])
+
+
 def cmd_pull(opts: PullOptions, connect: Connect) -> int:
-    catalog_id, version, arch = reference(opts.ref, opts.arch)
+    if "@" in opts.ref:
+        catalog_id, version, arch = _by_digest(opts, connect)
+    else:
+        catalog_id, version, arch = reference(opts.ref, opts.arch)
     dest = Path(opts.dest) if opts.dest else Path.cwd()
     setup = _vm_setup(opts)
     exe = None if opts.no_register else find_prlctl()

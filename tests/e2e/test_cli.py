@@ -431,6 +431,26 @@ def test_ls_for_scripts_ids_only_or_a_template(pdcat: Pdcat, cid: str, tmp_path:
     assert "--format" in line and "catalog_id" in line
 
 
+def test_tags_are_added_and_removed_from_the_cli(pdcat: Pdcat, cid: str, tmp_path: Path) -> None:
+    pdcat.push(make_bundle(tmp_path / "src"), cid, "1.0", "--tag", "old")
+    assert "tags: lts, old, stable" in pdcat.ok("tag", f"{cid}:1.0", "lts", "stable", "--arch", ARCH).out  # sorted
+    assert pdcat.json("tag", f"{cid}:1.0", "old", "--rm", "--arch", ARCH)["tags"] == ["lts", "stable"]
+    assert {m["version"] for m in pdcat.json("ls", "--tag", "lts")["items"] if m["catalog_id"] == cid} == {"1.0"}
+    assert "exists for x86_64" in pdcat.fail("tag", f"{cid}:1.0", "x", "--arch", "arm64")
+
+
+def test_pull_by_digest_pins_the_exact_pack(pdcat: Pdcat, cid: str, tmp_path: Path) -> None:
+    v1, v2 = make_bundle(tmp_path / "a"), make_bundle(tmp_path / "b", variant=1)
+    first = pdcat.push(v1, cid, "1.0")["manifest"]["pack"]["digest"]
+    pdcat.push(v2, cid, "2.0")
+    dest = tmp_path / "vms"
+    got = pdcat.json(*pull_args(f"{cid}@sha256:{first[:12]}", dest, "pinned", "--no-register"))
+    assert (got["manifest"]["version"], got["manifest"]["pack"]["digest"]) == ("1.0", first)
+    assert_same_tree(v1, dest / "pinned.pvm")
+    assert "sha256:DIGEST" in pdcat.fail(*pull_args(f"{cid}@sha256:abc", dest, "x"))
+    assert "no version of" in pdcat.fail(*pull_args(f"{cid}@sha256:{'0' * 64}", dest, "x"))
+
+
 # ---- failures a user meets ----------------------------------------------------------------------
 def test_unknown_id_and_missing_path(pdcat: Pdcat, cid: str, tmp_path: Path) -> None:
     dest = tmp_path / "vms"
