@@ -350,6 +350,28 @@ class CatalogClient:
         result: dict[str, Any] = self.request("POST", "/auth/api-keys", json=body)
         return result
 
+    # ---- the embedded server's users ------------------------------------------------------------
+    def list_users(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/admin/users")["items"]
+        return result
+
+    def add_user(self, username: str, password: str, roles: list[str], claims: list[str]) -> dict[str, Any]:
+        body = {"username": username, "password": password, "roles": roles, "claims": claims}
+        result: dict[str, Any] = self.request("POST", "/admin/users", json=body)
+        return result
+
+    def remove_user(self, username: str) -> None:
+        self.request("DELETE", f"/admin/users/{_seg(username)}")
+
+    def set_user_roles(self, username: str, roles: list[str], claims: list[str]) -> dict[str, Any]:
+        body = {"roles": roles, "claims": claims}
+        result: dict[str, Any] = self.request("PUT", f"/admin/users/{_seg(username)}/roles", json=body)
+        return result
+
+    def set_password(self, username: str, password: str, current: str | None = None) -> None:
+        body = {"password": password, **({"current_password": current} if current is not None else {})}
+        self.request("PUT", f"/admin/users/{_seg(username)}/password", json=body)
+
     def list_api_keys(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.request("GET", "/auth/api-keys")["items"]
         return result

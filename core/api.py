@@ -16,6 +16,7 @@ from core.identity import ManifestKey, normalize_architecture, normalize_catalog
 from core.openapi import openapi_document
 from core.rbac import Claim, Principal
 from core.service import CatalogService
+from core.users import UserAdmin
 from core.wire import MAX_LIST_LIMIT, SCHEMAS, ref
 
 __all__ = ["ApiRoute", "TokenIssuer", "build_router", "build_routes", "route_shapes"]
@@ -50,7 +51,9 @@ def _list_field(call: Call, name: str) -> object:
     return body[name]
 
 
-def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = None) -> list[Route]:
+def build_routes(
+    service: CatalogService, *, token_issuer: TokenIssuer | None = None, users: UserAdmin | None = None
+) -> list[Route]:
     """The route table. Literal paths come before ``{param}`` ones with the same shape."""
     s = service
 
@@ -505,6 +508,8 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
             tag="admin",
         ),
     ]
+    if users is not None:
+        routes += _user_routes(users)
     if token_issuer is not None:
         routes.insert(
             2,
@@ -524,6 +529,45 @@ def build_routes(service: CatalogService, *, token_issuer: TokenIssuer | None = 
     return routes
 
 
+def _user_routes(users: UserAdmin) -> list[Route]:
+    """The embedded server's own users (``core.users``): a SUPER_USER manages the others; anyone
+    changes their own password with the current one. Cloud deployments take users from their identity
+    provider and have none of these routes."""
+
+    def list_users(call: Call) -> Response:
+        return Response.json({"items": users.list(call.principal)})
+
+    def add_user(call: Call) -> Response:
+        return Response.json(users.add(call.principal, call.request.json()), 201)
+
+    def remove_user(call: Call) -> Response:
+        users.remove(call.principal, call.params["username"])
+        return Response.empty()
+
+    def set_roles(call: Call) -> Response:
+        return Response.json(users.set_roles(call.principal, call.params["username"], call.request.json()))
+
+    def set_password(call: Call) -> Response:
+        users.set_password(call.principal, call.params["username"], call.request.json())
+        return Response.empty()
+
+    return [
+        Route("GET", "/admin/users", list_users, "List the server's users (SUPER_USER)",
+              responses=(200, 401, 403), tag="admin", answer="UserList"),
+        Route("POST", "/admin/users", add_user, "Add a user (SUPER_USER)", body=SCHEMAS["UserRequest"],
+              responses=(201, 400, 401, 403, 409), tag="admin", answer="User"),
+        Route("DELETE", "/admin/users/{username}", remove_user,
+              "Remove a user (SUPER_USER; not yourself, not another SUPER_USER)",
+              responses=(204, 401, 403, 404, 409), tag="admin"),
+        Route("PUT", "/admin/users/{username}/roles", set_roles,
+              "Set a user's roles and claims (SUPER_USER; not yours, not another SUPER_USER's; from their next login)",
+              body=SCHEMAS["UserRolesRequest"], responses=(200, 400, 401, 403, 404, 409), tag="admin", answer="User"),
+        Route("PUT", "/admin/users/{username}/password", set_password,
+              "Set a password: your own with current_password, or a user's as a SUPER_USER",
+              body=SCHEMAS["PasswordRequest"], responses=(204, 400, 401, 403, 404, 409), tag="admin"),
+    ]  # fmt: skip
+
+
 def route_shapes() -> dict[str, list[str]]:
     """``{"/api/v1/...pattern": [methods]}`` of the whole contract, without building a service.
 
@@ -541,5 +585,6 @@ def build_router(
     authenticate: Callable[[Any], Principal],
     *,
     token_issuer: TokenIssuer | None = None,
+    users: UserAdmin | None = None,
 ) -> Router:
-    return Router(build_routes(service, token_issuer=token_issuer), authenticate)
+    return Router(build_routes(service, token_issuer=token_issuer, users=users), authenticate)

@@ -166,6 +166,20 @@ LATEST_PATTERN = r"^[Ll][Aa][Tt][Ee][Ss][Tt]$"
 ARCHITECTURE_PATTERN = r"^([Xx]86_64|[Aa][Mm][Dd]64|[Xx]64|[Aa][Rr][Mm]64|[Aa][Aa][Rr][Cc][Hh]64|[Aa][Rr][Mm])$"
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}$"
 ROLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # core.users
+MIN_PASSWORD = 12  # core.users.MIN_PASSWORD
+BUILT_IN_ROLES = ("USER", "PUBLISHER", "ADMIN", "SUPER_USER")  # core.rbac.Role
+ALL_CLAIM_NAMES = (  # core.rbac.Claim
+    "LIST_CATALOG_MANIFEST",
+    "PULL_CATALOG_MANIFEST",
+    "PUSH_CATALOG_MANIFEST",
+    "UPDATE_CATALOG_MANIFEST",
+    "DELETE_CATALOG_MANIFEST",
+    "TAINT_CATALOG_MANIFEST",
+    "REVOKE_CATALOG_MANIFEST",
+    "IMPORT_CATALOG_MANIFEST",
+    "MANAGE_API_KEYS",
+)
 DIGEST_PATTERN = r"^[0-9a-f]{64}$"
 SERVICE_ACCOUNT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # enforced by core.api_keys
 GC_CURSOR_PATTERN = r"^(c:[0-9a-f]{32}|s:([A-Za-z0-9_-]{8,64})?)?$"
@@ -189,6 +203,9 @@ _HEADERS = {"type": "object", "additionalProperties": {"type": "string"}}
 _STRINGS = {"type": "array", "items": _STR}
 _TAGS_IN = {"type": "array", "maxItems": MAX_LIST_FIELD, "items": ref("Tag")}
 _ROLES_IN = {"type": "array", "maxItems": MAX_LIST_FIELD, "items": ref("RoleName")}
+_ROLE_NAMES = {"type": "array", "items": {"enum": list(BUILT_IN_ROLES)}}
+_CLAIM_NAMES = {"type": "array", "items": {"enum": list(ALL_CLAIM_NAMES)}}
+_PASSWORD_IN = {"type": "string", "minLength": MIN_PASSWORD, "maxLength": 1024}
 _DESCRIPTION_IN = {"type": "string", "maxLength": MAX_DESCRIPTION}
 _VM_TYPE = {"type": "string", "enum": ["pvm", "macvm"]}
 _ARCH_OUT = {"type": "string", "enum": ["x86_64", "arm64"]}
@@ -351,6 +368,18 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "via": {"type": "string", "enum": ["token", "api_key"]},
         }
     ),
+    # ---- the embedded server's users (core.users) ----
+    "UserRequest": _obj(
+        {"username": {"type": "string", "pattern": USERNAME_PATTERN}, "password": _PASSWORD_IN},
+        {"roles": _ROLE_NAMES, "claims": _CLAIM_NAMES},
+    ),
+    "UserRolesRequest": _obj({}, {"roles": _ROLE_NAMES, "claims": _CLAIM_NAMES}),
+    "PasswordRequest": _obj(
+        {"password": _PASSWORD_IN},
+        {"current_password": {"type": "string", "description": "required to change your own password"}},
+    ),
+    "User": _obj({"username": _STR, "roles": _STRINGS, "claims": _STRINGS, "created_at": _STR}),
+    "UserList": _obj({"items": {"type": "array", "items": ref("User")}}),
     "ApiKeyRequest": {
         "type": "object",
         "additionalProperties": False,

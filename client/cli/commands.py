@@ -187,6 +187,62 @@ def _login_with_api_key(args: argparse.Namespace, server: str) -> int:
     return 0
 
 
+def _new_password(args: argparse.Namespace, who: str) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass(f"New password for {who}: ")
+        if getpass.getpass("Again: ") != password:
+            raise InvalidInput("the two passwords differ; nothing changed")
+    else:
+        raise InvalidInput("no password: pass --password-stdin, or run in a terminal")
+    if not password:
+        raise InvalidInput("an empty password; nothing changed")
+    return password
+
+
+def _names(items: list[str]) -> str:
+    return ", ".join(items) or "-"
+
+
+def cmd_user(args: argparse.Namespace, connect: Connect) -> int:
+    """The embedded server's users: ls, add, rm, passwd (yours, or a user's as SUPER_USER), set-roles.
+
+    ``passwd`` of your own account asks for the current password too; with --password-stdin the first
+    line is the current password and the second the new one."""
+    if args.action != "ls" and not args.username:
+        raise InvalidInput(f"user {args.action} needs a USERNAME")
+    with connect(common(args)) as api:
+        if args.action == "ls":
+            found = api.list_users()
+            if args.json:
+                print_json({"items": found})
+            for u in [] if args.json else found:
+                console.print(f"{u['username']}  roles: {_names(u['roles'])}  claims: {_names(u['claims'])}")
+        elif args.action == "add":
+            created = api.add_user(args.username, _new_password(args, args.username), args.role, args.claim)
+            say(common(args), f"Added {created['username']} (roles: {_names(created['roles'])})")
+        elif args.action == "rm":
+            api.remove_user(args.username)
+            say(common(args), f"Removed {args.username}")
+        elif args.action == "set-roles":
+            changed = api.set_user_roles(args.username, args.role, args.claim)
+            say(common(args), f"{changed['username']}: roles {_names(changed['roles'])} (from their next login)")
+        else:
+            current = _current_password(args) if args.username == api.whoami()["subject"] else None
+            api.set_password(args.username, _new_password(args, args.username), current)
+            say(common(args), f"Changed the password of {args.username}")
+    return 0
+
+
+def _current_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise InvalidInput("no current password: pass --password-stdin (current, then new), or run in a terminal")
+    return getpass.getpass("Current password: ")
+
+
 def cmd_tag(args: argparse.Namespace, connect: Connect) -> int:
     catalog_id, version, arch = reference(args.ref, args.arch)
     with connect(common(args)) as api:
@@ -473,6 +529,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Connect], int]] = {
     "login": cmd_login,
     "logout": cmd_logout,
     "tag": cmd_tag,
+    "user": cmd_user,
     "completion": cmd_completion,
     "whoami": cmd_whoami,
     "show": cmd_show,

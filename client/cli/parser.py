@@ -210,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = command("run", "Run a PDFile (push, pull, list, import or import-vm)", json_flag=True, server=False)
     c.add_argument("path", metavar="FILE.pdfile")
 
+    c = command("user", "Manage the embedded server's users (SUPER_USER); passwd also changes your own",
+                json_flag=True)  # fmt: skip
+    c.add_argument("action", choices=("ls", "add", "rm", "passwd", "set-roles"))
+    c.add_argument("username", nargs="?")
+    c.add_argument("--role", action="append", default=[], help="(add, set-roles) repeatable: USER, PUBLISHER, "
+                   "ADMIN, SUPER_USER")  # fmt: skip
+    c.add_argument("--claim", action="append", default=[], help="(add, set-roles) repeatable")
+    c.add_argument("--password-stdin", action="store_true", help="(add, passwd) read the new password from stdin")
+
     c = command("tag", "Add tags to a version (--rm: remove them)", json_flag=True)
     c.add_argument("ref", metavar="ID:VERSION")
     c.add_argument("tags", nargs="+", metavar="TAG")

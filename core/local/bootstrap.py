@@ -35,11 +35,11 @@ from core.local.sqlite_store import (
     SqliteDatabase,
     SqliteManifestStore,
     SqliteUserStore,
-    User,
 )
 from core.manifest import now_iso
 from core.rbac import Role
 from core.service import CatalogService
+from core.users import User, UserAdmin
 
 __all__ = ["FirstStart", "LocalCatalog", "open_local_catalog"]
 
@@ -126,7 +126,8 @@ def open_local_catalog(
     def authenticate(request: Request) -> Any:
         return authenticator.authenticate(request.headers)
 
-    router = build_router(service, authenticate, token_issuer=token_issuer)
+    admin = UserAdmin(users, hash_password, verify_password, now_iso)
+    router = build_router(service, authenticate, token_issuer=token_issuer, users=admin)
     _throttle_password_login(router)
     return LocalCatalog(data_dir, router, service, blobs, db, jwt_secret, first_start)
 

@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from core.identity import ManifestKey
 from core.manifest import Manifest
 from core.ports import ApiKeyRecord, ApiKeyStore, ManifestQuery, ManifestStore, Stored
+from core.users import User
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -35,7 +36,6 @@ __all__ = [
     "SqliteDatabase",
     "SqliteManifestStore",
     "SqliteUserStore",
-    "User",
 ]
 
 logger = logging.getLogger(__name__)
@@ -420,20 +420,6 @@ class SqliteApiKeyStore(ApiKeyStore):
         self._db.close()
 
 
-@dataclass(frozen=True)
-class User:
-    """A built-in user of the embedded server. ``password_hash`` is a hash, never the password."""
-
-    username: str
-    password_hash: str
-    roles: list[str]
-    claims: list[str]
-    created_at: str
-
-    def __repr__(self) -> str:
-        return f"User(username={self.username!r}, roles={self.roles!r}, claims={self.claims!r})"
-
-
 class SqliteUserStore:
     """The embedded server's users (bootstrapped on first start, hence :meth:`count`)."""
 
@@ -465,6 +451,25 @@ class SqliteUserStore:
         with self._db.reading() as conn:
             (count,) = conn.execute("SELECT count(*) FROM users").fetchone()
         return int(count)
+
+    def list_all(self) -> list[User]:
+        with self._db.reading() as conn:
+            rows = conn.execute("SELECT record FROM users ORDER BY username").fetchall()
+        known = {f.name for f in fields(User)}
+        return [User(**{k: v for k, v in json.loads(row[0]).items() if k in known}) for row in rows]
+
+    def replace(self, user: User) -> None:
+        with self._db.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE users SET record = ? WHERE username = ?", (_dump(asdict(user)), user.username)
+            )
+            if cursor.rowcount != 1:
+                raise NotFound(f"no user {user.username!r}")
+
+    def delete(self, username: str) -> None:
+        with self._db.transaction() as conn:
+            if conn.execute("DELETE FROM users WHERE username = ?", (username,)).rowcount != 1:
+                raise NotFound(f"no user {username!r}")
 
     def close(self) -> None:
         self._db.close()

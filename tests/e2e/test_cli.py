@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import stat
 import subprocess
 import sys
@@ -161,6 +162,39 @@ def test_credentials_in_the_environment_replace_the_stored_login(
     done = pdcat_bare.run("login", "--server", backend.url, "-u", "admin", "--password-stdin", stdin=password + "\n")
     assert done.code == 0 and "Logged in" in done.out, done.err
     assert pdcat_bare.json("whoami")["via"] != "api_key"
+
+
+def test_a_super_user_manages_the_servers_users(
+    backend, pdcat_bare: Pdcat, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Issue 15, item 4: users besides admin, with roles; passwords their owners change; the rules that
+    keep one super user from locking out another."""
+    needs_embedded(backend, "the embedded server's own users")
+    admin = admin_password(request.config)
+    pdcat_bare.ok("login", "--server", backend.url, "-u", "admin", "-p", admin)
+    bob = f"bob-{secrets.token_hex(4)}"
+    first, second = "bob-password-1", "bob-password-2"
+    assert "Added" in pdcat_bare.run("user", "add", bob, "--role", "USER", "--password-stdin", stdin=first + "\n").out
+    assert bob in {u["username"] for u in pdcat_bare.json("user", "ls")["items"]}
+    again = pdcat_bare.run("user", "add", bob, "--password-stdin", stdin=first + "\n")
+    assert again.code == 1 and "already exists" in again.err
+
+    as_bob = {"PDCAT_CONFIG_DIR": str(tmp_path / "bob")}
+    pdcat_bare.ok("login", "--server", backend.url, "-u", bob, "-p", first, env=as_bob)
+    assert pdcat_bare.json("whoami", env=as_bob)["roles"] == ["USER"]
+    assert "SUPER_USER" in pdcat_bare.fail("user", "ls", env=as_bob)
+    pdcat_bare.ok("user", "set-roles", bob, "--role", "PUBLISHER")
+    pdcat_bare.ok("login", "--server", backend.url, "-u", bob, "-p", first, env=as_bob)  # roles from the next login
+    assert pdcat_bare.json("whoami", env=as_bob)["roles"] == ["PUBLISHER"]
+    done = pdcat_bare.run("user", "passwd", bob, "--password-stdin", env=as_bob, stdin=f"wrong-current-pw\n{second}\n")
+    assert done.code == 1 and "current password" in done.err
+    done = pdcat_bare.run("user", "passwd", bob, "--password-stdin", env=as_bob, stdin=f"{first}\n{second}\n")
+    assert done.code == 0, done.err
+    assert "invalid username or password" in pdcat_bare.fail("login", "--server", backend.url, "-u", bob, "-p", first)
+
+    assert "cannot remove yourself" in pdcat_bare.fail("user", "rm", "admin")
+    assert "Removed" in pdcat_bare.ok("user", "rm", bob).out
+    assert "invalid username or password" in pdcat_bare.fail("login", "--server", backend.url, "-u", bob, "-p", second)
 
 
 def test_messages_say_what_to_do_next(backend, pdcat_bare: Pdcat, tmp_path: Path) -> None:

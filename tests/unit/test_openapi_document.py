@@ -97,3 +97,12 @@ def test_limits_in_the_document_are_the_servers() -> None:
     assert wire.PACK_FORMATS == (pack.FORMAT_VERSION, pack.FORMAT_EXTENTS)
     assert (wire.BLOCK_SIZES, wire.DEFAULT_BLOCK_SIZE) == (pack.BLOCK_SIZES, pack.DEFAULT_BLOCK_SIZE)
     assert ServiceSettings().max_api_key_days == MAX_API_KEY_DAYS
+
+
+def test_the_user_schemas_mirror_the_rules() -> None:
+    from core import rbac, users
+
+    assert wire.MIN_PASSWORD == users.MIN_PASSWORD
+    assert f"^{users._USERNAME.pattern}$" == wire.USERNAME_PATTERN
+    assert set(wire.BUILT_IN_ROLES) == {r.value for r in rbac.Role}
+    assert set(wire.ALL_CLAIM_NAMES) == set(rbac.ALL_CLAIMS)
