@@ -47,6 +47,14 @@ CONTRACT_ROUTES = {
     ("POST", "/api/v1/admin/gc"),
 }
 PASSWORD_LOGIN_ROUTE = ("POST", "/api/v1/auth/token")
+# The server's own users (core.users): only where it has them, as it has password login (the embedded one).
+USER_ROUTES = {
+    ("GET", "/api/v1/admin/users"),
+    ("POST", "/api/v1/admin/users"),
+    ("DELETE", "/api/v1/admin/users/{username}"),
+    ("PUT", "/api/v1/admin/users/{username}/roles"),
+    ("PUT", "/api/v1/admin/users/{username}/password"),
+}
 
 MANIFEST_FIELDS = {
     "id", "catalog_id", "version", "architecture", "description", "tags", "vm_type", "size", "stored_size",
@@ -73,7 +81,7 @@ def test_openapi_document_is_public_and_describes_the_contract(backend):
     documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
     expected = set(CONTRACT_ROUTES)
     if backend.supports_password_login:
-        expected.add(PASSWORD_LOGIN_ROUTE)
+        expected |= {PASSWORD_LOGIN_ROUTE, *USER_ROUTES}
     assert documented == expected
     errors = doc["components"]["schemas"]["Error"]
     assert errors["required"] == ["error"]
@@ -90,7 +98,14 @@ def test_openapi_document_is_public_and_describes_the_contract(backend):
 def test_every_documented_route_is_served(backend, su, cid):
     with backend.http(anonymous=True) as anonymous:
         doc = anonymous.get("/openapi.json").json()
-    values = {"id": cid, "version": "1.0", "arch": "x86_64", "upload_id": "bm90LWFuLXVwbG9hZA", "key_id": "0" * 16}
+    values = {
+        "id": cid,
+        "version": "1.0",
+        "arch": "x86_64",
+        "upload_id": "bm90LWFuLXVwbG9hZA",
+        "key_id": "0" * 16,
+        "username": "nobody-" + cid,
+    }
     unknown = su.get("/definitely/not/a/route")
     no_route = assert_error(unknown, 404, "not_found")["message"]
     assert "no such route" in no_route
