@@ -458,6 +458,13 @@ def _open_leaf(parent_fd: int, name: str, flags: int, path: str) -> int:
     return fd
 
 
+def open_for_write(root_fd: int, path: str) -> int:
+    """A write descriptor of the regular file at ``path`` under the folder ``root_fd``: walked without
+    following a symlink, and refused if anything but a regular file is there."""
+    with _parent(root_fd, path) as (parent_fd, name):
+        return _open_leaf(parent_fd, name, _WRITE_FLAGS, path)
+
+
 def _readlink(parent_fd: int, name: str) -> str | None:
     try:
         return os.readlink(name, dir_fd=parent_fd)
@@ -511,8 +518,8 @@ def write_chunk(dest: Path, entry: FileEntry, chunk: Chunk, data: bytes) -> None
     """
     if entry.type != FILE or len(data) != chunk.size or chunk.offset + chunk.size > entry.size:
         raise ChunkCorrupt(f"chunk {chunk.digest[:12]} does not fit {entry.path[:80]!r} at {chunk.offset}")
-    with _opened_dest(dest) as dest_fd, _parent(dest_fd, entry.path) as (parent_fd, name):
-        fd = _open_leaf(parent_fd, name, _WRITE_FLAGS, entry.path)
+    with _opened_dest(dest) as dest_fd:
+        fd = open_for_write(dest_fd, entry.path)
         try:
             view = memoryview(data)
             for start, end in data_runs(data):

@@ -14,7 +14,7 @@ from client.prlctl import Prlctl, PrlctlError, find_prlctl
 from client.transfer import PullPlan, TransferConfig, pull, push
 from client.vm_setup import SetupResult, VmSetup, check_vm_setup, setup_pulled_vm
 from core.errors import InvalidInput, NotFound
-from core.identity import LATEST, ManifestKey, normalize_architecture
+from core.identity import LATEST, ManifestKey, normalize_architecture, normalize_catalog_id
 
 __all__ = ["cmd_import", "cmd_import_vm", "cmd_pull", "cmd_push"]
 
@@ -156,7 +156,7 @@ def _by_digest(opts: PullOptions, connect: Connect) -> tuple[str, str, str]:
     if len(wanted) < 12 or any(c not in "0123456789abcdef" for c in wanted):
         raise InvalidInput(f"{opts.ref[:120]!r}: after '@' give sha256:DIGEST (at least 12 hex characters)")
     with connect(opts) as api:
-        items = api.versions(reference(catalog_id, opts.arch)[0])
+        items = api.versions(normalize_catalog_id(catalog_id))
     found = [m for m in items if str((m.get("pack") or {}).get("digest") or "").startswith(wanted)]
     if opts.arch:
         found = [m for m in found if m["architecture"] == normalize_architecture(opts.arch)]

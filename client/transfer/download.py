@@ -33,7 +33,6 @@ import logging
 import os
 import queue
 import shutil
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,7 +44,7 @@ import zstandard
 
 from client.api import CatalogClient
 from client.blobio import BlobClient, BlobTooLarge, UrlBook
-from client.packer import ChunkCorrupt, finalize_tree, prepare_tree
+from client.packer import ChunkCorrupt, finalize_tree, open_for_write, prepare_tree
 from client.pool import run_bounded
 from client.transfer.common import DiskFull, Progress, TransferConfig, partial_paths, pull_lock
 from client.transfer.plan import places
@@ -58,10 +57,6 @@ __all__ = ["DownloadStats", "LocalChunks", "download", "place", "read_journal"]
 log = logging.getLogger("pdcat.transfer")
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
-# O_NONBLOCK: opening a FIFO planted where a file should be must fail or return at once, never hang.
-_WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
-_NOT_A_PLAIN_PATH = {errno.ELOOP, errno.EMLINK, errno.ENOTDIR, errno.EISDIR, errno.ENXIO}
 _BLOCK = 4096  # the block size of APFS and ext4: a zero block this big, aligned in its file, stays a hole
 _ZERO_BLOCK = bytes(_BLOCK)
 _MAX_OPEN_FILES = 256  # descriptors kept open at once; a bundle with more files opens the rest per chunk
@@ -293,11 +288,11 @@ class _Files:
         with self._lock:
             fd = self._fds.get(path)
             if fd is None and len(self._fds) < _MAX_OPEN_FILES:
-                fd = self._fds[path] = _open_file(self._root, path)
+                fd = self._fds[path] = open_for_write(self._root, path)
         if fd is not None:
             yield fd
             return
-        fd = _open_file(self._root, path)
+        fd = open_for_write(self._root, path)
         try:
             yield fd
         finally:
@@ -309,33 +304,6 @@ class _Files:
                 os.close(fd)
             self._fds.clear()
             os.close(self._root)
-
-
-def _open_file(root_fd: int, path: str) -> int:
-    parts = path.split("/")
-    fd = os.dup(root_fd)
-    try:
-        for name in parts[:-1]:
-            try:
-                next_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in _NOT_A_PLAIN_PATH:
-                    raise InvalidInput(f"{path[:80]!r}: {name!r} on its way is not a plain folder") from exc
-                raise
-            os.close(fd)
-            fd = next_fd
-        try:
-            leaf = os.open(parts[-1], _WRITE_FLAGS, dir_fd=fd)
-        except OSError as exc:
-            if exc.errno in _NOT_A_PLAIN_PATH:
-                raise InvalidInput(f"{path[:80]!r} in the destination is not a regular file") from exc
-            raise
-    finally:
-        os.close(fd)
-    if not stat.S_ISREG(os.fstat(leaf).st_mode):
-        os.close(leaf)
-        raise InvalidInput(f"{path[:80]!r} in the destination is not a regular file")
-    return leaf
 
 
 # ---- getting and verifying ----------------------------------------------------------------------

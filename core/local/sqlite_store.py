@@ -420,6 +420,12 @@ class SqliteApiKeyStore(ApiKeyStore):
         self._db.close()
 
 
+def _user(record: str) -> User:
+    """A stored user record; fields a newer pdcat wrote and this one does not know are left out."""
+    known = {f.name for f in fields(User)}
+    return User(**{k: v for k, v in json.loads(record).items() if k in known})
+
+
 class SqliteUserStore:
     """The embedded server's users (bootstrapped on first start, hence :meth:`count`)."""
 
@@ -432,11 +438,7 @@ class SqliteUserStore:
     def get(self, username: str) -> User | None:
         with self._db.reading() as conn:
             row = conn.execute("SELECT record FROM users WHERE username = ?", (username,)).fetchone()
-        if row is None:
-            return None
-        data = json.loads(row[0])
-        known = {f.name for f in fields(User)}
-        return User(**{k: v for k, v in data.items() if k in known})
+        return None if row is None else _user(row[0])
 
     def create(self, user: User) -> None:
         with self._db.transaction() as conn:
@@ -455,8 +457,7 @@ class SqliteUserStore:
     def list_all(self) -> list[User]:
         with self._db.reading() as conn:
             rows = conn.execute("SELECT record FROM users ORDER BY username").fetchall()
-        known = {f.name for f in fields(User)}
-        return [User(**{k: v for k, v in json.loads(row[0]).items() if k in known}) for row in rows]
+        return [_user(row[0]) for row in rows]
 
     def replace(self, user: User) -> None:
         with self._db.transaction() as conn:
