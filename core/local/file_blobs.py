@@ -178,6 +178,12 @@ class FileBlobStore(BlobStore):
         return f"FileBlobStore(root={str(self._root)!r}, base_url={self._base_url!r})"
 
     @property
+    def spool_dir(self) -> Path:
+        """Where the server may spool a request body so that storing it is a rename
+        (``write_stream`` adopts such a file instead of copying it)."""
+        return self._tmp
+
+    @property
     def root(self) -> Path:
         return self._root
 
@@ -380,6 +386,9 @@ class FileBlobStore(BlobStore):
             raise PayloadTooLarge(
                 f"an object of {length} bytes is larger than the limit of {self._max_object_size} bytes"
             )
+        adopted = self._adopt(stream, length)
+        if adopted is not None:
+            return adopted
         fd, temp = tempfile.mkstemp(dir=self._tmp, prefix="put-", suffix=".part")
         with _removed_on_failure(temp), os.fdopen(fd, "wb") as out:
             remaining = length - _copy_in_kernel(stream, out.fileno(), length)
@@ -394,6 +403,29 @@ class FileBlobStore(BlobStore):
                 out.flush()
                 os.fsync(out.fileno())
         return temp
+
+    def _adopt(self, stream: BinaryIO, length: int) -> str | None:
+        """The path of ``stream``'s own file if it is a file in this store's temp folder holding
+        exactly the ``length`` bytes to store (the server's spooled request body): nothing to copy.
+
+        Anything else (another folder, another size, a read already begun, a name that no longer
+        names the open file) returns None and is copied as usual.
+        """
+        name = getattr(stream, "name", None)
+        if not isinstance(name, str) or os.path.dirname(name) != str(self._tmp):
+            return None
+        try:
+            if stream.tell() != 0:
+                return None
+            mine, there = os.fstat(stream.fileno()), os.stat(name, follow_symlinks=False)
+        except (OSError, ValueError):
+            return None
+        if (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino) or mine.st_size != length:
+            return None
+        if self._fsync:
+            os.fsync(stream.fileno())
+        stream.seek(length)
+        return name
 
     def _install(self, temp: str, path: Path, key: str) -> None:
         """Rename ``temp`` to ``path``, re-creating parents a concurrent delete may have pruned."""

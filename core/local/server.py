@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qsl, quote, unquote
 
 from waitress.adjustments import Adjustments
+from waitress.buffers import FileBasedBuffer, OverflowableBuffer
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import MultiSocketServer, TcpWSGIServer
@@ -211,6 +215,13 @@ class WsgiApp:
             return blob_put_limit(self._verified_blob_key(method, raw_path[len("/blobs/") :], query))
         return API_BODY_LIMIT
 
+    def body_spool(self, method: str, raw_path: str) -> Path | None:
+        """Where to spool this request's body if it overflows memory: the blob store's own temp
+        folder for a ``/blobs/`` PUT (stored by a rename), else None (waitress's anonymous file)."""
+        if method == "PUT" and raw_path.startswith("/blobs/"):
+            return cast(Path | None, getattr(self.catalog.blobs, "spool_dir", None))
+        return None
+
     def _verified_blob_key(self, method: str, raw_key: str, query: dict[str, str]) -> str:
         key = unquote(raw_key)
         signed_method = "GET" if method == "HEAD" else method
@@ -287,12 +298,16 @@ class _LimitedParser(HTTPRequestParser):
             app = self._channel.server.pdcat_app
             raw_path = str(getattr(self, "request_uri", "")).split("?", 1)[0]
             query = str(getattr(self, "query", ""))
+            method = str(self.command).upper()
             try:
-                self.limit = app.body_limit(str(self.command).upper(), raw_path, query)
+                self.limit = app.body_limit(method, raw_path, query)
             except PdcatError as exc:
                 return self._refuse(exc, len(data))
             if too_large or self.content_length > self.limit:
                 return self._refuse(self._too_large(), len(data))
+            spool = app.body_spool(method, raw_path)
+            if spool is not None:  # no body byte is buffered yet: waitress feeds the body from the next call
+                self.body_rcv.buf = _SpooledBody(self.adj.inbuf_overflow, spool)
         elif too_large or len(self.body_rcv) > self.limit:
             return self._refuse(self._too_large(), len(data))
         return consumed
@@ -309,6 +324,44 @@ class _LimitedParser(HTTPRequestParser):
         if self.body_rcv is not None:
             self.body_rcv.getbuf().close()
         return datalen  # the rest of this read belongs to the refused body
+
+
+class _SpoolFile(FileBasedBuffer):
+    """A request body too large for memory, in a named file of the blob store's temp folder (as
+    waitress would put it in an anonymous one): the store adopts the file by name
+    (``FileBlobStore._adopt``), so an uploaded chunk reaches the disk once instead of being copied."""
+
+    def __init__(self, spool: Path, from_buffer: Any = None) -> None:
+        fd, path = tempfile.mkstemp(dir=spool, prefix="body-", suffix=".part")
+        os.close(fd)
+        super().__init__(cast(Any, open(path, "r+b")), from_buffer)  # noqa: SIM115 (closed by close())
+        self._path = path
+
+    def newfile(self) -> Any:
+        return tempfile.TemporaryFile("w+b", dir=os.path.dirname(self._path))
+
+    def close(self) -> None:
+        """Remove the file unless the store adopted it: its name then names another file, or none."""
+        with suppress(OSError, ValueError):
+            mine, there = os.fstat(self.file.fileno()), os.stat(self._path, follow_symlinks=False)
+            if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
+                os.unlink(self._path)
+        super().close()
+
+
+class _SpooledBody(OverflowableBuffer):
+    """waitress's body buffer (memory, then a file past ``overflow``) whose file is a ``_SpoolFile``."""
+
+    def __init__(self, overflow: int, spool: Path) -> None:
+        super().__init__(overflow)
+        self._spool = spool
+
+    def _set_large_buffer(self) -> None:
+        oldbuf = self.buf
+        self.buf = cast(Any, _SpoolFile(self._spool, oldbuf))
+        if oldbuf is not None:
+            oldbuf.close()
+        self.overflowed = True
 
 
 class _Channel(HTTPChannel):
@@ -368,6 +421,9 @@ class _Channel(HTTPChannel):
                 self._linger_deadline = time.monotonic() + LINGER_S
                 self._linger_left = LINGER_BYTES
                 return
+        request = self.request
+        if request is not None and not request.completed:
+            request.close()  # a body cut off mid-way: waitress leaves it to the GC, but a spooled one has a name
         super().handle_close()
 
     def waiting_for_header(self) -> bool:

@@ -367,3 +367,40 @@ def test_stale_temp_files_are_removed_on_start(store: FileBlobStore) -> None:
     os.utime(stale, (0, 0))
     FileBlobStore(store.root, BASE_URL, SIGNING_KEY)
     assert sorted(_temp_files(store)) == ["put-new.part"]
+
+
+# ---- a spooled request body is adopted, anything else copied ---------------------------------------
+
+
+def _spooled(directory: Path, data: bytes) -> io.BufferedRandom:
+    path = directory / f"body-{os.urandom(4).hex()}.part"
+    path.write_bytes(data)
+    return open(path, "r+b")  # noqa: SIM115 - closed by the test
+
+
+def test_a_body_spooled_in_the_store_s_temp_folder_is_renamed_into_place(store: FileBlobStore) -> None:
+    data = os.urandom(5000)
+    with _spooled(store.spool_dir, data) as body:
+        inode = os.fstat(body.fileno()).st_ino
+        store.write_stream(KEY, body, len(data))
+    stored = store.root / "objects" / Path(*KEY.split("/"))
+    assert stored.read_bytes() == data and stored.stat().st_ino == inode
+    assert _temp_files(store) == []
+
+
+@pytest.mark.parametrize("case", ["elsewhere", "longer", "read-begun", "renamed-away"])
+def test_any_other_file_is_copied_and_left_alone(store: FileBlobStore, tmp_path: Path, case: str) -> None:
+    data = os.urandom(5000)
+    directory = tmp_path if case == "elsewhere" else store.spool_dir
+    with _spooled(directory, data + (b"extra" if case == "longer" else b"")) as body:
+        inode, name = os.fstat(body.fileno()).st_ino, body.name
+        if case == "read-begun":
+            body.seek(10)
+            data = data[10:]
+        if case == "renamed-away":  # its name now names another file: never move that one
+            os.rename(name, name + ".moved")
+            Path(name).write_bytes(b"someone else's")
+        store.write_stream(KEY, body, len(data))
+    stored = store.root / "objects" / Path(*KEY.split("/"))
+    assert stored.read_bytes() == data and stored.stat().st_ino != inode
+    assert os.path.exists(name)

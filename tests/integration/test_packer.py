@@ -382,9 +382,10 @@ def test_compress_writes_the_content_size() -> None:
 @given(size=st.integers(1, 600_000), data=st.data())
 def test_is_zero_finds_a_single_nonzero_byte_anywhere(size: int, data: st.DataObject) -> None:
     buf = bytearray(size)
-    assert is_zero(bytes(buf))
+    assert is_zero(bytes(buf)) and is_zero(memoryview(buf))
     buf[data.draw(st.integers(0, size - 1))] = data.draw(st.integers(1, 255))
     assert not is_zero(bytes(buf))
+    assert not is_zero(memoryview(buf))  # the push reads cells into a buffer and checks a view of it
 
 
 def test_is_zero_of_nothing() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import secrets
 import socket
@@ -350,3 +351,35 @@ def test_a_blob_upload_within_its_cap_still_works(served: RunningServer) -> None
     assert r.status_code == 200, r.text
     stored = served.data_dir / "blobs" / "objects" / Path(*key.split("/"))
     assert stored.read_bytes() == data
+
+
+def _spool_files(server: RunningServer) -> list[str]:
+    return [n for n in os.listdir(server.data_dir / "blobs" / "tmp") if n.startswith("body-")]
+
+
+def test_a_blob_upload_is_stored_by_renaming_its_spooled_body(served: RunningServer) -> None:
+    """A body past waitress's memory buffer is spooled into the store's temp folder and becomes the
+    object by a rename: same bytes, and no spool file left behind (ADR 002's staging area)."""
+    for size in (300 * 1024, 3 * MiB):  # both past inbuf_overflow
+        key = staging_chunk_key(secrets.token_hex(8), secrets.token_hex(32))
+        data = secrets.token_bytes(size)
+        r = httpx.put(served.url + _signed_put(served, key), content=data, timeout=30)
+        assert r.status_code == 200, r.text
+        assert (served.data_dir / "blobs" / "objects" / Path(*key.split("/"))).read_bytes() == data
+    assert _spool_files(served) == []
+
+
+def test_an_upload_cut_off_mid_body_leaves_no_spool_file(served: RunningServer) -> None:
+    key = staging_chunk_key(secrets.token_hex(8), secrets.token_hex(32))
+    target = _signed_put(served, key)
+    with socket.create_connection(_address(served.url), timeout=5) as sock:
+        sock.sendall(_head("PUT", target, {"Content-Length": str(3 * MiB)}) + bytes(MiB))
+        deadline = time.monotonic() + 5
+        while not _spool_files(served) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _spool_files(served), "the body was not spooled into the store's temp folder"
+    deadline = time.monotonic() + 10
+    while _spool_files(served) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _spool_files(served) == []
+    assert not (served.data_dir / "blobs" / "objects" / Path(*key.split("/"))).exists()

@@ -40,3 +40,23 @@ def test_bad_chunks_are_refused(limit: int) -> None:
     bomb = bytes(limit + 1)
     for writer in (zstandard.ZstdCompressor(), zstandard.ZstdCompressor(write_content_size=False)):
         assert raw_size_if_valid(writer.compress(bomb), _sha(bomb), limit) is None
+
+
+def test_a_reused_buffer_never_lends_one_chunk_bytes_to_the_next() -> None:
+    """One-shot checks decompress into kept buffers: a short chunk after a long one, and checks in
+    several threads at once, are each judged on their own bytes only."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    long_raw = os.urandom(ONE_SHOT_LIMIT)
+    short_raw = long_raw[:1000]
+    long_blob = zstandard.ZstdCompressor(level=1).compress(long_raw)
+    short_blob = zstandard.ZstdCompressor(level=1).compress(short_raw)
+    assert raw_size_if_valid(long_blob, _sha(long_raw), ONE_SHOT_LIMIT) == ONE_SHOT_LIMIT
+    assert raw_size_if_valid(short_blob, _sha(short_raw), ONE_SHOT_LIMIT) == 1000
+    assert raw_size_if_valid(short_blob, _sha(long_raw[:2000]), ONE_SHOT_LIMIT) is None
+
+    raws = [os.urandom(1 << 20) + bytes([i]) * i for i in range(1, 17)]
+    jobs = [(zstandard.ZstdCompressor().compress(r), _sha(r), len(r)) for r in raws]
+    with ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(lambda job: raw_size_if_valid(job[0], job[1], ONE_SHOT_LIMIT), jobs * 4))
+    assert sizes == [size for _, _, size in jobs] * 4
