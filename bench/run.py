@@ -40,7 +40,17 @@ if str(REPO) not in sys.path:
 from bench import baseline  # noqa: E402
 from bench.bundle import GIB, MIB, allocated_bytes, compare_trees, make_bundle, rewrite  # noqa: E402
 from bench.peers import PEERS, Peer  # noqa: E402
-from bench.proc import Child, ServerProbe, ServerUsage, StepFailed, fs_type, run_child, settle, which  # noqa: E402
+from bench.proc import (  # noqa: E402
+    Child,
+    ServerProbe,
+    ServerUsage,
+    StepFailed,
+    fs_type,
+    recycle_before_steps,
+    run_child,
+    settle,
+    which,
+)
 from bench.report import Metric, Report, mib, ratio_metric  # noqa: E402
 from bench.rounds import RSS_MAX_MIB, Figures, Sources, build_comparison, peer_round  # noqa: E402
 from core.errors import PdcatError  # noqa: E402
@@ -169,6 +179,7 @@ class Bench:
             )
             self.bundle = info.path
             self.bundle_info = info
+            recycle_before_steps(self.work, info.written_bytes)
             versions = {}
             for name, low, high, align, fraction in (
                 ("v2", V2_RUNS[0], V2_RUNS[1], 1, V2_FRACTION),
