@@ -85,3 +85,13 @@ def test_a_push_longer_than_a_token_commits_and_the_login_lives_on(
     line = pdcat.fail("ls")
     assert "token expired" in line
     assert line.endswith(f"log in again: pdcat login --server {server.url} -u admin")
+
+    # a PDFile's own login (AUTHENTICATE USERNAME/PASSWORD) is renewed in memory, never stored
+    recipe = tmp_path / "ls.pdfile"
+    recipe.write_text(
+        f"RUN list\nFROM {server.url}\nAUTHENTICATE USERNAME admin\nAUTHENTICATE PASSWORD {{{{ .Env.ADMIN_PW }}}}\n"
+    )
+    listed = pdcat.run("run", str(recipe), "--json", env={"ADMIN_PW": PASSWORD})
+    assert listed.code == 0, listed.err
+    assert any(item["catalog_id"] == cid for item in json.loads(listed.out)["items"])
+    assert _stored(pdcat) == last
