@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     import httpx
 
+    from client.token_refresh import RefreshingToken
     from core.wire import ChunksAnswer, IndexAnswer, ReportAnswer, VerifyAnswer
 
 __all__ = ["CatalogClient", "ConnectionFailed"]
@@ -250,13 +251,17 @@ class CatalogClient:
         *,
         token: str | None = None,
         api_key: str | None = None,
+        login: RefreshingToken | None = None,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 60.0,
         verify: bool = True,
     ) -> None:
-        """``transport``: an httpx transport to send through instead of the network (tests).
-        ``verify=False`` only for a PDFile's INSECURE: a catalog behind a self-signed certificate."""
+        """``token`` is sent as given; ``login`` is a password login's token, refreshed before it runs out
+        (``client.token_refresh``). ``transport``: an httpx transport to send through instead of the
+        network (tests). ``verify=False`` only for a PDFile's INSECURE: a catalog behind a self-signed
+        certificate."""
         self.base_url = base_url.rstrip("/")
+        self._login = login
         headers = {"User-Agent": "pdcat/0.1"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -301,7 +306,17 @@ class CatalogClient:
         if json is not None:
             body = jsonlib.dumps(json, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        status, content = self._sender.send(method, target, body, headers)
+        if self._login is not None:
+            headers["Authorization"] = f"Bearer {self._login.current(self._refresh)}"
+        return self._answer(path, *self._sender.send(method, target, body, headers))
+
+    def _refresh(self, token: str) -> dict[str, Any]:
+        """``POST /auth/refresh`` with ``token``: a new one of the same login (``client.token_refresh``)."""
+        answer = self._sender.send("POST", "/auth/refresh", None, {"Authorization": f"Bearer {token}"})
+        result: dict[str, Any] = self._answer("/auth/refresh", *answer)
+        return result
+
+    def _answer(self, path: str, status: int, content: bytes) -> Any:
         if status == 401 and path != "/auth/token":
             raise self._unauthenticated(self._error(status, content))
         if status >= 400:
@@ -313,10 +328,11 @@ class CatalogClient:
     def _unauthenticated(self, error: PdcatError) -> PdcatError:
         """A 401 says what to do next, by the credential this client sent."""
         headers = self._settings[0]
-        login = f"pdcat login --server {self.base_url} -u USER"
+        user = self._login.username if self._login is not None and self._login.username else "USER"
+        login = f"pdcat login --server {self.base_url} -u {user}"
         if "X-Api-Key" in headers:
             hint = "check PDCAT_API_KEY (an admin creates a new key with 'pdcat apikey create')"
-        elif "Authorization" in headers:
+        elif "Authorization" in headers or self._login is not None:
             hint = f"log in again: {login}"
         else:
             hint = f"log in first: {login}"

@@ -19,10 +19,12 @@ from core.service import CatalogService
 from core.users import UserAdmin
 from core.wire import MAX_LIST_LIMIT, SCHEMAS, ref
 
-__all__ = ["ApiRoute", "TokenIssuer", "build_router", "build_routes", "route_shapes"]
+__all__ = ["ApiRoute", "TokenIssuer", "TokenRefresher", "build_router", "build_routes", "route_shapes"]
 
 TokenIssuer = Callable[[str, str], dict[str, Any]]
 """(username, password) -> {"token", "expires_at"}; only the embedded server has one."""
+TokenRefresher = Callable[[Principal, str], dict[str, Any]]
+"""(caller, their Authorization header) -> {"token", "expires_at"}; where there is a TokenIssuer."""
 
 _PURGE = {"type": "boolean", "default": False}
 
@@ -52,7 +54,11 @@ def _list_field(call: Call, name: str) -> object:
 
 
 def build_routes(
-    service: CatalogService, *, token_issuer: TokenIssuer | None = None, users: UserAdmin | None = None
+    service: CatalogService,
+    *,
+    token_issuer: TokenIssuer | None = None,
+    token_refresher: TokenRefresher | None = None,
+    users: UserAdmin | None = None,
 ) -> list[Route]:
     """The route table. Literal paths come before ``{param}`` ones with the same shape."""
     s = service
@@ -70,6 +76,10 @@ def build_routes(
         if not isinstance(username, str) or not isinstance(password, str):
             raise InvalidInput('send {"username": ..., "password": ...}')
         return Response.json(token_issuer(username, password))
+
+    def refresh(call: Call) -> Response:
+        assert token_refresher is not None
+        return Response.json(token_refresher(call.principal, call.request.header("authorization") or ""))
 
     def whoami(call: Call) -> Response:
         who: Principal = call.principal
@@ -526,6 +536,21 @@ def build_routes(
                 answer="TokenAnswer",
             ),
         )
+    if token_refresher is not None:
+        routes.insert(
+            3 if token_issuer is not None else 2,
+            Route(
+                "POST",
+                "/auth/refresh",
+                refresh,
+                "Exchange a still-valid token from a password login for a new one, with the user's current "
+                "roles and claims (embedded server); 401 for an API key, another issuer's token, a removed "
+                "user, a password set since the login, or a login older than the server's session limit",
+                responses=(200, 401),
+                tag="auth",
+                answer="TokenAnswer",
+            ),
+        )
     return routes
 
 
@@ -560,7 +585,8 @@ def _user_routes(users: UserAdmin) -> list[Route]:
               "Remove a user (SUPER_USER; not yourself, not another SUPER_USER)",
               responses=(204, 401, 403, 404, 409), tag="admin"),
         Route("PUT", "/admin/users/{username}/roles", set_roles,
-              "Set a user's roles and claims (SUPER_USER; not yours, not another SUPER_USER's; from their next login)",
+              "Set a user's roles and claims (SUPER_USER; not yours, not another SUPER_USER's; "
+              "from their next login or refresh)",
               body=SCHEMAS["UserRolesRequest"], responses=(200, 400, 401, 403, 404, 409), tag="admin", answer="User"),
         Route("PUT", "/admin/users/{username}/password", set_password,
               "Set a password: your own with current_password, or a user's as a SUPER_USER",
@@ -575,7 +601,12 @@ def route_shapes() -> dict[str, list[str]]:
     The table's shape does not depend on the service, so none is needed to read it.
     """
     shapes: dict[str, list[str]] = {}
-    for route in build_routes(cast(CatalogService, None), token_issuer=lambda username, password: {}):
+    routes = build_routes(
+        cast(CatalogService, None),
+        token_issuer=lambda username, password: {},
+        token_refresher=lambda caller, authorization: {},
+    )
+    for route in routes:
         shapes.setdefault(API_PREFIX + route.pattern, []).append(route.method)
     return shapes
 
@@ -585,6 +616,8 @@ def build_router(
     authenticate: Callable[[Any], Principal],
     *,
     token_issuer: TokenIssuer | None = None,
+    token_refresher: TokenRefresher | None = None,
     users: UserAdmin | None = None,
 ) -> Router:
-    return Router(build_routes(service, token_issuer=token_issuer, users=users), authenticate)
+    routes = build_routes(service, token_issuer=token_issuer, token_refresher=token_refresher, users=users)
+    return Router(routes, authenticate)

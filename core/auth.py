@@ -50,6 +50,7 @@ __all__ = [
     "Authenticator",
     "LoginThrottle",
     "TokenVerifier",
+    "bearer_token",
     "hash_password",
     "hash_secret",
     "issue_token",
@@ -141,6 +142,11 @@ class TokenVerifier:
         return self._config
 
     def verify(self, token: str) -> Principal:
+        return self._principal(self.claims(token))
+
+    def claims(self, token: str) -> dict[str, object]:
+        """The token's payload once its signature, algorithm and times are checked (``verify`` without
+        the :class:`Principal`), for a caller that needs a claim pdcat does not map, such as ``auth_time``."""
         if (
             not isinstance(token, str)
             or not token
@@ -150,10 +156,8 @@ class TokenVerifier:
         ):
             raise Unauthenticated("malformed token")
         if self._config.jwt_secret:
-            payload = self._decode(token, self._config.jwt_secret, _HS_ALGORITHMS)
-        else:
-            payload = self._decode(token, self._jwks_key(token), tuple(_JWKS_ALGORITHMS))
-        return self._principal(payload)
+            return self._decode(token, self._config.jwt_secret, _HS_ALGORITHMS)
+        return self._decode(token, self._jwks_key(token), tuple(_JWKS_ALGORITHMS))
 
     def _decode(self, token: str, key: str | jwt.PyJWK, algorithms: tuple[str, ...]) -> dict[str, object]:
         cfg = self._config
@@ -299,8 +303,14 @@ def issue_token(
     roles: Iterable[str],
     claims: Iterable[str] = (),
     ttl_seconds: int = 3600,
+    *,
+    auth_time: float | None = None,
 ) -> tuple[str, str]:
-    """An HS256 token for the embedded server's own users; returns ``(token, expires_at)``."""
+    """An HS256 token for the embedded server's own users; returns ``(token, expires_at)``.
+
+    ``auth_time`` (OIDC's claim: when the user gave their password) marks a password login's session,
+    the only kind ``POST /auth/refresh`` renews; it travels unchanged from token to refreshed token.
+    """
     if not secret:
         raise ValueError("issue_token needs a secret")
     if ttl_seconds <= 0:
@@ -309,7 +319,9 @@ def issue_token(
         raise TypeError("roles and claims must be iterables of strings, not a string")
     now = int(time.time())
     exp = now + ttl_seconds
-    payload = {"sub": subject, "roles": list(roles), "claims": list(claims), "iat": now, "exp": exp}
+    payload: dict[str, object] = {"sub": subject, "roles": list(roles), "claims": list(claims), "iat": now, "exp": exp}
+    if auth_time is not None:
+        payload["auth_time"] = auth_time
     token = jwt.encode(payload, secret, algorithm="HS256")
     return token, datetime.fromtimestamp(exp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -371,7 +383,7 @@ class Authenticator:
             # Two identities in one request is ambiguous; refusing beats silently picking one.
             raise Unauthenticated("send either 'Authorization' or 'X-Api-Key', not both")
         if authorization:
-            return self._verifier.verify(_bearer_token(authorization))
+            return self._verifier.verify(bearer_token(authorization))
         if api_key:
             return self._authenticate_api_key(api_key)
         raise Unauthenticated(_MISSING_CREDENTIALS)
@@ -425,7 +437,8 @@ def _normalise_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _bearer_token(value: str) -> str:
+def bearer_token(value: str) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header's value."""
     scheme, _, token = value.partition(" ")
     # Never echo the scheme: a client that forgot "Bearer " would have us print its token.
     if scheme.lower() != "bearer":

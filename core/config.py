@@ -63,6 +63,8 @@ class Settings:
     """None means: the embedded server provides its own HS256 secret from its data folder."""
     log_level: str = "INFO"
     token_ttl_seconds: int = 12 * 3600
+    session_max_seconds: int = 7 * 24 * 3600
+    """How long a password login of the embedded server lasts, refreshes included: no token outlives it."""
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
@@ -107,5 +109,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         service=service,
         auth=auth,
         log_level=env.get("PDCAT_LOG_LEVEL", "INFO"),
-        token_ttl_seconds=_int(env, "PDCAT_TOKEN_TTL_SECONDS", 12 * 3600, 60, 30 * 24 * 3600),
+        # a few seconds are for tests: a push that outlives its first token
+        token_ttl_seconds=_int(env, "PDCAT_TOKEN_TTL_SECONDS", 12 * 3600, 2, 30 * 24 * 3600),
+        session_max_seconds=_int(env, "PDCAT_SESSION_MAX_SECONDS", 7 * 24 * 3600, 2, 365 * 24 * 3600),
     )

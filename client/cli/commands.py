@@ -227,7 +227,10 @@ def cmd_user(args: argparse.Namespace, connect: Connect) -> int:
             say(common(args), f"Removed {args.username}")
         elif args.action == "set-roles":
             changed = api.set_user_roles(args.username, args.role, args.claim)
-            say(common(args), f"{changed['username']}: roles {_names(changed['roles'])} (from their next login)")
+            say(
+                common(args),
+                f"{changed['username']}: roles {_names(changed['roles'])} (from their next login or token refresh)",
+            )
         else:
             current = _current_password(args) if args.username == api.whoami()["subject"] else None
             api.set_password(args.username, _new_password(args, args.username), current)

@@ -15,6 +15,7 @@ from client.api import CatalogClient
 from client.config import load_credentials
 from client.options import Options, resolve
 from client.output import RichProgress, console
+from client.token_refresh import RefreshingToken, stored_login
 from core.errors import InvalidInput, NotFound, PdcatError, Unauthenticated
 from core.identity import normalize_architecture, parse_reference
 
@@ -47,11 +48,15 @@ def connect(options: Options) -> CatalogClient:
             return CatalogClient(options.server, api_key=recipe_creds.api_key, verify=verify)
         if recipe_creds.username and recipe_creds.password:
             with CatalogClient(options.server, verify=verify) as anonymous:
-                token = anonymous.login(recipe_creds.username, recipe_creds.password)["token"]
-            return CatalogClient(options.server, token=token, verify=verify)
+                answer = anonymous.login(recipe_creds.username, recipe_creds.password)
+            # refreshed like a stored login's, but kept in memory: the recipe's login is not this machine's
+            login = RefreshingToken(answer["token"], answer["expires_at"], username=recipe_creds.username)
+            return CatalogClient(options.server, login=login, verify=verify)
     creds = load_credentials(options.server)
     if not creds.token and not creds.api_key:
         raise Unauthenticated(f"not logged in to {creds.server}: run 'pdcat login --server {creds.server} -u USER'")
+    if creds.token and creds.expires_at:  # a stored password login; PDCAT_TOKEN comes without expires_at
+        return CatalogClient(creds.server, login=stored_login(creds))
     return CatalogClient(creds.server, token=creds.token, api_key=creds.api_key)
 
 

@@ -3,9 +3,9 @@
 First start creates, in the data folder, a JWT secret, a blob-signing key and an ``admin`` user
 (SUPER_USER) whose password is printed once and kept in ``initial-admin-password`` (mode 0600).
 
-Password logins (``POST /auth/token``) back off per user name and per client address
-(:class:`~core.auth.LoginThrottle`: 429 with ``Retry-After``), and an unknown user name costs the same
-scrypt work as a known one.
+Password logins and their refreshes are :class:`~core.local.logins.PasswordLogins`; logins
+(``POST /auth/token``) back off per user name and per client address (:class:`~core.auth.LoginThrottle`:
+429 with ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -17,19 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from core.api import build_router
-from core.auth import (
-    AuthConfig,
-    Authenticator,
-    LoginThrottle,
-    TokenVerifier,
-    hash_password,
-    issue_token,
-    verify_password,
-)
+from core.auth import AuthConfig, Authenticator, LoginThrottle, TokenVerifier, hash_password, verify_password
 from core.config import Settings, check_jwt_secret, check_references_resolved, load_settings
 from core.errors import Conflict, TooManyRequests, Unauthenticated
 from core.http import Call, Handler, Request, Response, Router
 from core.local.file_blobs import FileBlobStore
+from core.local.logins import PasswordLogins
 from core.local.sqlite_store import (
     SqliteApiKeyStore,
     SqliteDatabase,
@@ -106,28 +99,23 @@ def open_local_catalog(
     first_start = _bootstrap_admin(users, data_dir)
 
     # Tokens from /auth/token are HS256 with this secret; a JWKS setting adds an external IdP instead.
-    auth_config = settings.auth or AuthConfig(jwt_secret=jwt_secret)
+    # With no setting, only this process issues tokens and checks them, on one clock: no leeway.
+    auth_config = settings.auth or AuthConfig(jwt_secret=jwt_secret, leeway_seconds=0)
     authenticator = Authenticator(TokenVerifier(auth_config), api_keys)
     service = CatalogService(SqliteManifestStore(db), blobs, api_keys, settings.service)
 
-    # An unknown user name is checked against this hash, so it costs the same scrypt work as a known one.
-    dummy_hash = hash_password(secrets.token_urlsafe(32))
-
-    def token_issuer(username: str, password: str) -> dict[str, Any]:
-        user = users.get(username)
-        if user is None:
-            verify_password(password, dummy_hash)
-            raise Unauthenticated("invalid username or password")
-        if not verify_password(password, user.password_hash):
-            raise Unauthenticated("invalid username or password")
-        token, expires_at = issue_token(jwt_secret, user.username, user.roles, user.claims, settings.token_ttl_seconds)
-        return {"token": token, "expires_at": expires_at}
+    logins = PasswordLogins(
+        users,
+        jwt_secret,
+        ttl_seconds=settings.token_ttl_seconds,
+        max_session_seconds=settings.session_max_seconds,
+    )
 
     def authenticate(request: Request) -> Any:
         return authenticator.authenticate(request.headers)
 
     admin = UserAdmin(users, hash_password, verify_password, now_iso)
-    router = build_router(service, authenticate, token_issuer=token_issuer, users=admin)
+    router = build_router(service, authenticate, token_issuer=logins.login, token_refresher=logins.refresh, users=admin)
     _throttle_password_login(router)
     return LocalCatalog(data_dir, router, service, blobs, db, jwt_secret, first_start)
 
@@ -178,7 +166,8 @@ def _bootstrap_admin(users: SqliteUserStore, data_dir: Path) -> FirstStart | Non
     if users.count() > 0:
         return None
     password = os.environ.get("PDCAT_ADMIN_PASSWORD") or secrets.token_urlsafe(18)
-    user = User(ADMIN, hash_password(password), [Role.SUPER_USER.value], [], now_iso())
+    now = now_iso()
+    user = User(ADMIN, hash_password(password), [Role.SUPER_USER.value], [], now, password_changed_at=now)
     try:
         users.create(user)
     except Conflict:

@@ -28,7 +28,9 @@ from core.wire import (
 from core.wire import MAX_CHUNK_SIZE as WIRE_MAX_CHUNK
 from core.wire import MIN_CHUNK_SIZE as WIRE_MIN_CHUNK
 
-DOC = openapi_document(build_routes(cast(CatalogService, None), token_issuer=lambda u, p: {}))
+DOC = openapi_document(
+    build_routes(cast(CatalogService, None), token_issuer=lambda u, p: {}, token_refresher=lambda w, a: {})
+)
 OPERATIONS = [(path, method, op) for path, ops in DOC["paths"].items() for method, op in ops.items()]
 
 

@@ -116,8 +116,15 @@ class _ServiceSpy:
         return use_case
 
 
+def _routes(service: object) -> list[Route]:
+    """The table as the embedded server has it: with password login and its refresh."""
+    return build_routes(
+        cast(CatalogService, service), token_issuer=lambda u, p: {"token": "t"}, token_refresher=lambda w, a: {}
+    )
+
+
 def _table() -> list[Route]:
-    return build_routes(cast(CatalogService, _ServiceSpy()), token_issuer=lambda u, p: {"token": "t"})
+    return _routes(_ServiceSpy())
 
 
 def _route_id(route: Route) -> str:
@@ -135,7 +142,7 @@ def _dispatch_as(route: Route, principal: Principal | None) -> tuple[Response, _
             raise Unauthenticated("no credentials")
         return principal
 
-    router = Router(build_routes(cast(CatalogService, spy), token_issuer=lambda u, p: {"token": "t"}), authenticate)
+    router = Router(_routes(spy), authenticate)
     path = API_PREFIX + re.sub(r"\{([a-z_]+)\}", lambda m: _PARAMS[m.group(1)], route.pattern)
     response = router.dispatch(Request(route.method, path, {}, {"Content-Type": "application/json"}, _BODY))
     return response, spy, authenticated
@@ -145,10 +152,10 @@ _CLAIMED = [r for r in _table() if r.claim is not None]
 _OPEN = [r for r in _table() if not r.auth]
 
 
-def test_the_table_declares_a_claim_on_every_authenticated_route_but_whoami() -> None:
+def test_the_table_declares_a_claim_on_every_authenticated_route_but_whoami_and_refresh() -> None:
     assert len(_CLAIMED) >= 30
     assert all(r.auth for r in _CLAIMED)
-    assert [_route_id(r) for r in _table() if r.auth and r.claim is None] == ["GET /auth/whoami"]
+    assert [_route_id(r) for r in _table() if r.auth and r.claim is None] == ["POST /auth/refresh", "GET /auth/whoami"]
     assert {_route_id(r) for r in _OPEN} == {"GET /health", "GET /openapi.json", "POST /auth/token"}
     # what is enforced is what is documented: 401 and 403 on every claimed route, no 403 on open ones
     assert all({401, 403} <= set(r.responses) for r in _CLAIMED)
