@@ -60,6 +60,7 @@ def _handler(pattern: str) -> Any:
             query={k: v for k, v in (current.query_params or {}).items()},
             headers=headers,
             body=_bytes(current.raw_body),
+            client=((current.context or {}).get("identity") or {}).get("sourceIp"),  # API Gateway saw it
         )
         answer = router().dispatch(request)
         headers_out: dict[str, str | list[str]] = dict(answer.headers)
@@ -94,7 +95,8 @@ def collect_garbage(event: Any) -> None:
     from core.gc import run_scheduled
     from core.logs import configure_logging
 
-    configure_logging(load_settings().log_level)
+    settings = load_settings()
+    configure_logging(settings.log_level, log_format=settings.log_format)
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     store = DynamoManifestStore(
         os.environ["PDCAT_TABLE"], region=region, host=os.environ.get("PDCAT_DYNAMODB_ENDPOINT") or None

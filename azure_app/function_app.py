@@ -61,6 +61,6 @@ def collect_garbage(timer: func.TimerRequest) -> None:
     from core.config import load_settings
     from core.gc import run_scheduled
 
-    _configure_logs(load_settings(os.environ).log_level)
+    _configure_logs(load_settings(os.environ))
     store, _, blobs = _stores(load_azure_settings(os.environ))
     run_scheduled(store, blobs, budget_seconds=240.0)

@@ -14,6 +14,7 @@ from core.errors import InvalidInput
 from core.http import API_PREFIX, Call, Response, Route, Router
 from core.identity import ManifestKey, normalize_architecture, normalize_catalog_id, normalize_tag, normalize_version
 from core.openapi import openapi_document
+from core.openapi_html import DOCS_HEADERS, render_docs
 from core.rbac import Claim, Principal
 from core.service import CatalogService
 from core.users import UserAdmin
@@ -35,6 +36,7 @@ class ApiRoute(Route):
 
     query: tuple[tuple[str, dict[str, Any], str], ...] = ()  # (name, JSON Schema, description)
     latest: bool = False  # its {version} path parameter also accepts 'latest'
+    media_type: str = "application/json"  # of its success answer (errors are always JSON)
 
 
 def _key(call: Call) -> ManifestKey:
@@ -68,6 +70,13 @@ def build_routes(
 
     def openapi(call: Call) -> Response:
         return Response.json(openapi_document(routes))
+
+    page: list[bytes] = []  # rendered on first use: the table, so the page, never changes
+
+    def docs(call: Call) -> Response:
+        if not page:
+            page.append(render_docs(openapi_document(routes)).encode())
+        return Response(200, page[0], dict(DOCS_HEADERS))
 
     def token(call: Call) -> Response:
         assert token_issuer is not None
@@ -193,6 +202,15 @@ def build_routes(
     routes: list[Route] = [
         Route("GET", "/health", health, "Liveness check", auth=False, tag="meta", answer="Health"),
         Route("GET", "/openapi.json", openapi, "This document", auth=False, tag="meta", answer="OpenApiDocument"),
+        ApiRoute(
+            "GET",
+            "/docs",
+            docs,
+            "This document as a web page (HTML, no script, nothing fetched from elsewhere)",
+            auth=False,
+            tag="meta",
+            media_type="text/html",
+        ),
         Route(
             "GET",
             "/auth/whoami",
@@ -522,7 +540,7 @@ def build_routes(
         routes += _user_routes(users)
     if token_issuer is not None:
         routes.insert(
-            2,
+            3,
             Route(
                 "POST",
                 "/auth/token",

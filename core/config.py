@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from core.auth import MIN_HS_SECRET_BYTES, AuthConfig
 from core.errors import PdcatError
+from core.logs import LOG_FORMATS
 from core.service import ServiceSettings
 
 __all__ = ["Settings", "SettingsError", "check_jwt_secret", "check_references_resolved", "load_settings"]
@@ -65,6 +66,8 @@ class Settings:
     token_ttl_seconds: int = 12 * 3600
     session_max_seconds: int = 7 * 24 * 3600
     """How long a password login of the embedded server lasts, refreshes included: no token outlives it."""
+    log_format: str = "auto"
+    """``json``, ``text``, or ``auto``: text on a terminal, JSON anywhere else (``core.logs``)."""
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
@@ -77,6 +80,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum:
         raise SettingsError(f"{name} must be an integer, not {raw!r}") from None
     if not minimum <= value <= maximum:
         raise SettingsError(f"{name} must be between {minimum} and {maximum}")
+    return value
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...], *, upper: bool = False) -> str:
+    raw = (env.get(name) or "").strip() or default
+    value = raw.upper() if upper else raw.lower()
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {raw[:40]!r}")
     return value
 
 
@@ -108,8 +122,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         service=service,
         auth=auth,
-        log_level=env.get("PDCAT_LOG_LEVEL", "INFO"),
+        log_level=_choice(env, "PDCAT_LOG_LEVEL", "INFO", _LOG_LEVELS, upper=True),
         # a few seconds are for tests: a push that outlives its first token
         token_ttl_seconds=_int(env, "PDCAT_TOKEN_TTL_SECONDS", 12 * 3600, 2, 30 * 24 * 3600),
         session_max_seconds=_int(env, "PDCAT_SESSION_MAX_SECONDS", 7 * 24 * 3600, 2, 365 * 24 * 3600),
+        log_format=_choice(env, "PDCAT_LOG_FORMAT", "auto", LOG_FORMATS),
     )

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 
 from core.errors import InvalidInput, MethodNotAllowed, NotFound, PayloadTooLarge, PdcatError
 from core.limits import API_BODY_BUDGET_BYTES
+from core.logs import log_access, shown_query
 from core.rbac import ANONYMOUS, Claim, Principal, require
 
 __all__ = [
@@ -190,6 +191,8 @@ class Router:
             request_id = uuid.uuid4().hex
         started = time.perf_counter()
         principal = ANONYMOUS
+        route: Route | None = None
+        error: tuple[str, str] | None = None
         try:
             route, params = self._find(request)
             if len(request.body) > self._max_body:
@@ -201,6 +204,7 @@ class Router:
             response = route.handler(Call(request, principal, params))
         except PdcatError as exc:
             response = Response.error(exc.status, exc.code, exc.message)
+            error = (exc.code, exc.message)
             if isinstance(exc, MethodNotAllowed):
                 response.headers["Allow"] = ", ".join(self._allowed(request.path))
             if exc.status == 401:
@@ -208,17 +212,22 @@ class Router:
         except Exception:
             log.exception("unhandled error", extra={"request_id": request_id})
             response = Response.error(500, "internal", f"internal error (request id {request_id})")
+            error = ("internal", "unhandled error")
         response.headers["X-Request-Id"] = request_id
-        log.info(
-            "request",
-            extra={
-                "request_id": request_id,
-                "method": request.method,
-                "path": request.path,
-                "status": response.status,
-                "subject": principal.subject,
-                "ms": round((time.perf_counter() - started) * 1000, 1),
-            },
+        # only the query parameters the route declares are shown: any other value could be a secret
+        declared = {name for name, _, _ in getattr(route, "query", ())}
+        log_access(
+            log,
+            method=request.method,
+            path=request.path,
+            query=shown_query(request.query, declared),
+            status=response.status,
+            size=len(response.body),
+            started=started,
+            client=request.client,
+            subject=principal.subject,
+            request_id=request_id,
+            error=error,
         )
         return response
 

@@ -42,6 +42,7 @@ _STATUS_TEXT = {
 }
 _EVERY_ROUTE = frozenset({405, 413, 503})
 _OBJECT = {"type": "object"}
+_JSON = "application/json"
 _PARAM = re.compile(r"\{([a-z_]+)\}")
 
 # The schema of each path parameter, by name (core.identity's rules). ``{version}`` accepts 'latest'
@@ -90,8 +91,10 @@ def _response(route: Route, status: int) -> dict[str, Any]:
         if status in _HEADERS:
             entry["headers"] = _HEADERS[status]
     elif status != 204:
-        schema = ref(route.answer) if route.answer else _OBJECT
-        entry["content"] = {"application/json": {"schema": schema}}
+        media = getattr(route, "media_type", _JSON)  # the docs page answers text/html
+        unnamed = _OBJECT if media == _JSON else {"type": "string"}
+        schema = ref(route.answer) if route.answer else unnamed
+        entry["content"] = {media: {"schema": schema}}
     return entry
 
 

@@ -74,7 +74,7 @@ def pull(ctx: ServiceContext, who: Principal, catalog_id: str, version: str, arc
         last_downloaded_at=at,
         last_downloaded_by=who.subject,
     )
-    log.info("pull", extra={"manifest": str(manifest.key), "by": who.subject})
+    log.info("pull", extra={"manifest": str(manifest.key), "by": who.subject, "size": manifest.size})
     expiry = ctx.settings.url_expiry_seconds
     if manifest.pack.is_pdpack:
         return {

@@ -524,7 +524,10 @@ def commit(ctx: ServiceContext, who: Principal, upload_id: str, body: dict[str, 
     except Conflict:
         raise Conflict(f"{manifest.key} changed while committing; push again") from None
     # The staging area stays until gc: a sweep that listed this session must still find its marks.
-    log.info("push committed", extra={"manifest": str(manifest.key), "by": who.subject, "digest": final.digest})
+    log.info(
+        "push committed",
+        extra={"manifest": str(manifest.key), "by": who.subject, "size": ready.size, "digest": final.digest},
+    )
     return ready
 
 

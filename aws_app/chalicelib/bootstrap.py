@@ -45,7 +45,7 @@ def router() -> Router:
         configure_logging("WARNING")
         log.error("the catalog cannot start: %s", exc)
         raise RuntimeError(f"the catalog cannot start: {exc}") from None
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, log_format=settings.log_format)
     if settings.auth is None:
         raise RuntimeError("set PDCAT_JWT_SECRET or PDCAT_JWKS_URL: the AWS frontend has no built-in users")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"

@@ -36,6 +36,7 @@ from core.errors import PdcatError, Unavailable
 from core.http import Request, Response
 
 if TYPE_CHECKING:
+    from core.config import Settings
     from core.http import Router
 
 __all__ = ["AzureSettings", "ConfigurationError", "build_router", "dispatch", "load_azure_settings", "router"]
@@ -117,23 +118,25 @@ def load_azure_settings(env: Mapping[str, str]) -> AzureSettings:
     )
 
 
-def _configure_logs(level: str) -> None:
-    """JSON lines (core.logs) without cutting the Functions worker off from its logs.
+def _configure_logs(settings: Settings) -> None:
+    """core.logs' lines (JSON unless a terminal reads them) without cutting the Functions worker off
+    from its logs.
 
     In Azure the worker's handler sits on the root logger and ships each *formatted* record to the
     host (console output is off once the worker is connected), so its handlers keep their place
-    and only get the JSON formatter. Where nobody configured logging (the local host), core's
+    and only get core's formatter. Where nobody configured logging (the local host), core's
     stderr handler is installed. The Azure SDKs log every HTTP call at INFO: only warnings are kept.
     """
-    from core.logs import JsonFormatter, configure_logging
+    from core.logs import configure_logging, formatter_for
 
+    level = settings.log_level
     root = logging.getLogger()
     if root.handlers:
         for handler in root.handlers:
-            handler.setFormatter(JsonFormatter())
+            handler.setFormatter(formatter_for(settings.log_format, getattr(handler, "stream", None)))
         root.setLevel(level.upper())
     else:
-        configure_logging(level)
+        configure_logging(level, log_format=settings.log_format)
     logging.getLogger("azure").setLevel(max(logging.WARNING, root.level))
 
 
@@ -179,7 +182,7 @@ def build_router(env: Mapping[str, str]) -> Router:
         settings = load_settings(env)
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
-    _configure_logs(settings.log_level)
+    _configure_logs(settings)
     if settings.auth is None:
         raise ConfigurationError("set PDCAT_JWT_SECRET or PDCAT_JWKS_URL: the Azure frontend has no built-in users")
     azure = load_azure_settings(env)

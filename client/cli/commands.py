@@ -105,7 +105,7 @@ def cmd_serve(args: argparse.Namespace, connect: Connect) -> int:
     # private to this user, whatever umask it was started with.
     os.umask(0o077)
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, log_format=settings.log_format)
     data = Path(args.data) if args.data else data_dir_default()
     app = WsgiApp()
     server = LocalServer(app, args.host, args.port, threads=args.threads)

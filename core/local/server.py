@@ -16,7 +16,6 @@ limit the longest-idle ones make room, so a flood of idle sockets cannot stall `
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource
@@ -43,6 +42,7 @@ from core.chunk_check import compressed_bound
 from core.errors import Forbidden, InvalidInput, MethodNotAllowed, PayloadTooLarge, PdcatError, Unavailable
 from core.http import MAX_BODY, Request, Response
 from core.local.bootstrap import LocalCatalog
+from core.logs import log_access, shown_query
 from core.pack import MAX_CHUNK_SIZE
 from core.storage_layout import nonce_of_staging_key, staging_index_key
 from core.wire import MAX_INDEX_BYTES
@@ -80,6 +80,8 @@ _REASONS = {
     503: "Service Unavailable",
 }
 _BLOCK = 1024 * 1024
+_BLOB_QUERY = ("method", "expires")
+"""What a blob URL's access line shows of its query: never its ``signature``."""
 
 # ---- what one request may send (decided from its head, before a body byte is read) -------------
 API_BODY_LIMIT = MAX_BODY
@@ -111,6 +113,13 @@ LINGER_S = 2.0
 LINGER_BYTES = 16 * 1024 * 1024
 """After a refusal, the rest of the body is read and dropped for this long (at most this much), so
 the client that sent it anyway still reads the answer rather than a connection reset."""
+
+
+class _LengthRequired(PdcatError):
+    """A blob PUT without Content-Length: its limit is checked before a byte is read, so one is needed."""
+
+    status = 411
+    code = "length_required"
 
 
 def blob_put_limit(key: str) -> int:
@@ -174,17 +183,42 @@ class WsgiApp:
         self._catalog = value
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """The API's requests are logged by the router; blob transfers and what is refused before the
+        router sees it, here: a transfer at DEBUG (one line per chunk would drown the rest), a refusal
+        at INFO."""
         method = str(environ.get("REQUEST_METHOD", "GET")).upper()
         path = _raw_path(environ)
+        started = time.perf_counter()
         try:
             if path.startswith("/blobs/"):
-                return self._blob(environ, start_response, method, path[len("/blobs/") :])
+                answer, size = self._blob(environ, start_response, method, path[len("/blobs/") :])
+                self._log(environ, method, path, 200, size, started, level=logging.DEBUG)
+                return answer
             return self._api(environ, start_response, method, path)
         except PdcatError as exc:
-            return self._send(start_response, Response.error(exc.status, exc.code, exc.message))
+            response = Response.error(exc.status, exc.code, exc.message)
+            self._log(environ, method, path, exc.status, len(response.body), started, error=(exc.code, exc.message))
+            return self._send(start_response, response)
         except Exception:
             log.exception("unhandled error in the embedded server")
-            return self._send(start_response, Response.error(500, "internal", "internal error"))
+            response = Response.error(500, "internal", "internal error")
+            self._log(environ, method, path, 500, len(response.body), started, error=("internal", "unhandled error"))
+            return self._send(start_response, response)
+
+    @staticmethod
+    def _log(
+        environ: dict[str, Any],
+        method: str,
+        path: str,
+        status: int,
+        size: int,
+        started: float,
+        *,
+        error: tuple[str, str] | None = None,
+        level: int = logging.INFO,
+    ) -> None:
+        query_string = str(environ.get("QUERY_STRING", ""))
+        _log_request(method, path, query_string, status, size, started, environ.get("REMOTE_ADDR"), error, level)
 
     @staticmethod
     def _send(start_response: StartResponse, response: Response) -> list[bytes]:
@@ -234,30 +268,57 @@ class WsgiApp:
 
     def _blob(
         self, environ: dict[str, Any], start_response: StartResponse, method: str, raw_key: str
-    ) -> Iterable[bytes]:
+    ) -> tuple[Iterable[bytes], int]:
+        """The answer, and the bytes it moves: the body stored (PUT) or about to be sent (GET)."""
         query = dict(parse_qsl(str(environ.get("QUERY_STRING", "")), keep_blank_values=True))
         key = self._verified_blob_key(method, raw_key, query)
         blobs = self.catalog.blobs
         if method == "PUT":
             length = _content_length(environ)
             if length is None:
-                start_response("411 Length Required", [("Content-Type", "application/json")])
-                return [json.dumps({"error": {"code": "length_required", "message": "send Content-Length"}}).encode()]
+                raise _LengthRequired("send Content-Length")
             if length > blob_put_limit(key):
                 raise PayloadTooLarge(f"an upload to this URL is at most {blob_put_limit(key)} bytes")
             blobs.write_stream(key, environ["wsgi.input"], length)
             start_response("200 OK", [("Content-Length", "0")])
-            return [b""]
+            return [b""], length
         f, size = blobs.open_for_read(key)
         headers = [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))]
         start_response("200 OK", headers)
         if method == "HEAD":
             f.close()
-            return [b""]
+            return [b""], 0
         wrapper = environ.get("wsgi.file_wrapper")
         if wrapper is not None:
-            return wrapper(f, _BLOCK)  # type: ignore[no-any-return]
-        return _FileIterator(f)
+            return wrapper(f, _BLOCK), size
+        return _FileIterator(f), size
+
+
+def _log_request(
+    method: str,
+    path: str,
+    query_string: str,
+    status: int,
+    size: int,
+    started: float,
+    client: str | None,
+    error: tuple[str, str] | None = None,
+    level: int = logging.INFO,
+) -> None:
+    """The access line of a request the router did not see (a blob transfer, or a refusal before it)."""
+    query = dict(parse_qsl(query_string, keep_blank_values=True))
+    log_access(
+        log,
+        method=method,
+        path=path,
+        query=shown_query(query, _BLOB_QUERY if path.startswith("/blobs/") else ()),
+        status=status,
+        size=size,
+        started=started,
+        client=client,
+        error=error,
+        level=level,
+    )
 
 
 class _Refusal(WaitressError):
@@ -281,6 +342,7 @@ class _LimitedParser(HTTPRequestParser):
         super().__init__(adj)
         self._channel = channel
         self.started = time.monotonic()
+        self.clock = time.perf_counter()  # for its access line (log_access's clock)
         self.limit: int = adj.max_request_body_size
 
     def received(self, data: bytes) -> int:
@@ -312,12 +374,27 @@ class _LimitedParser(HTTPRequestParser):
             return self._refuse(self._too_large(), len(data))
         return consumed
 
+    def _log_refusal(self, exc: PdcatError) -> None:
+        raw_path = str(getattr(self, "request_uri", "")).split("?", 1)[0]
+        addr = self._channel.addr
+        _log_request(
+            str(self.command).upper(),
+            raw_path,
+            str(getattr(self, "query", "")),
+            exc.status,
+            len(self.error.to_response()[2]) if isinstance(self.error, _Refusal) else 0,
+            self.clock,
+            str(addr[0]) if isinstance(addr, tuple) and addr else None,
+            (exc.code, exc.message),
+        )
+
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"request body is larger than {self.limit} bytes")
 
     def _refuse(self, exc: PdcatError, datalen: int) -> int:
         """Answer now (and close); the rest of the body is discarded, never buffered."""
         self.error = _Refusal(exc)
+        self._log_refusal(exc)
         self.completed = True
         self.expect_continue = False  # no "100 Continue" for a body that is refused
         self._channel.linger_wanted = True

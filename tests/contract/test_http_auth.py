@@ -102,6 +102,7 @@ def test_public_routes_need_no_token(backend):
     bad = _bearer("garbage")
     assert _get(backend, "/health", {}).status_code == 200
     assert _get(backend, "/openapi.json", {}).status_code == 200
+    assert _get(backend, "/docs", {}).status_code == 200
     # a broken credential on a public route is ignored rather than refused
     assert _get(backend, "/health", bad).status_code == 200
 

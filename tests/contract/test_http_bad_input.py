@@ -259,6 +259,7 @@ def test_unknown_routes_are_404(backend, su):
         ("GET", "/catalog/{cid}/1.0/x86_64/pull/report", {"POST"}),
         ("POST", "/health", {"GET"}),
         ("DELETE", "/openapi.json", {"GET"}),
+        ("POST", "/docs", {"GET"}),
         ("PUT", "/auth/api-keys", {"GET", "POST"}),
     ],
 )

@@ -13,6 +13,7 @@ from tests.contract.helpers import Pack, assert_error, begin_push, push_empty, p
 CONTRACT_ROUTES = {
     ("GET", "/api/v1/health"),
     ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/docs"),
     ("GET", "/api/v1/auth/whoami"),
     ("GET", "/api/v1/auth/api-keys"),
     ("POST", "/api/v1/auth/api-keys"),

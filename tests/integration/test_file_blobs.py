@@ -375,7 +375,7 @@ def test_stale_temp_files_are_removed_on_start(store: FileBlobStore) -> None:
 def _spooled(directory: Path, data: bytes) -> io.BufferedRandom:
     path = directory / f"body-{os.urandom(4).hex()}.part"
     path.write_bytes(data)
-    return open(path, "r+b")  # noqa: SIM115 - closed by the test
+    return open(path, "r+b")
 
 
 def test_a_body_spooled_in_the_store_s_temp_folder_is_renamed_into_place(store: FileBlobStore) -> None:

@@ -50,6 +50,8 @@ def test_every_answer_has_a_schema_and_every_error_is_the_error_schema(path: str
             assert content["schema"] == {"$ref": "#/components/schemas/Error"}
         elif int(status) == 204:
             assert not content
+        elif "text/html" in response["content"]:  # the docs page: the one answer that is not JSON
+            assert response["content"] == {"text/html": {"schema": {"type": "string"}}}, (method, path)
         else:
             name = content["schema"]["$ref"].rsplit("/", 1)[1]
             assert name in SCHEMAS, (method, path, status)

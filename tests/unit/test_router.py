@@ -156,7 +156,7 @@ def test_the_table_declares_a_claim_on_every_authenticated_route_but_whoami_and_
     assert len(_CLAIMED) >= 30
     assert all(r.auth for r in _CLAIMED)
     assert [_route_id(r) for r in _table() if r.auth and r.claim is None] == ["POST /auth/refresh", "GET /auth/whoami"]
-    assert {_route_id(r) for r in _OPEN} == {"GET /health", "GET /openapi.json", "POST /auth/token"}
+    assert {_route_id(r) for r in _OPEN} == {"GET /health", "GET /openapi.json", "GET /docs", "POST /auth/token"}
     # what is enforced is what is documented: 401 and 403 on every claimed route, no 403 on open ones
     assert all({401, 403} <= set(r.responses) for r in _CLAIMED)
     assert not any(403 in r.responses for r in _OPEN)
