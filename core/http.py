@@ -217,6 +217,7 @@ class Router:
                 "path": request.path,
                 "status": response.status,
                 "subject": principal.subject,
+                "client": request.client,
                 "ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )
