@@ -423,6 +423,8 @@ class _TlsChannel(_Channel):
 
     def __init__(self, server: _Server, sock: socket.socket, addr: Any, adj: Adjustments, map: Any = None) -> None:
         super().__init__(server, sock, addr, adj, map)
+        # waitress reads this much of an answer for every write, and TLS takes TLS_SEND_BYTES of it
+        self.sendbuf_len = min(self.sendbuf_len, TLS_SEND_BYTES)
         self._tls_lock = threading.Lock()
         self.accepted_at = time.monotonic()
 

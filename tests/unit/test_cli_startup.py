@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from client.api import _NO_ANSWER, CatalogClient, ConnectionFailed
+from client.net import UntrustedServer
 from core.errors import Conflict, NotFound, PdcatError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -333,8 +334,9 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 def test_tls_is_verified_the_same(
     catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, via_httpx: bool
 ) -> None:
-    """Certifi's roots by default (a self-signed catalog is refused), ``SSL_CERT_FILE`` instead when set,
-    nothing with ``verify=False`` (a PDFile's INSECURE); HTTP/1.1 offered by ALPN."""
+    """Certifi's roots by default (a self-signed catalog is refused, saying what to do), ``SSL_CERT_FILE``
+    instead when set, ``cacert`` on top of them (``pdcat login --cacert``, ``PDCAT_CACERT``), nothing
+    with ``verify=False`` (a PDFile's INSECURE); HTTP/1.1 offered by ALPN."""
     import ssl
 
     cert, key = _self_signed(tmp_path)
@@ -349,18 +351,21 @@ def test_tls_is_verified_the_same(
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
 
-    def client(verify: bool) -> CatalogClient:
-        api = CatalogClient(url, verify=verify)
+    def client(verify: bool, cacert: str | None = None) -> CatalogClient:
+        api = CatalogClient(url, verify=verify, cacert=cacert)
         if via_httpx:
             api._http  # noqa: B018 (from now on through httpx, with its own TLS context)
         return api
 
     try:
-        with client(True) as api, pytest.raises(ConnectionFailed) as caught:
+        with client(True) as api, pytest.raises(UntrustedServer) as caught:
             api.whoami()
-        assert caught.value.message.startswith(f"cannot reach the catalog at {url}: the connection failed. Is the")
+        assert caught.value.message.startswith(f"the certificate of {url} is not trusted (self-signed certificate)")
+        assert "pass --cacert FILE" in caught.value.message
         assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value.__cause__)
         with client(False) as api:
+            api.whoami()
+        with client(True, cacert=str(cert)) as api:
             api.whoami()
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         with client(True) as api:
@@ -368,7 +373,7 @@ def test_tls_is_verified_the_same(
     finally:
         server.shutdown()
         server.server_close()
-    assert len(catalog.seen) == 2
+    assert len(catalog.seen) == 3
 
 
 def test_a_connection_is_kept_alive_and_one_the_server_dropped_is_not_reused(catalog: Catalog) -> None:
