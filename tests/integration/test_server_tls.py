@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from client.blobio import BlobClient
+from client.net import Trust, UntrustedServer
 from core.local import server as server_module
 from core.local.bootstrap import open_local_catalog
 from core.local.server import CHUNK_PUT_LIMIT, LocalServer, WsgiApp
@@ -122,6 +124,30 @@ def test_concurrent_connections_keep_their_bytes_apart(served: TlsServer) -> Non
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_presigned_urls_are_reached_with_the_catalog_s_trust(served: TlsServer) -> None:
+    """The blob client's two paths (http.client for GETs into a buffer, httpx for PUTs) trust what the
+    catalog client trusts; a certificate they do not trust is final at once, never retried."""
+    key = staging_chunk_key(secrets.token_hex(8), "d" * 64)
+    data = secrets.token_bytes(3 * MiB)
+    trusted = BlobClient(trust=Trust(cacert=str(served.pki.ca)), retries=0)
+    try:
+        trusted.put(served.signed("PUT", key), data, "a chunk")
+        into = memoryview(bytearray(4 * MiB))
+        assert into[: trusted.get_into(served.signed("GET", key), "a chunk", into)] == data
+    finally:
+        trusted.close()
+    untrusted = BlobClient(retries=3, backoff=5.0)  # a retry would wait seconds
+    try:
+        started = time.monotonic()
+        with pytest.raises(UntrustedServer, match=r"the certificate of https://127\.0\.0\.1:\d+ is not trusted"):
+            untrusted.get_into(served.signed("GET", key), "a chunk", memoryview(bytearray(4 * MiB)))
+        with pytest.raises(UntrustedServer):
+            untrusted.put(served.signed("PUT", key), data, "a chunk")
+        assert time.monotonic() - started < 2.0
+    finally:
+        untrusted.close()
 
 
 def test_the_app_sees_the_peer_address(served: TlsServer, caplog: pytest.LogCaptureFixture) -> None:
