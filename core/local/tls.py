@@ -229,7 +229,7 @@ def _make(folder: Path, names: list[str]) -> None:
     pkcs8 = serialization.PrivateFormat.PKCS8
     key_pem = key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption())
     _replace(folder / _KEY, key_pem, 0o600)
-    _replace(folder / _CERT, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    _replace(folder / _CERT, certificate.public_bytes(serialization.Encoding.PEM), 0o600)  # as all in <data>
 
 
 def _replace(path: Path, data: bytes, mode: int) -> None:

@@ -232,7 +232,7 @@ def test_self_signed_is_made_once_then_reused(tmp_path: Path) -> None:
     fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
     assert printed == f"TLS: SHA-256 fingerprint {fingerprint}"
     assert "--cacert cert.pem" in trust and "PDCAT_CACERT=cert.pem" in trust and str(cert_path) in trust
-    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_path.stat().st_mode) == stat.S_IMODE(cert_path.stat().st_mode) == 0o600  # as all of <data>
     assert {"127.0.0.1", "::1", "localhost", socket.gethostname().lower()} <= _names(cert)
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca  # it signs nothing else
 
