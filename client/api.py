@@ -9,10 +9,11 @@ Every call is one JSON request (:meth:`CatalogClient.request`), sent one of two 
   direct path does not take as it is (credentials or a query in it, a non-ASCII host...).
 
 Either way the request is the same (body, query and headers are built once, in ``request``), TLS is
-verified the same way (certifi, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``), idle connections are kept 5 s,
-no redirect is followed, and a request that gets no answer raises :class:`ConnectionFailed` with the
-same words. Storage URLs are fetched with a *separate* client that never carries the catalog
-credentials (``client.blobio``).
+verified with the same context (``client.net.tls_context``: certifi, or ``SSL_CERT_FILE``/
+``SSL_CERT_DIR``, plus the login's ``--cacert``), idle connections are kept 5 s, no redirect is
+followed, a request that gets no answer raises :class:`ConnectionFailed` with the same words, and a
+certificate that does not verify raises ``client.net.UntrustedServer``, saying what to do. Storage URLs
+are fetched with a *separate* client that never carries the catalog credentials (``client.blobio``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import SplitResult, quote, urlencode, urlsplit
 
-from client.net import proxy_configured, tls_context
+from client.net import Trust, proxy_configured, tls_context, tls_failure
 from core.errors import PdcatError, Unavailable, error_for_status
 
 if TYPE_CHECKING:
@@ -133,14 +134,14 @@ class _Direct:
     """HTTP/1.1 with ``http.client``: a pool of keep-alive connections, safe to share between threads
     (a push asks from several)."""
 
-    def __init__(self, url: SplitResult, shown: str, headers: Mapping[str, str], timeout: float, verify: bool) -> None:
+    def __init__(self, url: SplitResult, shown: str, headers: Mapping[str, str], timeout: float, trust: Trust) -> None:
         """``shown``: the catalog's URL as given, for messages."""
         self._url = url
         self._shown = shown
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._prefix = url.path.rstrip("/") + "/api/v1"
         self._headers = {"Accept": "*/*", "Connection": "keep-alive", **headers}
-        self._timeout, self._verify = timeout, verify
+        self._timeout, self._trust = timeout, trust
         self._tls: ssl.SSLContext | None = None
         self._idle: list[tuple[float, http.client.HTTPConnection]] = []
         self._lock = threading.Lock()
@@ -161,7 +162,7 @@ class _Direct:
                     return connection
                 connection.close()
             if self._url.scheme == "https" and self._tls is None:
-                self._tls = tls_context(self._verify)
+                self._tls = tls_context(self._trust)
         import http.client
 
         host = self._url.hostname or ""
@@ -180,7 +181,7 @@ class _Direct:
                 except TimeoutError as exc:
                     raise _unreachable(self._shown, "ConnectTimeout", timed_out=True) from exc
                 except OSError as exc:  # refused, no such host, a certificate that does not verify...
-                    raise _unreachable(self._shown, "ConnectError") from exc
+                    raise (tls_failure(exc, self._shown) or _unreachable(self._shown, "ConnectError")) from exc
             try:
                 connection.request(method, self._prefix + target, body, {**self._headers, **headers})
             except TimeoutError as exc:
@@ -220,11 +221,12 @@ class _ViaHttpx:
         headers: Mapping[str, str],
         transport: httpx.BaseTransport | None,
         timeout: float,
-        verify: bool,
+        trust: Trust,
     ) -> None:
         import httpx
 
         self._shown = base_url
+        verify = tls_context(trust) if transport is None else True  # a transport of a test's own speaks no TLS
         self.client = httpx.Client(
             base_url=base_url + "/api/v1", headers=dict(headers), transport=transport, timeout=timeout, verify=verify
         )
@@ -240,7 +242,7 @@ class _ViaHttpx:
         except httpx.TimeoutException as exc:
             raise _unreachable(self._shown, type(exc).__name__, timed_out=True) from exc
         except httpx.TransportError as exc:
-            raise _unreachable(self._shown, type(exc).__name__) from exc
+            raise (tls_failure(exc, self._shown) or _unreachable(self._shown, type(exc).__name__)) from exc
         return _Answer(response.status_code, response.content)
 
 
@@ -255,11 +257,13 @@ class CatalogClient:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 60.0,
         verify: bool = True,
+        cacert: str | None = None,
     ) -> None:
         """``token`` is sent as given; ``login`` is a password login's token, refreshed before it runs out
         (``client.token_refresh``). ``transport``: an httpx transport to send through instead of the
-        network (tests). ``verify=False`` only for a PDFile's INSECURE: a catalog behind a self-signed
-        certificate."""
+        network (tests). ``cacert``: a CA certificate (or the server's self-signed one) to trust besides
+        the default roots; ``verify=False`` only for a PDFile's INSECURE. Storage is reached with the
+        same :attr:`trust` (``BlobClient(trust=api.trust)``): the embedded server's URLs are its own."""
         self.base_url = base_url.rstrip("/")
         self._login = login
         headers = {"User-Agent": "pdcat/0.1"}
@@ -267,13 +271,14 @@ class CatalogClient:
             headers["Authorization"] = f"Bearer {token}"
         if api_key:
             headers["X-Api-Key"] = api_key
-        self._settings = (headers, transport, timeout, verify)
+        self.trust = Trust(verify, cacert)
+        self._settings = (headers, transport, timeout)
         direct = None if transport is not None else _direct_url(self.base_url)
         self._sender: _Direct | _ViaHttpx
         if direct is not None:
-            self._sender = _Direct(direct, self.base_url, headers, timeout, verify)
+            self._sender = _Direct(direct, self.base_url, headers, timeout, self.trust)
         else:
-            self._sender = _ViaHttpx(self.base_url, headers, transport, timeout, verify)
+            self._sender = _ViaHttpx(self.base_url, headers, transport, timeout, self.trust)
 
     def __repr__(self) -> str:  # never show credentials
         return f"CatalogClient({self.base_url!r})"
@@ -284,8 +289,8 @@ class CatalogClient:
         asked for, every call goes through it."""
         if not isinstance(self._sender, _ViaHttpx):
             self._sender.close()
-            headers, transport, timeout, verify = self._settings
-            self._sender = _ViaHttpx(self.base_url, headers, transport, timeout, verify)
+            headers, transport, timeout = self._settings
+            self._sender = _ViaHttpx(self.base_url, headers, transport, timeout, self.trust)
         return self._sender.client
 
     def close(self) -> None:

@@ -1,6 +1,8 @@
 """Moving chunk bytes to and from presigned URLs, as :mod:`client.retry` says.
 
 The client used here never carries catalog credentials: a presigned URL is its own authorisation.
+It trusts the servers the catalog client trusts (``trust``: the embedded server's presigned URLs are
+its own https URLs), and a certificate that does not verify is final, never retried.
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
-from client.net import proxy_configured, tls_context
+from client.net import Trust, proxy_configured, tls_context, tls_failure
 from client.retry import BlobMissing, RetriesExceeded, RetryPolicy, UrlRefused, check_storage
 from core.errors import PdcatError
 
@@ -23,6 +25,7 @@ __all__ = ["BlobClient", "BlobMissing", "BlobTooLarge", "RetriesExceeded", "UrlB
 
 
 log = logging.getLogger("pdcat.blobio")
+T = TypeVar("T")
 
 
 class BlobTooLarge(PdcatError):
@@ -66,10 +69,14 @@ class BlobClient:
         timeout: float = 300.0,
         retries: int = 5,
         backoff: float = 0.5,
+        trust: Trust = Trust(),  # noqa: B008 (a frozen value)
     ) -> None:
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        self._http = httpx.Client(transport=transport, limits=limits, timeout=timeout, follow_redirects=False)
-        self._direct = _DirectGet(timeout) if transport is None and _DirectGet.usable() else None
+        context = tls_context(trust) if transport is None else None  # one context, for both paths
+        self._http = httpx.Client(
+            transport=transport, limits=limits, timeout=timeout, follow_redirects=False, verify=context or True
+        )
+        self._direct = _DirectGet(timeout, context) if context is not None and _DirectGet.usable() else None
         self.policy = RetryPolicy(retries, backoff)
 
     def close(self) -> None:
@@ -77,17 +84,30 @@ class BlobClient:
         if self._direct is not None:
             self._direct.close()
 
-    def _send(self, method: str, url: str, what: str, refresh: Callable[[], str] | None, **options: Any) -> bytes:
-        """``refresh``: a fresh URL for the same object, asked for when storage refuses this one."""
-
+    def _run(self, attempt: Callable[[str], T], url: str, what: str, refresh: Callable[[], str] | None) -> T:
+        """``attempt(url)`` under the retry policy; ``refresh``: a fresh URL for the same object, asked
+        for when storage refuses this one. A TLS failure is final (:class:`client.net.UntrustedServer`)."""
         urls = [url]
 
-        def attempt() -> bytes:
-            response = self._http.request(method, urls[-1], **options)
+        def checked() -> T:
+            try:
+                return attempt(urls[-1])
+            except httpx.TransportError as exc:
+                parts = urlsplit(urls[-1])
+                failure = tls_failure(exc, f"{parts.scheme}://{parts.netloc}")
+                if failure is not None:
+                    raise failure from exc
+                raise
+
+        return self.policy.run(checked, what, refresh=None if refresh is None else lambda: urls.append(refresh()))
+
+    def _send(self, method: str, url: str, what: str, refresh: Callable[[], str] | None, **options: Any) -> bytes:
+        def attempt(target: str) -> bytes:
+            response = self._http.request(method, target, **options)
             check_storage(response, what)
             return response.content
 
-        return self.policy.run(attempt, what, refresh=None if refresh is None else lambda: urls.append(refresh()))
+        return self._run(attempt, url, what, refresh)
 
     def put(
         self,
@@ -99,13 +119,12 @@ class BlobClient:
         refresh: Callable[[], str] | None = None,
     ) -> None:
         """``headers``: what the catalog said every PUT must carry (``put_headers``), e.g. Azure's blob type."""
-        urls = [url]
         sized = {**(headers or {}), "Content-Length": str(len(data))}
 
-        def attempt() -> None:
+        def attempt(target: str) -> None:
             body = _ReleasedBody(data)
             try:
-                request = self._http.build_request("PUT", urls[-1], headers=sized)
+                request = self._http.build_request("PUT", target, headers=sized)
                 request.stream = body
                 response = self._http.send(request)
                 response.read()
@@ -113,7 +132,7 @@ class BlobClient:
             finally:
                 body.release()
 
-        self.policy.run(attempt, what, refresh=None if refresh is None else lambda: urls.append(refresh()))
+        self._run(attempt, url, what, refresh)
 
     def get(self, url: str, what: str, *, refresh: Callable[[], str] | None = None) -> bytes:
         return self._send("GET", url, what, refresh)
@@ -125,12 +144,11 @@ class BlobClient:
         pull's memory is its buffers, whatever the VM size. A body longer than ``into`` is
         :class:`BlobTooLarge`; a dropped connection is retried from the start, like any GET.
         """
-        urls = [url]
 
-        def attempt() -> int:
+        def attempt(target: str) -> int:
             if self._direct is not None:
-                return self._direct.get_into(urls[-1], what, into)
-            with self._http.stream("GET", urls[-1]) as response:
+                return self._direct.get_into(target, what, into)
+            with self._http.stream("GET", target) as response:
                 if response.status_code >= 300:
                     response.read()
                     check_storage(response, what)
@@ -143,7 +161,7 @@ class BlobClient:
                     got = end
                 return got
 
-        return self.policy.run(attempt, what, refresh=None if refresh is None else lambda: urls.append(refresh()))
+        return self._run(attempt, url, what, refresh)
 
 
 _ERROR_BODY = 64 * 1024  # what is read of an error answer (storage's XML or JSON reason)
@@ -156,17 +174,17 @@ class _DirectGet:
     for decompressing and hashing. One keep-alive connection per thread and origin.
 
     Only used where it behaves as httpx does: no custom transport (tests inject one), no proxy
-    configured on this machine, and TLS verified with httpx's own defaults (the same rules as the
-    catalog client's direct path in :mod:`client.api`). Statuses go through ``check_storage``;
+    configured on this machine, and TLS verified with the blob client's one context (the same rules
+    as the catalog client's direct path in :mod:`client.api`). Statuses go through ``check_storage``;
     network failures become httpx's transport errors, so the retry policy treats them as before.
     """
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, context: ssl.SSLContext) -> None:
         self._timeout = timeout
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: list[http.client.HTTPConnection] = []
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = context
 
     @staticmethod
     def usable() -> bool:
@@ -237,11 +255,7 @@ class _DirectGet:
             return conn, True
         scheme, host, port = origin
         if scheme == "https":
-            with self._lock:
-                if self._ssl is None:
-                    self._ssl = tls_context(True)
-                context = self._ssl
-            conn = http.client.HTTPSConnection(host, port, timeout=self._timeout, context=context)
+            conn = http.client.HTTPSConnection(host, port, timeout=self._timeout, context=self._ssl)
         else:
             conn = http.client.HTTPConnection(host, port, timeout=self._timeout)
         conns[origin] = conn

@@ -2,7 +2,8 @@
 
 ``PDCAT_SERVER``, ``PDCAT_TOKEN`` and ``PDCAT_API_KEY`` override what is stored, so scripts and CI
 never need to write a credential to disk: a credential in the environment replaces the stored login
-entirely (as ``GH_TOKEN`` does for gh), never joins it.
+entirely (as ``GH_TOKEN`` does for gh), never joins it. ``PDCAT_CACERT`` likewise replaces the CA
+certificate stored with the login (``pdcat login --cacert``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from core.errors import InvalidInput, Unauthenticated
 
 __all__ = [
     "Credentials",
+    "cacert_override",
     "config_dir",
     "forget_credentials",
     "load_credentials",
@@ -50,6 +52,7 @@ class Credentials:
     api_key: str | None = None
     username: str | None = None
     expires_at: str | None = None
+    cacert: str | None = None  # a CA (or the server's self-signed certificate) trusted for this server
 
     def __repr__(self) -> str:
         return f"Credentials(server={self.server!r}, username={self.username!r})"
@@ -69,6 +72,7 @@ def save_credentials(creds: Credentials) -> Path:
         "api_key": creds.api_key,
         "username": creds.username,
         "expires_at": creds.expires_at,
+        "cacert": creds.cacert,
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".credentials-")
     try:
@@ -100,6 +104,11 @@ def _stored() -> dict[str, str | None]:
     return stored if isinstance(stored, dict) else {}
 
 
+def cacert_override() -> str | None:
+    """``PDCAT_CACERT``: the CA certificate to trust instead of the one stored with the login."""
+    return os.environ.get("PDCAT_CACERT") or None
+
+
 def load_credentials(server: str | None = None) -> Credentials:
     """The server (``server``, else ``PDCAT_SERVER``, else the stored one) and the credential for it:
     ``PDCAT_TOKEN`` or ``PDCAT_API_KEY`` if set (one of them), else the stored token for that server."""
@@ -112,7 +121,7 @@ def load_credentials(server: str | None = None) -> Credentials:
     if env_token and env_key:
         raise InvalidInput("PDCAT_TOKEN and PDCAT_API_KEY are both set: keep the one this command should use")
     if env_token or env_key:
-        return Credentials(url, env_token, env_key)
+        return Credentials(url, env_token, env_key, cacert=cacert_override())
     same = False
     if stored.get("server"):
         try:
@@ -120,7 +129,12 @@ def load_credentials(server: str | None = None) -> Credentials:
         except InvalidInput:
             same = False
     if not same:
-        return Credentials(url)
+        return Credentials(url, cacert=cacert_override())
     return Credentials(
-        url, stored.get("token"), stored.get("api_key"), stored.get("username"), stored.get("expires_at")
+        url,
+        stored.get("token"),
+        stored.get("api_key"),
+        stored.get("username"),
+        stored.get("expires_at"),
+        cacert_override() or stored.get("cacert"),
     )

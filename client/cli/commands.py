@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from client.api import CatalogClient
 from client.cli.session import Connect, common, explain_missing, reference, say
-from client.config import Credentials, forget_credentials, normalize_server, save_credentials
+from client.config import Credentials, cacert_override, forget_credentials, normalize_server, save_credentials
 from client.options import (
     COMMANDS,
     ImportOptions,
@@ -31,7 +32,10 @@ from core.errors import InvalidInput, NotFound, PdcatError
 from core.identity import LATEST, normalize_architecture
 
 if TYPE_CHECKING:
+    import ssl
+
     from client.cache import CacheEntry
+    from core.local.tls import ServerCertificate
 
 __all__ = ["dispatch", "run_options"]
 
@@ -107,19 +111,25 @@ def cmd_serve(args: argparse.Namespace, connect: Connect) -> int:
     settings = load_settings()
     configure_logging(settings.log_level, log_format=settings.log_format)
     data = Path(args.data) if args.data else data_dir_default()
+    given_url = args.public_url or os.environ.get("PDCAT_PUBLIC_URL")
+    tls = _serve_tls(args, data, given_url)
     app = WsgiApp()
-    server = LocalServer(app, args.host, args.port, threads=args.threads)
-    public_url = _public_url(args.public_url or os.environ.get("PDCAT_PUBLIC_URL"), args.host, server.port)
+    server = LocalServer(app, args.host, args.port, threads=args.threads, tls=tls[1] if tls else None)
+    public_url = _public_url(given_url, args.host, server.port, "https" if tls else "http")
     catalog = open_local_catalog(data, public_url, settings)
     app.catalog = catalog
     print(f"pdcat catalog serving on {public_url} (data: {data})", flush=True)
+    trust = ""
+    if tls:
+        _announce_tls(tls[0], public_url)
+        trust = f" --cacert {tls[0].cert}" if tls[0].self_signed else ""
     if catalog.first_start:
         fs = catalog.first_start
         print(
             f"First start: created user '{fs.username}' (SUPER_USER); its password is in {fs.password_file}", flush=True
         )
         print(
-            f'Log in with: pdcat login --server {public_url} -u {fs.username} -p "$(cat {fs.password_file})"',
+            f'Log in with: pdcat login --server {public_url}{trust} -u {fs.username} -p "$(cat {fs.password_file})"',
             flush=True,
         )
     try:
@@ -132,28 +142,102 @@ def cmd_serve(args: argparse.Namespace, connect: Connect) -> int:
     return 0
 
 
-def _public_url(given: str | None, host: str, port: int) -> str:
+def _every_interface(host: str) -> bool:
+    return host in ("0.0.0.0", "", "::")
+
+
+def _public_url(given: str | None, host: str, port: int, scheme: str = "http") -> str:
     """Where clients reach this server: presigned URLs start with it, so teammates need one that names
     this machine, not the loopback address."""
     if given:
         return normalize_server(given)
-    if host in ("0.0.0.0", "", "::"):
+    if _every_interface(host):
         import socket
 
         name = socket.getfqdn()
         print(
-            f"Listening on every interface; clients are sent to http://{name}:{port}. If teammates reach this "
-            "machine by another name or address, restart with --public-url http://NAME:PORT",
+            f"Listening on every interface; clients are sent to {scheme}://{name}:{port}. If teammates reach this "
+            f"machine by another name or address, restart with --public-url {scheme}://NAME:PORT",
             flush=True,
         )
-        return f"http://{name}:{port}"
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        return f"{scheme}://{name}:{port}"
+    return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def _serve_tls(
+    args: argparse.Namespace, data: Path, given_url: str | None
+) -> tuple[ServerCertificate, ssl.SSLContext] | None:
+    """The certificate ``pdcat serve`` presents and its context, or None for plain HTTP; refuses, before
+    the port is bound, what cannot work."""
+    if args.tls_self_signed and (args.tls_cert or args.tls_key):
+        raise InvalidInput("pick one: --tls-cert with --tls-key (your certificate), or --tls-self-signed")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        given, missing = ("--tls-cert", "--tls-key") if args.tls_cert else ("--tls-key", "--tls-cert")
+        raise InvalidInput(f"{given} needs {missing} too: the certificate and its private key, both PEM files")
+    if not (args.tls_cert or args.tls_self_signed):
+        return None
+    url = normalize_server(given_url) if given_url else None
+    if url and urlsplit(url).scheme.lower() == "http":
+        raise InvalidInput(f"the public URL {url} is http://, but this server speaks TLS: give its https:// URL")
+    from core.local.tls import given_certificate, self_signed_certificate
+
+    if args.tls_cert:
+        key = Path(args.tls_key)
+        found = given_certificate(Path(args.tls_cert), key)
+        if key.stat().st_mode & 0o077:
+            err_console.print(f"pdcat: warning: other users can read the TLS key {key}: chmod 600 {key}", markup=False)
+        return found
+    import socket
+
+    public_host = urlsplit(url).hostname if url else socket.getfqdn() if _every_interface(args.host) else args.host
+    names = [public_host or "localhost", socket.gethostname(), socket.getfqdn(), "localhost", "127.0.0.1", "::1"]
+    return self_signed_certificate(data / "tls", names)
+
+
+def _announce_tls(cert: ServerCertificate, public_url: str) -> None:
+    """The certificate, its fingerprint, and how a teammate trusts it."""
+    if cert.self_signed:
+        made = {
+            "reused": "reused",
+            "made": "made now",
+            "replaced": "made now, replacing one that no longer named this host or was about to expire: "
+            "clients that trusted that one must trust this one",
+        }[cert.made]
+        print(f"TLS: self-signed certificate {cert.cert} ({made})", flush=True)
+        print(f"TLS: SHA-256 fingerprint {cert.fingerprint}", flush=True)
+        print(
+            f"Teammates trust it: copy {cert.cert} to their machine as cert.pem, check that "
+            "'openssl x509 -in cert.pem -noout -fingerprint -sha256' prints the fingerprint above, then "
+            f"'pdcat login --server {public_url} --cacert cert.pem -u USER' (CI: PDCAT_CACERT=cert.pem)",
+            flush=True,
+        )
+        return
+    print(f"TLS: certificate {cert.cert}", flush=True)
+    print(f"TLS: SHA-256 fingerprint {cert.fingerprint}", flush=True)
+    print(
+        "Clients trust it if its issuer is among their system's roots; otherwise they pass that CA's certificate: "
+        f"'pdcat login --server {public_url} --cacert CA.pem -u USER' (CI: PDCAT_CACERT=CA.pem)",
+        flush=True,
+    )
+
+
+def _login_cacert(args: argparse.Namespace) -> str | None:
+    """``--cacert`` as an absolute path (it is stored with the login), checked first: a CA file that
+    cannot be used is refused before a password is asked for."""
+    if not args.cacert:
+        return None
+    from client.net import Trust, tls_context
+
+    path = str(Path(args.cacert).expanduser().absolute())
+    tls_context(Trust(cacert=path))
+    return path
 
 
 def cmd_login(args: argparse.Namespace, connect: Connect) -> int:
     server = normalize_server(args.server)
+    cacert = _login_cacert(args)
     if args.api_key:
-        return _login_with_api_key(args, server)
+        return _login_with_api_key(args, server, cacert)
     if not args.username:
         raise InvalidInput("login needs -u USER (or --api-key KEY)")
     password = args.password or os.environ.get("PDCAT_PASSWORD")
@@ -165,9 +249,9 @@ def cmd_login(args: argparse.Namespace, connect: Connect) -> int:
         if not sys.stdin.isatty():
             raise InvalidInput("no password: pass --password-stdin, -p or PDCAT_PASSWORD, or run in a terminal")
         password = getpass.getpass(f"Password for {args.username}: ")
-    with CatalogClient(server) as api:
+    with CatalogClient(server, cacert=cacert or cacert_override()) as api:
         answer = api.login(args.username, password)
-    path = save_credentials(Credentials(server, answer["token"], None, args.username, answer["expires_at"]))
+    path = save_credentials(Credentials(server, answer["token"], None, args.username, answer["expires_at"], cacert))
     say(
         common(args),
         f"Logged in to {server} as {args.username} (token until {answer['expires_at']}; saved in {path})",
@@ -175,14 +259,14 @@ def cmd_login(args: argparse.Namespace, connect: Connect) -> int:
     return 0
 
 
-def _login_with_api_key(args: argparse.Namespace, server: str) -> int:
+def _login_with_api_key(args: argparse.Namespace, server: str, cacert: str | None) -> int:
     """Store an API key as this machine's credential, once the catalog has accepted it."""
     key = sys.stdin.readline().strip() if args.api_key == "-" else args.api_key.strip()
     if not key:
         raise InvalidInput("--api-key - read no key from standard input")
-    with CatalogClient(server, api_key=key) as api:
+    with CatalogClient(server, api_key=key, cacert=cacert or cacert_override()) as api:
         me = api.whoami()
-    path = save_credentials(Credentials(server, None, key, str(me["subject"]), None))
+    path = save_credentials(Credentials(server, None, key, str(me["subject"]), None, cacert))
     say(common(args), f"Logged in to {server} as {me['subject']} with an API key (saved in {path})")
     return 0
 

@@ -108,8 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", help="data folder (default: the platform's user data folder)")
     c.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     c.add_argument("--public-url", metavar="URL", help="the URL teammates reach this server by, which presigned URLs "
-                   "use (default: PDCAT_PUBLIC_URL; else http://<this machine's name>:PORT when listening on every "
-                   "interface, http://HOST:PORT otherwise)")  # fmt: skip
+                   "use (default: PDCAT_PUBLIC_URL; else http(s)://<this machine's name>:PORT when listening on every "
+                   "interface, http(s)://HOST:PORT otherwise)")  # fmt: skip
+    c.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM, any intermediate "
+                   "certificates after it); with --tls-key")  # fmt: skip
+    c.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM, unencrypted)")
+    c.add_argument("--tls-self-signed", action="store_true", help="serve HTTPS with a self-signed certificate, made "
+                   "once in <data>/tls/ (teammates trust it with pdcat login --cacert)")  # fmt: skip
     c.add_argument("--port", type=int, default=int(os.environ.get("PDCAT_PORT", "8080")))
     c.add_argument("--threads", type=int, default=16)
 
@@ -120,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     c.add_argument("--api-key", metavar="KEY", help="store this API key instead of logging in with a password "
                    "('-': read it from standard input)")  # fmt: skip
+    c.add_argument("--cacert", metavar="FILE", help="trust this CA certificate (or the server's self-signed one) "
+                   "besides the system's, and store it with the login (PDCAT_CACERT overrides)")  # fmt: skip
 
     command("logout", "Forget the stored login", server=False)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from client.api import CatalogClient
-from client.config import load_credentials
+from client.config import cacert_override, load_credentials
 from client.options import Options, resolve
 from client.output import RichProgress, console
 from client.token_refresh import RefreshingToken, stored_login
@@ -40,24 +40,26 @@ Connect = Callable[[Options], CatalogClient]
 
 def connect(options: Options) -> CatalogClient:
     """A client for the catalog: a PDFile's AUTHENTICATE lines if it has them, else the stored login
-    (or ``PDCAT_SERVER``/``PDCAT_TOKEN``/``PDCAT_API_KEY``)."""
+    (or ``PDCAT_SERVER``/``PDCAT_TOKEN``/``PDCAT_API_KEY``), trusting the login's CA certificate (or
+    ``PDCAT_CACERT``)."""
     recipe_creds = options.credentials
     if recipe_creds is not None and options.server:
-        verify = not options.insecure
+        tls: dict[str, Any] = {"verify": not options.insecure, "cacert": cacert_override()}
         if recipe_creds.api_key:
-            return CatalogClient(options.server, api_key=recipe_creds.api_key, verify=verify)
+            return CatalogClient(options.server, api_key=recipe_creds.api_key, **tls)
         if recipe_creds.username and recipe_creds.password:
-            with CatalogClient(options.server, verify=verify) as anonymous:
+            with CatalogClient(options.server, **tls) as anonymous:
                 answer = anonymous.login(recipe_creds.username, recipe_creds.password)
             # refreshed like a stored login's, but kept in memory: the recipe's login is not this machine's
             login = RefreshingToken(answer["token"], answer["expires_at"], username=recipe_creds.username)
-            return CatalogClient(options.server, login=login, verify=verify)
+            return CatalogClient(options.server, login=login, **tls)
     creds = load_credentials(options.server)
     if not creds.token and not creds.api_key:
         raise Unauthenticated(f"not logged in to {creds.server}: run 'pdcat login --server {creds.server} -u USER'")
+    tls = {"verify": not options.insecure, "cacert": creds.cacert}  # the login's CA (or PDCAT_CACERT)
     if creds.token and creds.expires_at:  # a stored password login; PDCAT_TOKEN comes without expires_at
-        return CatalogClient(creds.server, login=stored_login(creds))
-    return CatalogClient(creds.server, token=creds.token, api_key=creds.api_key)
+        return CatalogClient(creds.server, login=stored_login(creds), **tls)
+    return CatalogClient(creds.server, token=creds.token, api_key=creds.api_key, **tls)
 
 
 def explain_missing(api: CatalogClient, catalog_id: str, version: str, arch: str, exc: NotFound) -> NotFound:

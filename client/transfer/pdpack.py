@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from client.api import CatalogClient
+from client.net import tls_context
 from client.pdpack_pull import PackDownload, unpack_from_url
 from client.transfer.common import DiskFull, Progress, PullResult, TransferConfig, destination, pull_lock
 from client.transfer.plan import PullPlan, announce, free_bytes
@@ -51,7 +52,8 @@ def pull_pdpack(
     def refresh() -> PackDownload:
         return PackDownload.parse(api.pull_pack_url(*key))
 
-    http = httpx.Client(timeout=300.0, follow_redirects=False)  # a presigned URL is its own authorisation
+    # a presigned URL is its own authorisation; its server is trusted as the catalog is
+    http = httpx.Client(timeout=300.0, follow_redirects=False, verify=tls_context(api.trust))
     progress.start("downloading", pack.size)
     try:
         with pull_lock(final):

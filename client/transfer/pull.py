@@ -79,7 +79,9 @@ def pull(
     if answer.get("format") != "chunks":
         raise PdcatError(f"the catalog answered a pull in a format this pdcat does not know: {answer.get('format')!r}")
     own_blobs = blobs is None
-    blob_client = blobs or BlobClient(connections=config.workers * 2, retries=config.retries, backoff=config.backoff)
+    blob_client = blobs or BlobClient(
+        connections=config.workers * 2, retries=config.retries, backoff=config.backoff, trust=api.trust
+    )
     try:
         digest = str(manifest["pack"]["digest"])
         index = cache.cached_index(digest) if cache is not None else None  # nothing to download then

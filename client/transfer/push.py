@@ -456,7 +456,9 @@ def push(
     session = api.push_begin(key.catalog_id, key.version, key.architecture, body)
     upload_id: str = session["upload_id"]
     own_blobs = blobs is None
-    blob_client = blobs or BlobClient(connections=config.workers * 2, retries=config.retries, backoff=config.backoff)
+    blob_client = blobs or BlobClient(
+        connections=config.workers * 2, retries=config.retries, backoff=config.backoff, trust=api.trust
+    )
     one_pass = _Pass(
         api, upload_id, root, fingerprints, blob_client, config, progress, dict(session.get("put_headers") or {})
     )

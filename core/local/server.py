@@ -16,10 +16,12 @@ limit the longest-idle ones make room, so a flood of idle sockets cannot stall `
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -113,6 +115,26 @@ LINGER_S = 2.0
 LINGER_BYTES = 16 * 1024 * 1024
 """After a refusal, the rest of the body is read and dropped for this long (at most this much), so
 the client that sent it anyway still reads the answer rather than a connection reset."""
+
+# ---- TLS (``pdcat serve --tls-cert/--tls-key`` or ``--tls-self-signed``) --------------------------
+HANDSHAKE_TIMEOUT_S = 10.0
+"""From a TLS connection's accept to the end of its handshake (one that never finishes is closed)."""
+TLS_SEND_BYTES = 64 * 1024
+"""The most one write hands to TLS: OpenSSL reports a write only once all of it is sent, so this
+bounds how long a slow reader can look stalled (STALL_TIMEOUT_S) while it is still reading."""
+_TLS_HANDSHAKE_RECORD = b"\x16"
+_PLAIN_TO_TLS = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
+_PLAIN_TO_TLS_BODY = json.dumps(
+    {
+        "error": {
+            "code": "invalid_input",
+            "message": "this catalog speaks HTTPS only: use https:// instead of http:// in its URL "
+            "(--server, PDCAT_SERVER)",
+        }
+    }
+).encode()
 
 
 class _LengthRequired(PdcatError):
@@ -514,13 +536,175 @@ class _Channel(HTTPChannel):
         )
 
 
+class _TlsChannel(_Channel):
+    """A connection to a TLS server: the channel above over a non-blocking TLS socket. waitress parses
+    the decrypted bytes exactly as it parses plain ones, so every limit (body limits from the head,
+    idle, header, body-rate and stall timeouts, the connection limit and whom it evicts) applies
+    unchanged, and REMOTE_ADDR is the peer's address, as the login throttle and the logs need.
+
+    What TLS adds: the handshake comes first, driven by poll like any read, within
+    HANDSHAKE_TIMEOUT_S; a read may have to write first (``_want_write``); a read takes every
+    decrypted byte the TLS object holds (``pending``), since poll cannot see those; a write the kernel
+    could not take whole is retried with the same bytes, which waitress does (it drops only what was
+    sent). OpenSSL objects are not thread-safe and waitress can write from a task thread while its
+    main loop reads: every TLS call holds the channel's lock. A first byte that is not a TLS
+    handshake (plain HTTP to this port) is answered in plain HTTP: use https.
+    """
+
+    handshaking = True
+    _want_write = False
+    _wrapped = False
+
+    def __init__(self, server: _Server, sock: socket.socket, addr: Any, adj: Adjustments, map: Any = None) -> None:
+        super().__init__(server, sock, addr, adj, map)
+        # waitress reads this much of an answer for every write, and TLS takes TLS_SEND_BYTES of it
+        self.sendbuf_len = min(self.sendbuf_len, TLS_SEND_BYTES)
+        self._tls_lock = threading.Lock()
+        self.accepted_at = time.monotonic()
+
+    def readable(self) -> bool:
+        if self.handshaking and not self.lingering:
+            return not (self._want_write or self.will_close)
+        return super().readable()
+
+    def writable(self) -> bool:
+        if self.handshaking and not self.lingering:
+            return self._want_write or self.will_close
+        return self._want_write or super().writable()
+
+    def handle_read(self) -> None:
+        if self.lingering:
+            super().handle_read()  # the raw socket, read and dropped
+        elif self.handshaking:
+            self._handshake()
+        else:
+            self._read()
+
+    def handle_write(self) -> None:
+        if self._want_write and not self.lingering:  # a handshake or a read waits for the socket to take a write
+            self._want_write = False
+            self.handle_read()
+        if self.handshaking and not self.lingering:
+            if self.will_close:  # evicted, or out of time
+                self.handle_close()
+            return
+        super().handle_write()
+
+    def _handshake(self) -> None:
+        failure: BaseException | None = None
+        first = b""
+        with self._tls_lock:
+            sock = self.socket
+            if sock is None:
+                return
+            if not self._wrapped:
+                try:
+                    first = sock.recv(1, socket.MSG_PEEK)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    first = b""
+                if first == _TLS_HANDSHAKE_RECORD:
+                    context = self.server.tls_context
+                    assert context is not None
+                    self.socket = sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                    self._wrapped = True
+            if self._wrapped:
+                try:
+                    sock.do_handshake()  # type: ignore[attr-defined]
+                except ssl.SSLWantReadError:
+                    return
+                except ssl.SSLWantWriteError:
+                    self._want_write = True
+                    return
+                except OSError as exc:  # ssl.SSLError included
+                    failure = exc
+                else:
+                    self.handshaking = False
+                    self.last_activity = time.time()
+        if not self._wrapped:
+            self._refuse_plain(first)
+        elif failure is not None:
+            if isinstance(failure, ssl.SSLError) and not isinstance(failure, ssl.SSLEOFError):
+                log.info("TLS handshake refused", extra={"client": self.addr[0], "reason": str(failure)[:200]})
+            self.handle_close()
+        else:
+            self._read()  # a request may have come with the handshake's last message
+
+    def _refuse_plain(self, first: bytes) -> None:
+        """Plain HTTP on the TLS port: say so in plain HTTP (then linger, so the client reads it)."""
+        if first and self.socket is not None:
+            try:
+                self.socket.send(_PLAIN_TO_TLS % (len(_PLAIN_TO_TLS_BODY), _PLAIN_TO_TLS_BODY))
+            except OSError:
+                pass
+            else:
+                self.linger_wanted = True
+        self.handle_close()
+
+    def _read(self) -> None:
+        data, ended = self._decrypt(self.adj.recv_bytes)
+        if data:
+            self.last_activity = time.time()
+            self.received(data)
+        if ended:
+            self.handle_close()
+
+    def _decrypt(self, size: int) -> tuple[bytes, bool]:
+        """What the peer sent (up to ``size`` bytes, plus what TLS still holds decrypted), and whether
+        the connection ended (closed, reset or broken)."""
+        view = memoryview(self.server.tls_buffer)  # the main loop's alone: only it reads
+        got, ended = 0, False
+        with self._tls_lock:
+            sock = self.socket
+            if sock is None:
+                return b"", True
+            try:
+                while got < size or (got < len(view) and sock.pending()):  # type: ignore[attr-defined]
+                    want = size - got if got < size else min(sock.pending(), len(view) - got)  # type: ignore[attr-defined]
+                    n = sock.recv_into(view[got:], want)
+                    if not n:
+                        ended = True
+                        break
+                    got += n
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLWantWriteError:
+                self._want_write = True
+            except OSError:  # reset, or a TLS error (ssl.SSLError): the connection is over
+                ended = True
+        return bytes(view[:got]), ended
+
+    def send(self, data: Any, do_close: bool = True) -> int:
+        """wasyncore's ``send`` over TLS: 0 while the socket cannot take it (waitress sends the same
+        bytes again)."""
+        with self._tls_lock:
+            sock = self.socket
+            if sock is None or self.handshaking:
+                return 0
+            try:
+                return int(sock.send(memoryview(data)[:TLS_SEND_BYTES]))
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return 0
+            except OSError:  # reset, or the TLS session is broken (ssl.SSLError): a dropped connection
+                pass
+        if do_close:
+            self.handle_close()
+        return 0
+
+
 class _Server(TcpWSGIServer):
     """waitress's TCP server with pdcat's channel and its idle, header and body deadlines."""
 
-    channel_class = _Channel
+    channel_class: type[_Channel] = _Channel
 
-    def __init__(self, application: Any, pdcat_app: WsgiApp, **kw: Any) -> None:
+    def __init__(self, application: Any, pdcat_app: WsgiApp, tls: ssl.SSLContext | None = None, **kw: Any) -> None:
         self.pdcat_app = pdcat_app
+        self.tls_context = tls
+        if tls is not None:
+            self.channel_class = _TlsChannel
+            adj: Adjustments = kw["adj"]
+            self.tls_buffer = bytearray(adj.recv_bytes + TLS_SEND_BYTES)  # room for what TLS holds past recv_bytes
         super().__init__(application, **kw)
 
     def _channels(self) -> list[_Channel]:
@@ -554,7 +738,9 @@ class _Server(TcpWSGIServer):
             if channel.requests or channel.lingering or channel.total_outbufs_len:
                 continue
             request = cast(_LimitedParser | None, channel.request)
-            if request is None:
+            if isinstance(channel, _TlsChannel) and channel.handshaking:
+                expired = mono - channel.accepted_at > HANDSHAKE_TIMEOUT_S
+            elif request is None:
                 expired = now - channel.last_activity > IDLE_TIMEOUT_S
             elif not request.headers_finished:
                 expired = mono - request.started > HEADER_TIMEOUT_S
@@ -587,7 +773,9 @@ class LocalServer:
         threads: int = 16,
         *,
         connection_limit: int = CONNECTION_LIMIT,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: the server's context (``core.local.tls``); every connection then speaks TLS."""
         _raise_open_files_limit(connection_limit + 256)
         adj = Adjustments(
             host=host,
@@ -612,7 +800,7 @@ class LocalServer:
         dispatcher.set_thread_count(adj.threads)
         socket_map: dict[int, Any] = {}
         servers = [
-            _Server(app, app, map=socket_map, dispatcher=dispatcher, adj=adj, sockinfo=sockinfo)
+            _Server(app, app, tls, map=socket_map, dispatcher=dispatcher, adj=adj, sockinfo=sockinfo)
             for sockinfo in adj.listen
         ]
         listening = [(getattr(s, "effective_host", host), int(getattr(s, "effective_port", port))) for s in servers]

@@ -73,14 +73,18 @@ def start_embedded(
     env: dict[str, str] | None = None,
     port: int = 0,
     timeout: float = 30.0,
+    args: tuple[str, ...] = (),
 ) -> RunningServer:
-    """``pdcat serve`` on a free loopback port; fails loudly with the server's log if it won't start."""
+    """``pdcat serve`` on a free loopback port; fails loudly with the server's log if it won't start.
+
+    ``args``: more of ``pdcat serve``'s flags (``--tls-self-signed``...). An https server is asked for
+    ``/health`` without checking its certificate: whether it answers, not whom clients trust."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"{data_dir.name}.server.log"
     full_env = {**os.environ, **(env or {})}
     log = log_path.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "serve", "--data", str(data_dir), "--port", str(port)],
+        [sys.executable, "-m", "client.cli", "serve", "--data", str(data_dir), "--port", str(port), *args],
         cwd=REPO,
         env=full_env,
         stdout=subprocess.PIPE,
@@ -94,7 +98,7 @@ def start_embedded(
         line = process.stdout.readline()
         if not line:
             break
-        match = re.search(r"serving on (http://\S+)", line)
+        match = re.search(r"serving on (https?://\S+)", line)
         if match:
             url = match.group(1)
             break
@@ -107,7 +111,7 @@ def start_embedded(
     threading.Thread(target=lambda: [None for _ in process.stdout or []], daemon=True).start()
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/api/v1/health", timeout=2, verify=False).status_code == 200:
                 return RunningServer(url, process, log_path, data_dir)
         except httpx.TransportError:
             pass

@@ -1,6 +1,6 @@
 """``pdcat serve`` tells clients where it is (issue 15, item 3): the URL presigned URLs start with is
 ``--public-url`` (or ``PDCAT_PUBLIC_URL``), and a server listening on every interface names this machine,
-not the loopback address, and says how to change it."""
+not the loopback address, and says how to change it. With TLS (``--tls-self-signed``) it is https."""
 
 from __future__ import annotations
 
@@ -54,3 +54,11 @@ def test_every_interface_names_this_machine(tmp_path: Path) -> None:
     note, line = _first_lines(tmp_path, "--host", "0.0.0.0", count=2)
     assert "--public-url" in note
     assert line.startswith(f"pdcat catalog serving on http://{socket.getfqdn()}:"), line
+
+
+def test_with_tls_the_default_public_url_is_https(tmp_path: Path) -> None:
+    note, line = _first_lines(tmp_path, "--host", "0.0.0.0", "--tls-self-signed", count=2)
+    assert "--public-url https://NAME:PORT" in note
+    assert line.startswith(f"pdcat catalog serving on https://{socket.getfqdn()}:"), line
+    (line,) = _first_lines(tmp_path, "--tls-self-signed", count=1)
+    assert line.startswith("pdcat catalog serving on https://127.0.0.1:"), line

@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from client.api import _NO_ANSWER, CatalogClient, ConnectionFailed
+from client.net import UntrustedServer
 from core.errors import Conflict, NotFound, PdcatError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,6 +100,8 @@ def _handler(catalog: Catalog) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
             catalog.seen.append(Seen(self.command, self.path, headers, body, self.client_address))
+            # read before answering: once the client has the answer, the test may change it for the next call
+            close_after = catalog.close_after_answer
             status, payload = catalog.reply(self.command, self.path)
             data = b"" if payload is None else payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
@@ -106,7 +109,7 @@ def _handler(catalog: Catalog) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
-            if catalog.close_after_answer:
+            if close_after:
                 self.close_connection = True
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
@@ -333,8 +336,9 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 def test_tls_is_verified_the_same(
     catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, via_httpx: bool
 ) -> None:
-    """Certifi's roots by default (a self-signed catalog is refused), ``SSL_CERT_FILE`` instead when set,
-    nothing with ``verify=False`` (a PDFile's INSECURE); HTTP/1.1 offered by ALPN."""
+    """Certifi's roots by default (a self-signed catalog is refused, saying what to do), ``SSL_CERT_FILE``
+    instead when set, ``cacert`` on top of them (``pdcat login --cacert``, ``PDCAT_CACERT``), nothing
+    with ``verify=False`` (a PDFile's INSECURE); HTTP/1.1 offered by ALPN."""
     import ssl
 
     cert, key = _self_signed(tmp_path)
@@ -349,18 +353,21 @@ def test_tls_is_verified_the_same(
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
 
-    def client(verify: bool) -> CatalogClient:
-        api = CatalogClient(url, verify=verify)
+    def client(verify: bool, cacert: str | None = None) -> CatalogClient:
+        api = CatalogClient(url, verify=verify, cacert=cacert)
         if via_httpx:
             api._http  # noqa: B018 (from now on through httpx, with its own TLS context)
         return api
 
     try:
-        with client(True) as api, pytest.raises(ConnectionFailed) as caught:
+        with client(True) as api, pytest.raises(UntrustedServer) as caught:
             api.whoami()
-        assert caught.value.message.startswith(f"cannot reach the catalog at {url}: the connection failed. Is the")
+        assert caught.value.message.startswith(f"the certificate of {url} is not trusted (self-signed certificate)")
+        assert "pass --cacert FILE" in caught.value.message
         assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value.__cause__)
         with client(False) as api:
+            api.whoami()
+        with client(True, cacert=str(cert)) as api:
             api.whoami()
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         with client(True) as api:
@@ -368,7 +375,7 @@ def test_tls_is_verified_the_same(
     finally:
         server.shutdown()
         server.server_close()
-    assert len(catalog.seen) == 2
+    assert len(catalog.seen) == 3
 
 
 def test_a_connection_is_kept_alive_and_one_the_server_dropped_is_not_reused(catalog: Catalog) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from core import limits, pack, wire
+from core.local import server as local_server
+from core.local import tls as local_tls
 
 REPO = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
@@ -72,6 +74,22 @@ FACTS: list[tuple[str, int, list[tuple[str, str, int]]]] = [
         "Functions request",
         limits.FUNCTIONS_REQUEST_BYTES,
         [("README.md", r"the Functions host its (\d+) MB", MIB)],
+    ),
+    (
+        "TLS handshake deadline",
+        int(local_server.HANDSHAKE_TIMEOUT_S),
+        [("docs/serving.md", r"its own deadline \((\d+) s from the accept", 1)],
+    ),
+    ("largest TLS write", local_server.TLS_SEND_BYTES, [("docs/serving.md", r"writes of at most (\d+) KiB", 1024)]),
+    (
+        "self-signed certificate validity",
+        local_tls.SELF_SIGNED_DAYS,
+        [("docs/serving.md", r"It is valid (\d+) days", 1)],
+    ),
+    (
+        "self-signed certificate renewal",
+        local_tls.RENEW_DAYS,
+        [("docs/serving.md", r"or it has fewer than (\d+) days left", 1)],
     ),
 ]
 
