@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from client.api import CatalogClient
-from client.config import load_credentials
+from client.config import load_credentials, login_command
 from client.options import Options, resolve
 from client.output import RichProgress, console
 from core.errors import InvalidInput, NotFound, PdcatError, Unauthenticated
@@ -51,7 +51,7 @@ def connect(options: Options) -> CatalogClient:
             return CatalogClient(options.server, token=token, verify=verify)
     creds = load_credentials(options.server)
     if not creds.token and not creds.api_key:
-        raise Unauthenticated(f"not logged in to {creds.server}: run 'pdcat login --server {creds.server} -u USER'")
+        raise Unauthenticated(f"not logged in to {creds.server}: run '{login_command(creds.server)}'")
     return CatalogClient(creds.server, token=creds.token, api_key=creds.api_key)
 
 
