@@ -127,6 +127,15 @@ def test_a_secret_the_keychain_lost_or_hides_asks_to_log_in_again(
     pdcat_bare.ok("login", "--server", backend.url, "-u", "admin", "-p", password)
     assert pdcat_bare.json("whoami")["subject"] == "admin"
 
+    # a keychain that will not delete: the login is forgotten all the same, and the secret left is named
+    done = pdcat_bare.run("logout", env={"KEYRING_PROPERTY_FAIL": "delete"})
+    assert done.code == 0 and f"Logged out of {backend.url}" in done.out
+    assert done.err.strip() == (
+        f"pdcat: warning: the keychain still holds the secret of {backend.url} (the keychain is locked: "
+        f"remove service 'pdcat {tmp_path / 'config'}', account '{backend.url}')"
+    )
+    assert list(keychain(tmp_path)) == [backend.url] and not (tmp_path / "config" / "credentials.json").exists()
+
 
 def test_a_single_login_file_from_before_is_read_then_migrated(
     backend: Any, pdcat_bare: Pdcat, password: str, tmp_path: Path
