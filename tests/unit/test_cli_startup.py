@@ -191,6 +191,7 @@ def test_ls_loads_neither_httpx_nor_the_transfer_engine(catalog: Catalog, tmp_pa
     assert "ubuntu" in out and "24.04" in out and "lts" in out
     assert sorted(_top_level(loaded) & NOT_FOR_LS) == []
     assert [m for m in loaded if m.startswith(PDCAT_NOT_FOR_LS)] == []
+    assert "rich.progress" not in loaded  # progress bars are for transfers
     (request,) = catalog.seen
     assert (request.method, request.target) == ("GET", "/api/v1/catalog?limit=100")
     assert request.headers["authorization"] == "Bearer tok-123"
