@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
+from rich.markup import escape
 from rich.table import Table
 
 from client.cli.session import Connect, common, say
@@ -89,6 +90,7 @@ def cmd_context(args: argparse.Namespace, connect: Connect) -> int:
     for column in ("", "SERVER", "USER", "AUTH", "SECRET IN"):
         table.add_column(column)
     for c in found:
-        table.add_row("*" if c.current else "", c.server, c.details.get("username") or "-", _how(c), _where(c))
+        user = c.details.get("username") or "-"
+        table.add_row("*" if c.current else "", escape(c.server), escape(user), _how(c), _where(c))
     console.print(table)
     return 0
