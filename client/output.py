@@ -6,19 +6,13 @@ import json
 import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 __all__ = ["LineProgress", "RichProgress", "console", "human_size", "manifest_table", "print_json"]
 
@@ -70,6 +64,16 @@ class RichProgress:
     and how to resume). Log lines (retries) print above it, through the same console."""
 
     def __init__(self, out: Console | None = None) -> None:
+        # loaded here, by the commands that transfer: ``pdcat ls`` and the other catalog calls start without it
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("{task.description:<12}"),
             BarColumn(),

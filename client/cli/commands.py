@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from client.api import CatalogClient
+from client.cli.contexts import cmd_context, logged_out, saved_where
 from client.cli.session import Connect, common, explain_missing, reference, say
-from client.config import Credentials, cacert_override, forget_credentials, normalize_server, save_credentials
+from client.config import Credentials, cacert_override, forget_credentials, normalize_server, store_login
 from client.options import (
     COMMANDS,
     ImportOptions,
@@ -251,23 +252,23 @@ def cmd_login(args: argparse.Namespace, connect: Connect) -> int:
         password = getpass.getpass(f"Password for {args.username}: ")
     with CatalogClient(server, cacert=cacert or cacert_override()) as api:
         answer = api.login(args.username, password)
-    path = save_credentials(Credentials(server, answer["token"], None, args.username, answer["expires_at"], cacert))
-    say(
-        common(args),
-        f"Logged in to {server} as {args.username} (token until {answer['expires_at']}; saved in {path})",
+    stored = store_login(
+        Credentials(server, answer["token"], None, args.username, answer["expires_at"], cacert), current=True
     )
+    where = saved_where(stored, "token")
+    say(common(args), f"Logged in to {server} as {args.username} (token until {answer['expires_at']}); {where}")
     return 0
 
 
 def _login_with_api_key(args: argparse.Namespace, server: str, cacert: str | None) -> int:
-    """Store an API key as this machine's credential, once the catalog has accepted it."""
+    """Store an API key as this machine's credential for ``server``, once the catalog has accepted it."""
     key = sys.stdin.readline().strip() if args.api_key == "-" else args.api_key.strip()
     if not key:
         raise InvalidInput("--api-key - read no key from standard input")
     with CatalogClient(server, api_key=key, cacert=cacert or cacert_override()) as api:
         me = api.whoami()
-    path = save_credentials(Credentials(server, None, key, str(me["subject"]), None, cacert))
-    say(common(args), f"Logged in to {server} as {me['subject']} with an API key (saved in {path})")
+    stored = store_login(Credentials(server, None, key, str(me["subject"]), None, cacert), current=True)
+    say(common(args), f"Logged in to {server} as {me['subject']} with an API key; {saved_where(stored, 'key')}")
     return 0
 
 
@@ -353,9 +354,12 @@ def cmd_completion(args: argparse.Namespace, connect: Connect) -> int:
 
 
 def cmd_logout(args: argparse.Namespace, connect: Connect) -> int:
-    """Forget the stored login (the token stays valid until it expires: it is a bearer token)."""
-    path = forget_credentials()
-    say(common(args), f"Logged out: removed {path}" if path else "Not logged in: nothing to remove")
+    """Forget a stored login, or all of them, with their secrets (a token stays valid until it expires:
+    it is a bearer token)."""
+    gone = forget_credentials(args.server, everything=args.all)
+    for problem in gone.problems:
+        err_console.print(f"pdcat: warning: the keychain still holds the secret of {problem}", markup=False)
+    say(common(args), logged_out(gone))
     return 0
 
 
@@ -615,6 +619,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Connect], int]] = {
     "serve": cmd_serve,
     "login": cmd_login,
     "logout": cmd_logout,
+    "context": cmd_context,
     "tag": cmd_tag,
     "user": cmd_user,
     "completion": cmd_completion,

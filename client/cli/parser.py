@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--port", type=int, default=int(os.environ.get("PDCAT_PORT", "8080")))
     c.add_argument("--threads", type=int, default=16)
 
-    c = command("login", "Log in and store a token (or an API key)", server=False)
+    c = command("login", "Log in to a server, store its token (or an API key) and make it the current one",
+                server=False)  # fmt: skip
     c.add_argument("--server", required=True)
     c.add_argument("-u", "--username")
     c.add_argument("-p", "--password", help="(default: PDCAT_PASSWORD, or asked for)")
@@ -128,7 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cacert", metavar="FILE", help="trust this CA certificate (or the server's self-signed one) "
                    "besides the system's, and store it with the login (PDCAT_CACERT overrides)")  # fmt: skip
 
-    command("logout", "Forget the stored login", server=False)
+    c = command("logout", "Forget the current server's login (--server: that one's, --all: every one)", server=False)
+    which = c.add_mutually_exclusive_group()
+    which.add_argument("--server", help="the server to log out of (default: PDCAT_SERVER, or the current one)")
+    which.add_argument("--all", action="store_true", help="log out of every server")
+
+    c = command("context", "List the servers you are logged in to (ls), or pick the current one (use SERVER)",
+                json_flag=True, server=False)  # fmt: skip
+    c.add_argument("action", choices=("ls", "use"))
+    c.add_argument("name", nargs="?", metavar="SERVER", help="(use) its URL, or a host only one of them has")
 
     c = command("completion", "Print a shell completion script: source <(pdcat completion bash)", server=False)
     c.add_argument("shell", choices=("bash", "zsh"))

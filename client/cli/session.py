@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from client.api import CatalogClient
-from client.config import cacert_override, load_credentials
+from client.config import cacert_override, load_credentials, login_command
 from client.options import Options, resolve
 from client.output import RichProgress, console
 from client.token_refresh import RefreshingToken, stored_login
@@ -55,7 +55,7 @@ def connect(options: Options) -> CatalogClient:
             return CatalogClient(options.server, login=login, **tls)
     creds = load_credentials(options.server)
     if not creds.token and not creds.api_key:
-        raise Unauthenticated(f"not logged in to {creds.server}: run 'pdcat login --server {creds.server} -u USER'")
+        raise Unauthenticated(f"not logged in to {creds.server}: run '{login_command(creds.server)}'")
     tls = {"verify": not options.insecure, "cacert": creds.cacert}  # the login's CA (or PDCAT_CACERT)
     if creds.token and creds.expires_at:  # a stored password login; PDCAT_TOKEN comes without expires_at
         return CatalogClient(creds.server, login=stored_login(creds), **tls)

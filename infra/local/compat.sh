@@ -19,7 +19,7 @@ for py in python3.11 python3.12 python3.13 python3.14 "$HOME"/.pyenv/versions/3.
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$repo" 2>"$work/pip.log" || {
         echo "Python $version: pip install failed"; tail -5 "$work/pip.log"; exit 1; }
     data="$work/data$version"; mkdir -p "$data/src/VM.pvm"
-    export PDCAT_CONFIG_DIR="$data/cfg" PDCAT_CACHE_DIR="$data/cache" PDCAT_LOG_LEVEL=WARNING
+    export PDCAT_CONFIG_DIR="$data/cfg" PDCAT_CACHE_DIR="$data/cache" PDCAT_LOG_LEVEL=WARNING PDCAT_KEYRING=0
     export PDCAT_ADMIN_PASSWORD="compat-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
     "$venv/bin/pdcat" serve --data "$data/catalog" --port 0 >"$data/serve.log" 2>&1 &
     server=$!

@@ -85,6 +85,7 @@ def main() -> int:
     env = {
         "PDCAT_ADMIN_PASSWORD": password,
         "PDCAT_CONFIG_DIR": str(work / "client-config"),
+        "PDCAT_KEYRING": "0",  # the demo's login lives and dies with its folder, not in your keychain
         "PDCAT_CACHE_DIR": str(work / "client-cache"),
         "PDCAT_LOG_LEVEL": "WARNING",
     }

@@ -1,7 +1,8 @@
 """End-to-end fixtures: the real ``pdcat`` command, run as a child process, against a running catalog.
 
-Each test gets its own client config folder, its own fake ``prlctl`` (``tests/fakes/prlctl``, first
-on PATH, logging every call) and sample VM bundles made in its ``tmp_path``. Most tests authenticate
+Each test gets its own client config folder, its own keychain (``tests/fakes/file_keyring.py``,
+``keychain.json`` in its ``tmp_path``), its own fake ``prlctl`` (``tests/fakes/prlctl``, first on PATH,
+logging every call) and sample VM bundles made in its ``tmp_path``. Most tests authenticate
 with ``PDCAT_SERVER`` + ``PDCAT_TOKEN`` (a token minted for the backend), so they run against every
 backend; the few that need the embedded server's admin password or its data folder say so and skip
 elsewhere.
@@ -33,6 +34,7 @@ DISK_SIZE = 64 * MIB
 # (offset, length) of the random data in the sample disk; the rest is a hole
 DISK_DATA = [(0, 128 * 1024), (3 * MIB + 4096, 96 * 1024 + 123), (40 * MIB, 64 * 1024), (DISK_SIZE - 40_000, 40_000)]
 DISK_REL = "harddisk.hdd/harddisk.hdd.0.{5fbaabe3-6958-40ff-92a7-860e329aab41}.hds"
+TEST_KEYRING = "tests.fakes.file_keyring.FileKeyring"
 
 
 @pytest.fixture(scope="session", params=WIRE_BACKENDS)
@@ -281,10 +283,13 @@ def progress_lines(err: str) -> list[str]:
 
 
 def _clean_env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PDCAT_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PDCAT_", "KEYRING_PROPERTY_"))}
     env.update(
         {
             "PDCAT_CONFIG_DIR": str(tmp / "config"),
+            # the test's own keychain (tests/fakes/file_keyring.py), never the machine's
+            "PYTHON_KEYRING_BACKEND": TEST_KEYRING,
+            "KEYRING_PROPERTY_PATH": str(tmp / "keychain.json"),
             "XDG_CONFIG_HOME": str(tmp / "xdg-config"),
             "XDG_CACHE_HOME": str(tmp / "xdg-cache"),
             "XDG_DATA_HOME": str(tmp / "xdg-data"),

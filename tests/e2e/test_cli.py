@@ -34,6 +34,7 @@ from tests.e2e.conftest import (
     token_env,
 )
 from tests.e2e.fault_helpers import chunk_dir
+from tests.fakes.file_keyring import read_secrets
 
 ARCH = "x86_64"
 MANIFEST_FIELDS = {"catalog_id", "version", "architecture", "size", "stored_size", "pack", "status", "tainted"}
@@ -115,8 +116,11 @@ def test_login_stores_a_token_not_the_password(
     text = creds.read_text()
     assert password not in text
     saved = json.loads(text)
-    assert saved["server"] == backend.url and saved["username"] == "admin" and saved["token"]
-    assert not [p for p in creds.parent.iterdir() if p.name != "credentials.json"], "temp files left behind"
+    assert saved["current"] == backend.url and saved["servers"][backend.url]["username"] == "admin"
+    [token] = read_secrets(tmp_path / "keychain.json")[f"pdcat {tmp_path / 'config'}"].values()  # the test's keychain
+    assert token and token not in text and password not in (tmp_path / "keychain.json").read_text()
+    left = {p.name for p in creds.parent.iterdir()} - {"credentials.json", ".credentials.lock"}
+    assert not left, f"temp files left behind: {left}"
     # the stored login is used by later commands (no PDCAT_SERVER / PDCAT_TOKEN in this environment)
     assert pdcat_bare.json("whoami")["subject"] == "admin"
     assert "items" in pdcat_bare.json("ls")

@@ -22,6 +22,7 @@ import pytest
 from infra.local.servers import RunningServer, start_embedded
 from tests.e2e.conftest import Pdcat
 from tests.e2e.fault_helpers import random_bundle
+from tests.fakes.file_keyring import read_secrets
 
 TTL = 6
 CHUNK = 65536
@@ -39,7 +40,14 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
 
 
 def _stored(pdcat: Pdcat) -> dict[str, str]:
-    stored: dict[str, str] = json.loads((Path(pdcat.env["PDCAT_CONFIG_DIR"]) / "credentials.json").read_text())
+    """The current server's stored login (``credentials.json`` keeps one per server), with its token
+    from the test keychain when it is kept there."""
+    logins = json.loads((Path(pdcat.env["PDCAT_CONFIG_DIR"]) / "credentials.json").read_text())
+    stored: dict[str, str] = dict(logins["servers"][logins["current"]])
+    if stored.get("stored_in") == "keychain":
+        place = logins["servers"][logins["current"]]["keychain"]
+        keychain = read_secrets(Path(pdcat.env["KEYRING_PROPERTY_PATH"]))
+        stored["token"] = keychain[place["service"]][place["account"]]
     return stored
 
 

@@ -94,7 +94,7 @@ def test_a_person_and_ci_push_and_pull_over_tls(
     person = pdcat_bare
     _login(person, "--server", url, "--cacert", ca, "-u", "admin")
     stored_file = Path(person.env["PDCAT_CONFIG_DIR"]) / "credentials.json"
-    assert json.loads(stored_file.read_text())["cacert"] == ca  # the CA goes with the login
+    assert json.loads(stored_file.read_text())["servers"][url]["cacert"] == ca  # the CA goes with the login
     assert stat.S_IMODE(stored_file.stat().st_mode) == 0o600
 
     first = make_bundle(tmp_path / "src", "First")

@@ -17,7 +17,7 @@ import pytest
 
 from client.api import CatalogClient
 from client.cli.session import connect
-from client.config import Credentials, load_credentials, save_credentials
+from client.config import Credentials, load_credentials, save_credentials, store_login
 from client.options import Options
 from client.token_refresh import stored_login
 from core.errors import Unauthenticated
@@ -102,14 +102,25 @@ def test_a_token_from_the_environment_is_never_refreshed_nor_written(
 
 
 def test_a_login_saved_meanwhile_is_not_overwritten(server: RunningServer) -> None:
+    """Logins made in another terminal during a long push: one to another server stays the current
+    one (this server's token is still renewed in its own entry); a new login to this server wins."""
     creds = _login(server)
     time.sleep(1.1)
     with CatalogClient(server.url, login=stored_login(creds, clock=_ahead(TTL / 2 + 1))) as api:
         other = Credentials("http://other.example:8080", "another-login", None, "someone", "2099-01-01T00:00:00Z")
-        save_credentials(other)  # `pdcat login --server ...` in another terminal, during a long push
-        assert api.whoami()["subject"] == "admin"  # refreshed, in memory
+        store_login(other, current=True)  # `pdcat login --server ...` in another terminal
+        assert api.whoami()["subject"] == "admin"  # refreshed, in memory and in this server's entry
     assert load_credentials().server == other.server
     assert load_credentials(other.server).token == "another-login"
+    renewed = load_credentials(server.url).token
+    assert renewed not in (None, creds.token)
+
+    time.sleep(1.1)
+    with CatalogClient(server.url, login=stored_login(load_credentials(server.url), clock=_ahead(TTL))) as api:
+        again = Credentials(server.url, "a-new-login", None, "someone-else", "2099-01-01T00:00:00Z")
+        store_login(again, current=True)  # `pdcat login` to this same server, meanwhile
+        assert api.whoami()["subject"] == "admin"
+    assert load_credentials(server.url).token == "a-new-login"
 
 
 def test_a_refused_refresh_warns_then_says_log_in_again(

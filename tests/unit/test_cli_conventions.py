@@ -13,7 +13,12 @@ from client.cli.parser import build_parser
 
 
 def test_a_mistyped_command_or_choice_suggests_the_close_one(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv, suggestion in ((["pul", "x"], "did you mean 'pull'?"), (["cache", "lss"], "did you mean 'ls'?")):
+    for argv, suggestion in (
+        (["pul", "x"], "did you mean 'pull'?"),
+        (["cache", "lss"], "did you mean 'ls'?"),
+        (["contxt", "ls"], "did you mean 'context'?"),
+        (["context", "ues"], "did you mean 'use'?"),
+    ):
         with pytest.raises(SystemExit) as exited:
             build_parser().parse_args(argv)
         assert exited.value.code == 2
@@ -37,4 +42,7 @@ def test_the_completion_script_completes_commands_flags_and_choices() -> None:
     assert {"push", "pull"} <= complete("pu")
     assert "--allow-any-folder" in complete("push", "--al")
     assert {"prune", "pin"} <= complete("cache", "p")
+    assert "context" in complete("con")
+    assert {"ls", "use"} <= complete("context", "") and "--json" in complete("context", "--j")
+    assert "--all" in complete("logout", "--a")
     assert completion_script(build_parser(), "zsh").startswith("autoload -U +X bashcompinit")

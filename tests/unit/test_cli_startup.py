@@ -52,6 +52,7 @@ NOT_FOR_LS = {
     "filelock",
     "jwt",
     "cryptography",
+    "keyring",
 }
 PDCAT_NOT_FOR_LS = ("client.transfer", "client.cache", "client.cli.transfers", "client.packer", "client.blobio",
                     "client.retry", "client.prlctl", "client.vm_setup", "client.recipes", "core.pack")  # fmt: skip
@@ -193,10 +194,33 @@ def test_ls_loads_neither_httpx_nor_the_transfer_engine(catalog: Catalog, tmp_pa
     assert "ubuntu" in out and "24.04" in out and "lts" in out
     assert sorted(_top_level(loaded) & NOT_FOR_LS) == []
     assert [m for m in loaded if m.startswith(PDCAT_NOT_FOR_LS)] == []
+    assert "rich.progress" not in loaded  # progress bars are for transfers
     (request,) = catalog.seen
     assert (request.method, request.target) == ("GET", "/api/v1/catalog?limit=100")
     assert request.headers["authorization"] == "Bearer tok-123"
     assert request.headers["user-agent"] == "pdcat/0.1"
+
+
+def test_ls_with_a_stored_login_asks_only_the_keychain_that_holds_its_secret(catalog: Catalog, tmp_path: Path) -> None:
+    """keyring is loaded for a stored secret only, and then only the backend class that holds it: finding
+    the platform's backend (every backend module, D-Bus on Linux) is paid at login, not by each command.
+    A login whose secret is in the file loads no keyring at all."""
+    keychain = {"PYTHON_KEYRING_BACKEND": "tests.fakes.file_keyring.FileKeyring"}
+    env = _clean_env(PDCAT_CONFIG_DIR=str(tmp_path / "config"), KEYRING_PROPERTY_PATH=str(tmp_path / "kc.json"))
+    save = "from client.config import Credentials, store_login\n"
+    save += f"store_login(Credentials({catalog.url!r}, 'tok-kc'), current=True)"
+    _loaded_after(save, {**env, **keychain})
+    loaded, _ = _loaded_after("from client.cli import main\nassert main(['ls']) == 0", env)  # no backend named
+    assert "keyring" in _top_level(loaded) and "tests.fakes.file_keyring" in loaded
+    probed = ("keyring.backends.SecretService", "keyring.backends.macOS", "keyring.backends.Windows",
+              "keyring.backends.kwallet", "secretstorage", "jeepney")  # fmt: skip
+    assert [m for m in loaded if m.startswith(probed)] == []
+    assert catalog.seen[-1].headers["authorization"] == "Bearer tok-kc"
+
+    _loaded_after(save.replace("tok-kc", "tok-file"), {**env, "PDCAT_KEYRING": "0"})
+    loaded, _ = _loaded_after("from client.cli import main\nassert main(['ls']) == 0", env)
+    assert "keyring" not in _top_level(loaded)
+    assert catalog.seen[-1].headers["authorization"] == "Bearer tok-file"
 
 
 # ---- the direct path asks what httpx asks ----------------------------------------------------------
