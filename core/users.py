@@ -13,6 +13,10 @@ login or token refresh: a token carries the roles it was issued with until it ex
 (changed, or a new account under an old name) ends every session that began with another one: each new
 hash has a fresh salt, and ``POST /auth/refresh`` renews only a session whose password hash is still the
 user's (``core.local.logins``).
+
+A change writes the whole record back only over the record it read (``UserStore.replace``), else 409:
+a user changing their own password over and over (two scrypt checks between read and write) would
+otherwise write back the roles a SUPER_USER just took away, and a role change the hash a reset replaced.
 """
 
 from __future__ import annotations
@@ -56,7 +60,10 @@ class UserStore(Protocol):
 
     def list_all(self) -> list[User]: ...
 
-    def replace(self, user: User) -> None: ...
+    def replace(self, user: User, previous: User) -> None:
+        """Write ``user`` over ``previous``, the record as it was read: ``Conflict`` if it changed since
+        (two changes at once must not silently undo one another), ``NotFound`` if it is gone."""
+        ...
 
     def delete(self, username: str) -> None: ...
 
@@ -100,7 +107,7 @@ class UserAdmin:
         roles = _names(body.get("roles", user.roles), _ROLES, "roles")
         claims = _names(body.get("claims", user.claims), ALL_CLAIMS, "claims")
         changed = replace(user, roles=roles, claims=claims)
-        self._store.replace(changed)
+        self._store.replace(changed, user)
         return changed.to_public()
 
     def set_password(self, who: Principal, username: str, body: dict[str, Any]) -> None:
@@ -113,7 +120,7 @@ class UserAdmin:
                 raise Forbidden("give your current password (current_password) to change it")
         else:
             user = self._managed(who, username)
-        self._store.replace(replace(user, password_hash=self._hash(password)))
+        self._store.replace(replace(user, password_hash=self._hash(password)), user)
 
     def _managed(self, who: Principal, username: str) -> User:
         """A user this SUPER_USER may change: not itself, not another SUPER_USER."""

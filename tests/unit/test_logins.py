@@ -35,7 +35,8 @@ class _Users:
     def list_all(self) -> list[User]:
         return list(self.users.values())
 
-    def replace(self, user: User) -> None:
+    def replace(self, user: User, previous: User) -> None:
+        assert self.users[user.username] == previous
         self.users[user.username] = user
 
     def delete(self, username: str) -> None:
