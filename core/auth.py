@@ -305,11 +305,14 @@ def issue_token(
     ttl_seconds: int = 3600,
     *,
     auth_time: float | None = None,
+    password_mark: str | None = None,
 ) -> tuple[str, str]:
     """An HS256 token for the embedded server's own users; returns ``(token, expires_at)``.
 
     ``auth_time`` (OIDC's claim: when the user gave their password) marks a password login's session,
-    the only kind ``POST /auth/refresh`` renews; it travels unchanged from token to refreshed token.
+    the only kind ``POST /auth/refresh`` renews; it travels unchanged from token to refreshed token, as
+    does ``password_mark`` (``pw_mark``), which names the password the session began with
+    (``core.local.logins``).
     """
     if not secret:
         raise ValueError("issue_token needs a secret")
@@ -322,6 +325,8 @@ def issue_token(
     payload: dict[str, object] = {"sub": subject, "roles": list(roles), "claims": list(claims), "iat": now, "exp": exp}
     if auth_time is not None:
         payload["auth_time"] = auth_time
+    if password_mark is not None:
+        payload["pw_mark"] = password_mark
     token = jwt.encode(payload, secret, algorithm="HS256")
     return token, datetime.fromtimestamp(exp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

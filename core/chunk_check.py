@@ -43,7 +43,10 @@ def raw_size_if_valid(blob: bytes, digest: str, raw_limit: int, block_size: int 
     """The raw size if ``blob`` is zstd of 1 to ``raw_limit`` bytes named ``digest``; else None.
 
     The name is the sha256 of the raw bytes, or, with ``block_size`` (index format 2), the root of
-    its blocks' digests (``core.pack.content_digest``).
+    its blocks' digests (``core.pack.content_digest``). Several frames make one chunk, but the first
+    must declare no size or the chunk's whole raw size, as a puller requires
+    (``client.transfer.download``): a chunk it refuses, stored under its name, would fail every pull
+    of every version that shares it.
 
     A chunk of at most ``ONE_SHOT_LIMIT`` raw bytes (the default grid's) is decompressed into a
     buffer kept for the next check: a fresh 4 MiB output per chunk cost the embedded server a page
@@ -54,14 +57,18 @@ def raw_size_if_valid(blob: bytes, digest: str, raw_limit: int, block_size: int 
     """
     import zstandard  # loaded on first verification: frontends' cold start stays free of it
 
+    try:
+        declared = zstandard.frame_content_size(blob)  # -1: the frame does not say
+    except zstandard.ZstdError:
+        return None  # not a zstd frame (a skippable one included)
     if raw_limit <= ONE_SHOT_LIMIT:
         with _raw_buffer() as buffer:
             try:
                 size = _decompress_into(zstandard.ZstdDecompressor(), blob, buffer[: raw_limit + 1])
             except zstandard.ZstdError:
                 return None
-            ok = 0 < size <= raw_limit and content_digest(buffer[:size], block_size) == digest
-            return size if ok else None
+            ok = 0 < size <= raw_limit and declared in (-1, size)
+            return size if ok and content_digest(buffer[:size], block_size) == digest else None
     hasher = ContentHasher(block_size)
     total = 0
     try:
@@ -74,7 +81,7 @@ def raw_size_if_valid(blob: bytes, digest: str, raw_limit: int, block_size: int 
             total += len(part)
     except zstandard.ZstdError:
         return None
-    if total > raw_limit or total == 0 or hasher.hexdigest() != digest:
+    if total > raw_limit or total == 0 or declared not in (-1, total) or hasher.hexdigest() != digest:
         return None
     return total
 

@@ -7,7 +7,7 @@ journald, a launchd log file, Lambda and the Functions host get lines a log ship
 Every request is one access line (:func:`log_access`): time, client address, who, method, path,
 status, bytes, duration, and for a refusal its error code and message. Its query string shows only
 the parameters the route declares (``?tag=lts``): any other value is ``***``, so a signature, a
-token, an API key or a password put in a URL never reaches a log.
+token, an API key or a password put in a URL never reaches a log (:func:`shown_query`).
 
 Nothing secret is ever passed to a logger (tokens, keys, signed URL queries, connection strings);
 as a second line of defence, fields whose name looks secret are masked here, in both formats.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Collection, Mapping
@@ -122,12 +123,27 @@ def _iso_time(record: logging.LogRecord) -> str:
     return f"{stamp}{offset[:3]}:{offset[3:]}" if len(offset) == 5 else stamp
 
 
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9._:+/-]{0,256}")
+_PLAIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}")
+
+
 def shown_query(query: Mapping[str, str], declared: Collection[str]) -> str:
-    """The query as logged: the declared parameters' values, every other value ``***``."""
-    return "&".join(
-        f"{quote(name, safe='')}={quote(value, safe='') if name in declared else '***'}"
-        for name, value in query.items()
-    )
+    """The query as logged: a declared parameter's value when it reads as one (letters, digits and
+    ``._:+/-``), every other value ``***``; an undeclared parameter's name only when it is a short name
+    that has a value (``api_key=***``).
+
+    A client that double-encodes a URL smuggles ``&signature=...`` into a declared value
+    (``method=GET%26signature%3D...``), and one that pastes a token or a key as the whole query
+    (``?eyJ...``) makes the secret a parameter's name: both are ``***``.
+    """
+    shown = []
+    for name, value in query.items():
+        if name in declared:
+            shown_name, plain = quote(name, safe=""), bool(_PLAIN_VALUE.fullmatch(value))
+        else:
+            shown_name, plain = (quote(name, safe="") if value and _PLAIN_NAME.fullmatch(name) else "***"), False
+        shown.append(f"{shown_name}={quote(value, safe='') if plain else '***'}")
+    return "&".join(shown)
 
 
 def log_access(

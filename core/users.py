@@ -10,8 +10,13 @@ token from taking over an account:
 Passwords are hashed with scrypt (``core.auth.hash_password``, the standard library's binding of
 OpenSSL's) and at least ``MIN_PASSWORD`` characters long. A role change applies from the user's next
 login or token refresh: a token carries the roles it was issued with until it expires. A password set
-(at creation or changed) ends every session that began before it: ``password_changed_at`` is what
-``POST /auth/refresh`` compares a session's login time with.
+(changed, or a new account under an old name) ends every session that began with another one: each new
+hash has a fresh salt, and ``POST /auth/refresh`` renews only a session whose password hash is still the
+user's (``core.local.logins``).
+
+A change writes the whole record back only over the record it read (``UserStore.replace``), else 409:
+a user changing their own password over and over (two scrypt checks between read and write) would
+otherwise write back the roles a SUPER_USER just took away, and a role change the hash a reset replaced.
 """
 
 from __future__ import annotations
@@ -33,17 +38,13 @@ _ROLES = frozenset(r.value for r in Role)
 
 @dataclass(frozen=True)
 class User:
-    """A built-in user of the embedded server. ``password_hash`` is a hash, never the password.
-
-    ``password_changed_at``: when the password was last set (None in records from before pdcat kept it).
-    """
+    """A built-in user of the embedded server. ``password_hash`` is a hash, never the password."""
 
     username: str
     password_hash: str
     roles: list[str]
     claims: list[str]
     created_at: str
-    password_changed_at: str | None = None
 
     def __repr__(self) -> str:
         return f"User(username={self.username!r}, roles={self.roles!r}, claims={self.claims!r})"
@@ -59,7 +60,10 @@ class UserStore(Protocol):
 
     def list_all(self) -> list[User]: ...
 
-    def replace(self, user: User) -> None: ...
+    def replace(self, user: User, previous: User) -> None:
+        """Write ``user`` over ``previous``, the record as it was read: ``Conflict`` if it changed since
+        (two changes at once must not silently undo one another), ``NotFound`` if it is gone."""
+        ...
 
     def delete(self, username: str) -> None: ...
 
@@ -84,14 +88,12 @@ class UserAdmin:
         _super_user(who)
         _only(body, {"username", "password", "roles", "claims"})
         username = _username(body.get("username"))
-        now = self._now()
         user = User(
             username,
             self._hash(_password(body.get("password"))),
             _names(body.get("roles", []), _ROLES, "roles"),
             _names(body.get("claims", []), ALL_CLAIMS, "claims"),
-            now,
-            password_changed_at=now,  # a new account with an old name ends the old account's sessions
+            self._now(),
         )
         self._store.create(user)  # Conflict if the name is taken
         return user.to_public()
@@ -105,7 +107,7 @@ class UserAdmin:
         roles = _names(body.get("roles", user.roles), _ROLES, "roles")
         claims = _names(body.get("claims", user.claims), ALL_CLAIMS, "claims")
         changed = replace(user, roles=roles, claims=claims)
-        self._store.replace(changed)
+        self._store.replace(changed, user)
         return changed.to_public()
 
     def set_password(self, who: Principal, username: str, body: dict[str, Any]) -> None:
@@ -118,7 +120,7 @@ class UserAdmin:
                 raise Forbidden("give your current password (current_password) to change it")
         else:
             user = self._managed(who, username)
-        self._store.replace(replace(user, password_hash=self._hash(password), password_changed_at=self._now()))
+        self._store.replace(replace(user, password_hash=self._hash(password)), user)
 
     def _managed(self, who: Principal, username: str) -> User:
         """A user this SUPER_USER may change: not itself, not another SUPER_USER."""

@@ -166,8 +166,7 @@ def _bootstrap_admin(users: SqliteUserStore, data_dir: Path) -> FirstStart | Non
     if users.count() > 0:
         return None
     password = os.environ.get("PDCAT_ADMIN_PASSWORD") or secrets.token_urlsafe(18)
-    now = now_iso()
-    user = User(ADMIN, hash_password(password), [Role.SUPER_USER.value], [], now, password_changed_at=now)
+    user = User(ADMIN, hash_password(password), [Role.SUPER_USER.value], [], now_iso())
     try:
         users.create(user)
     except Conflict:

@@ -459,13 +459,14 @@ class SqliteUserStore:
             rows = conn.execute("SELECT record FROM users ORDER BY username").fetchall()
         return [_user(row[0]) for row in rows]
 
-    def replace(self, user: User) -> None:
-        with self._db.transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE users SET record = ? WHERE username = ?", (_dump(asdict(user)), user.username)
-            )
-            if cursor.rowcount != 1:
+    def replace(self, user: User, previous: User) -> None:
+        with self._db.transaction() as conn:  # the write lock is held from the read to the write
+            row = conn.execute("SELECT record FROM users WHERE username = ?", (user.username,)).fetchone()
+            if row is None:
                 raise NotFound(f"no user {user.username!r}")
+            if _user(row[0]) != previous:
+                raise Conflict(f"user {user.username!r} was changed by another request meanwhile; try again")
+            conn.execute("UPDATE users SET record = ? WHERE username = ?", (_dump(asdict(user)), user.username))
 
     def delete(self, username: str) -> None:
         with self._db.transaction() as conn:

@@ -306,6 +306,9 @@ def _with_junk(raw: bytes) -> bytes:
     return _ZSTD.compress(raw) + secrets.token_bytes(64)
 
 
+_SKIPPABLE = (0x184D2A50).to_bytes(4, "little") + (8).to_bytes(4, "little") + b"whatever"
+
+
 GARBAGE: dict[str, Callable[[bytes], bytes]] = {
     "random-bytes": lambda raw: secrets.token_bytes(len(raw)),
     "zstd-of-other-content": lambda raw: _ZSTD.compress(_blocks(1000)),
@@ -315,6 +318,12 @@ GARBAGE: dict[str, Callable[[bytes], bytes]] = {
     "frame-then-junk": _with_junk,
     "larger-than-any-chunk": lambda raw: secrets.token_bytes(64 * 1024),
     "uncompressed-right-bytes": lambda raw: raw,
+    # the right bytes in several frames, but the first declares another size than the chunk's (a
+    # skippable frame declares 0): a puller refuses that (client.transfer.download), so stored under
+    # its digest it would fail every pull of every version with that chunk, and a report would not
+    # quarantine it
+    "two-frames-the-first-declaring-its-own-size": lambda raw: _ZSTD.compress(raw[:100]) + _ZSTD.compress(raw[100:]),
+    "skippable-frame-then-frame": lambda raw: _SKIPPABLE + _ZSTD.compress(raw),
 }
 
 

@@ -46,6 +46,10 @@ def _traffic(url: str) -> dict[str, Any]:
         assert c.patch(f"/catalog/{cid}/1.0/x86_64/taint").status_code == 200
         assert pull(c, cid, "1.0", "x86_64").status_code == 409
         assert c.get("/catalog", params={"tag": "lts", **QUERY_SECRETS}).status_code == 200
+        # a client that puts a secret where a parameter's name goes, or smuggles one into a declared value
+        assert c.get(f"/catalog?{token}").status_code == 200
+        smuggled = f"{url}{urlsplit(index_url).path}?method=GET%26signature%3D{signature}"
+        assert plain.get(smuggled).status_code == 403
     return {"cid": cid, "secrets": [token, signature, SECRET, *QUERY_SECRETS.values()]}
 
 
@@ -103,8 +107,9 @@ def test_json_lines_when_the_log_is_not_a_terminal(tmp_path: Path) -> None:
     assert committed["by"] == "alice" and committed["size"] == 10_000
     # at INFO a transfer through a presigned URL is not logged, a refused one is
     blobs = [d for d in requests if d["path"].startswith("/blobs/")]
-    assert [(d["status"], d["error"]) for d in blobs] == [(403, "forbidden")]
+    assert [(d["status"], d["error"]) for d in blobs] == [(403, "forbidden")] * 2  # the forged, the smuggled
     assert blobs[0]["query"].endswith("&signature=***")
+    assert blobs[1]["query"] == "method=***"
     _assert_no_secret(log, sent)
 
 

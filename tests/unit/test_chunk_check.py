@@ -24,9 +24,16 @@ def test_a_good_chunk_is_verified_with_its_raw_size(limit: int) -> None:
 
 
 @pytest.mark.parametrize("limit", [ONE_SHOT_LIMIT, ONE_SHOT_LIMIT + 4096], ids=["one-shot", "streamed"])
-def test_several_frames_are_one_chunk(limit: int) -> None:
-    blob = zstandard.ZstdCompressor().compress(RAW[:5000]) + zstandard.ZstdCompressor().compress(RAW[5000:])
+def test_several_frames_are_one_chunk_unless_the_first_declares_another_size(limit: int) -> None:
+    """A puller (client.transfer.download) reads across frames but refuses a chunk whose first frame
+    declares a size other than the chunk's: the server must refuse what no puller can read."""
+    undeclared = zstandard.ZstdCompressor(write_content_size=False)
+    blob = undeclared.compress(RAW[:5000]) + zstandard.ZstdCompressor().compress(RAW[5000:])
     assert raw_size_if_valid(blob, _sha(RAW), limit) == len(RAW)
+    blob = zstandard.ZstdCompressor().compress(RAW[:5000]) + zstandard.ZstdCompressor().compress(RAW[5000:])
+    assert raw_size_if_valid(blob, _sha(RAW), limit) is None  # the first frame declares 5000 bytes
+    skippable = (0x184D2A50).to_bytes(4, "little") + (4).to_bytes(4, "little") + b"skip"
+    assert raw_size_if_valid(skippable + zstandard.ZstdCompressor().compress(RAW), _sha(RAW), limit) is None
 
 
 @pytest.mark.parametrize("limit", [ONE_SHOT_LIMIT, ONE_SHOT_LIMIT + 4096], ids=["one-shot", "streamed"])

@@ -104,3 +104,16 @@ def test_log_settings_are_read_case_insensitively() -> None:
     settings = load_settings({"PDCAT_LOG_FORMAT": "TEXT", "PDCAT_LOG_LEVEL": "debug"})
     assert (settings.log_format, settings.log_level) == ("text", "DEBUG")
     assert load_settings({}).log_format == "auto"
+
+
+def test_a_secret_where_a_name_or_a_declared_value_goes_is_masked() -> None:
+    declared = {"method", "expires", "tag", "cursor"}
+    # a double-encoded URL smuggles the signature into a declared value
+    assert shown_query({"method": "GET&signature=5ec7e7", "expires": "1700000000"}, declared) == (
+        "method=***&expires=1700000000"
+    )
+    # a token or key pasted as the whole query is a name with no value; a long name is no parameter's
+    assert shown_query({"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln": ""}, declared) == "***=***"
+    assert shown_query({"pdcat_0123456789abcdef_" + "s" * 43: "x"}, declared) == "***=***"
+    # what an operator needs stays: declared words and numbers, empty ones, undeclared short names
+    assert shown_query({"tag": "lts", "cursor": "", "api_key": "k"}, declared) == "tag=lts&cursor=&api_key=***"
