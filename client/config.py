@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 from urllib.parse import urlsplit
 
 from platformdirs import user_config_dir
@@ -268,16 +268,27 @@ def _keep_secret(url: str, secret: str) -> tuple[keychain.Place | None, str | No
         return None, exc.reason
 
 
-def store_login(creds: Credentials, *, current: bool, update: bool = False) -> StoredLogin:
+@overload
+def store_login(creds: Credentials, *, current: bool, update: bool = False) -> StoredLogin: ...
+@overload
+def store_login(
+    creds: Credentials, *, current: bool, update: bool = False, replacing: str | None
+) -> StoredLogin | None: ...
+def store_login(
+    creds: Credentials, *, current: bool, update: bool = False, replacing: str | None = None
+) -> StoredLogin | None:
     """Add or replace the login of ``creds.server``; ``current``: make it the one commands use (the first
     login is current anyway). ``update``: a field ``creds`` leaves None keeps its stored value, the secret
-    too. A secret it had in the keychain that the new login does not keep there is deleted."""
+    too. A secret it had in the keychain that the new login does not keep there is deleted.
+    ``replacing``: change nothing (None) unless the stored token is still this one."""
     url = normalize_server(creds.server)
     plain = _plain_fields()
     kind = next((name for name in _SECRETS if getattr(creds, name)), None)
     place, fallback = None, None
     with _changing() as logins:
         before = logins.servers.get(url) or {}
+        if replacing is not None and (before.get("auth") != "token" or _secret(url, before) != replacing):
+            return None
         entry: dict[str, Any] = {k: v for k, v in before.items() if k in plain} if update else {}
         entry.update({name: getattr(creds, name) for name in plain if getattr(creds, name)})
         if kind is not None:
@@ -303,10 +314,14 @@ def store_login(creds: Credentials, *, current: bool, update: bool = False) -> S
     return StoredLogin(url, _path(), entry.get("stored_in"), label, fallback)
 
 
-def save_credentials(creds: Credentials) -> Path:
+def save_credentials(creds: Credentials, *, replacing: str | None = None) -> Path | None:
     """Save what changed in the login of ``creds.server`` (a refreshed token and its expiry, say): fields
-    left None keep their stored values, and the current server stays the current one."""
-    return store_login(creds, current=False, update=True).path
+    left None keep their stored values, and the current server stays the current one.
+
+    ``replacing``: save only while that server's stored token is still this one, checked under the
+    file's lock, so a refresh never overwrites a login made meanwhile; None when it was not saved."""
+    stored = store_login(creds, current=False, update=True, replacing=replacing)
+    return None if stored is None else stored.path
 
 
 # ---- forgetting, listing, switching ----------------------------------------------------------------------

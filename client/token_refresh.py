@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from client.config import Credentials, load_credentials, save_credentials
+from client.config import Credentials, save_credentials
 from core.errors import NotFound, Unauthenticated
 
 __all__ = ["RefreshingToken", "Renew", "stored_login"]
@@ -158,8 +158,6 @@ def stored_login(creds: Credentials, *, clock: Callable[[], float] = time.time) 
     server, username = creds.server, creds.username
 
     def store(previous: str, token: str, expires_at: str) -> None:
-        if load_credentials(server).token != previous:
-            return
-        save_credentials(Credentials(server, token, None, username, expires_at))
+        save_credentials(Credentials(server, token, None, username, expires_at), replacing=previous)
 
     return RefreshingToken(creds.token or "", creds.expires_at, username=username, store=store, clock=clock)

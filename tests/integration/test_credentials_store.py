@@ -103,3 +103,19 @@ def test_two_config_folders_never_share_a_secret(home: Path, monkeypatch: pytest
     monkeypatch.setenv("PDCAT_CONFIG_DIR", str(home / "config"))
     assert load_credentials().token == "mine"
     assert secrets_of(home) == {A: "mine"} and secrets_of(home, "other") == {A: "theirs"}
+
+
+def test_a_refresh_saves_only_over_the_token_it_renewed(home: Path) -> None:
+    """``replacing`` is checked under the file's lock: a login made between a refresh's start and its
+    save is never overwritten by the refreshed token."""
+    a = "http://a.example:8080"
+    store_login(Credentials(a, "token-1", None, "alice", "2099-01-01T00:00:00Z"), current=True)
+    assert (
+        save_credentials(Credentials(a, "renewed", None, "alice", "2099-01-02T00:00:00Z"), replacing="token-0") is None
+    )
+    assert load_credentials(a).token == "token-1"
+    assert save_credentials(Credentials(a, "renewed", None, "alice", "2099-01-02T00:00:00Z"), replacing="token-1")
+    assert (load_credentials(a).token, load_credentials(a).expires_at) == ("renewed", "2099-01-02T00:00:00Z")
+    store_login(Credentials(a, None, "pdcat_key", "alice", None), current=True)  # now an API key login
+    assert save_credentials(Credentials(a, "renewed-2", None, "alice", None), replacing="renewed") is None
+    assert load_credentials(a).api_key == "pdcat_key"
