@@ -34,6 +34,9 @@ PASSWORD = "admin-" + secrets.token_hex(8)
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RunningServer]:
     env = {"PDCAT_TOKEN_TTL_SECONDS": str(TTL), "PDCAT_ADMIN_PASSWORD": PASSWORD, "PDCAT_LOG_LEVEL": "WARNING"}
+    # its own secret, so no clock leeway: an in-process backend's fixture may have left PDCAT_JWT_SECRET
+    # in this worker's environment, and with it the 30 s leeway would keep an expired token alive
+    env |= {"PDCAT_JWT_SECRET": "", "PDCAT_JWKS_URL": ""}
     running = start_embedded(tmp_path / "catalog", env=env)
     yield running
     running.stop()
