@@ -16,15 +16,22 @@ import httpx
 import jwt
 import pytest
 
+from tests.backend_names import BACKENDS, PASSWORD_LOGIN_BACKENDS
 from tests.contract.helpers import assert_error
 
 WEEK = 7 * 24 * 3600  # PDCAT_SESSION_MAX_SECONDS' default; the contract backends keep it
 
 
+@pytest.fixture(params=PASSWORD_LOGIN_BACKENDS)
+def backend(request: pytest.FixtureRequest, started_backends):
+    """Only the backends with password login (``su`` and the rest follow): elsewhere there is no route,
+    which ``test_only_a_server_with_password_login_has_the_route`` checks."""
+    return started_backends(request.param)
+
+
 @pytest.fixture
 def logins(backend):
-    if not backend.supports_password_login:
-        pytest.skip(f"{backend.name} has no password login: its identity provider renews its own tokens")
+    assert backend.supports_password_login
     return backend
 
 
@@ -205,8 +212,10 @@ def test_a_session_older_than_the_limit_is_not_refreshed(logins, su) -> None:
     _refused(logins, old, "older than")
 
 
-def test_only_a_server_with_password_login_has_the_route(backend, su) -> None:
-    if backend.supports_password_login:
-        pytest.skip(f"{backend.name} has password login: the tests above cover its refresh")
-    r = su.post("/auth/refresh")
+@pytest.mark.parametrize("name", [name for name in BACKENDS if name not in PASSWORD_LOGIN_BACKENDS])
+def test_only_a_server_with_password_login_has_the_route(name: str, started_backends) -> None:
+    other = started_backends(name)
+    assert not other.supports_password_login
+    with other.http(roles=["SUPER_USER"], subject="root") as su:
+        r = su.post("/auth/refresh")
     assert "no such route" in assert_error(r, 404, "not_found")["message"]
