@@ -130,7 +130,8 @@ def cmd_serve(args: argparse.Namespace, connect: Connect) -> int:
             f"First start: created user '{fs.username}' (SUPER_USER); its password is in {fs.password_file}", flush=True
         )
         print(
-            f'Log in with: pdcat login --server {public_url}{trust} -u {fs.username} -p "$(cat {fs.password_file})"',
+            f"Log in with: pdcat login --server {public_url}{trust} -u {fs.username} --password-stdin"
+            f" < {fs.password_file}",  # not -p: a password in the arguments shows in ps
             flush=True,
         )
     try:
