@@ -58,6 +58,14 @@ def manifest_table(items: list[dict[str, Any]]) -> Table:
     return table
 
 
+def pace(worked: int, left: int, elapsed: float) -> tuple[float, float | None]:
+    """Bytes per second over the work really done, and seconds left at that pace (None: not known
+    yet). Skipped bytes (a sparse disk's holes) are not work: counted, they showed a burst at the
+    start, then a rate of a few bytes a second and days left."""
+    rate = worked / elapsed if elapsed > 0 else 0.0
+    return rate, (left / rate if rate > 0 else None)
+
+
 class RichProgress:
     """A rich bar per phase, on a terminal: bytes, rate and time left. The bar shows what was really
     done: a transfer that fails or is interrupted leaves it where it stopped (the command then says so,
@@ -65,36 +73,41 @@ class RichProgress:
 
     def __init__(self, out: Console | None = None) -> None:
         # loaded here, by the commands that transfer: ``pdcat ls`` and the other catalog calls start without it
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+        from client.progress_columns import RateColumn, TimeLeftColumn
 
         self._progress = Progress(
             TextColumn("{task.description:<12}"),
             BarColumn(),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
+            RateColumn(),
+            TimeLeftColumn(),
             console=out or err_console,
             transient=False,
         )
         self._task: TaskID | None = None
+        self._lock = threading.Lock()
+        self._skipped = 0
 
     def start(self, phase: str, total: int) -> None:
         if self._task is None:
             self._progress.start()
         else:
             self._progress.update(self._task, visible=True)
-        self._task = self._progress.add_task(phase, total=max(total, 1))
+        with self._lock:
+            self._skipped = 0
+        self._task = self._progress.add_task(phase, total=max(total, 1), skipped=0)
 
     def advance(self, nbytes: int) -> None:
         if self._task is not None:
             self._progress.advance(self._task, nbytes)
+
+    def skip(self, nbytes: int) -> None:
+        if self._task is not None:
+            with self._lock:
+                self._skipped += nbytes
+                self._progress.update(self._task, advance=nbytes, skipped=self._skipped)
 
     def finish(self) -> None:
         if self._task is not None:
@@ -113,14 +126,19 @@ class LineProgress:
         self._out = out or sys.stderr
         self._every = every
         self._lock = threading.Lock()
-        self._phase, self._total, self._done = "", 0, 0
+        self._phase, self._total, self._done, self._skipped = "", 0, 0, 0
         self._started = self._shown = 0.0
 
     def start(self, phase: str, total: int) -> None:
         with self._lock:
-            self._phase, self._total, self._done = phase, max(total, 1), 0
+            self._phase, self._total, self._done, self._skipped = phase, max(total, 1), 0, 0
             self._started = self._shown = time.monotonic()
         self._print(f"{phase}: {human_size(total)}")
+
+    def skip(self, nbytes: int) -> None:
+        with self._lock:
+            self._done += nbytes
+            self._skipped += nbytes
 
     def advance(self, nbytes: int) -> None:
         with self._lock:
@@ -149,14 +167,12 @@ class LineProgress:
 
     def _status(self, now: float, *, eta: bool = True) -> str:
         """How far, how fast, how long still; called with the lock held."""
-        elapsed = max(now - self._started, 1e-6)
-        rate = self._done / elapsed
+        rate, left = pace(self._done - self._skipped, self._total - self._done, now - self._started)
         share = min(self._done / self._total, 1.0)
         amount = f"{human_size(self._done)} of {human_size(self._total)}"
         text = f"{share:.0%} ({amount}), {human_size(rate)}/s"
-        if eta and rate > 0 and share < 1:
-            left = int((self._total - self._done) / rate)
-            text += f", about {left // 60}:{left % 60:02d} left"
+        if eta and left is not None and share < 1:
+            text += f", about {int(left) // 60}:{int(left) % 60:02d} left"
         return text
 
     def _print(self, line: str) -> None:

@@ -493,8 +493,12 @@ def cmd_apikey(args: argparse.Namespace, connect: Connect) -> int:
             if args.json:
                 print_json(created)
             else:
-                console.print(f"API key {created['id']} for {created['subject']}, expires {created['expires_at']}")
-                console.print("Shown only once; use it as PDCAT_API_KEY or the X-Api-Key header:")
+                # Only the key goes to stdout, so KEY=$(pdcat apikey create ...) captures just the key.
+                if not args.quiet:
+                    err_console.print(
+                        f"API key {created['id']} for {created['subject']}, expires {created['expires_at']}"
+                    )
+                    err_console.print("Shown only once; use it as PDCAT_API_KEY or the X-Api-Key header:")
                 print(created["key"])
         elif args.action == "ls":
             keys = api.list_api_keys()

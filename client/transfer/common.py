@@ -68,6 +68,9 @@ class Progress(Protocol):
 
     def advance(self, nbytes: int) -> None: ...
 
+    def skip(self, nbytes: int) -> None:
+        """Bytes that needed no work (a sparse file's holes): done, but not part of the rate."""
+
     def finish(self) -> None: ...
 
 
@@ -76,6 +79,9 @@ class NoProgress:
         pass
 
     def advance(self, nbytes: int) -> None:
+        pass
+
+    def skip(self, nbytes: int) -> None:
         pass
 
     def finish(self) -> None:

@@ -164,7 +164,7 @@ class _Pass:
                 cells = data_cells(self.root / entry.path, entry.size, self.config.chunk_size)
                 holes = entry.size - sum(length for _, length in cells)
                 if holes:
-                    self.progress.advance(holes)
+                    self.progress.skip(holes)
                 for offset, length in cells:
                     while len(hashing) >= self.window:
                         self._collect(hashing.popleft())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import secrets
 import stat
 import subprocess
@@ -551,6 +552,16 @@ def test_api_key_lifecycle(backend, pdcat: Pdcat, cid: str, tmp_path: Path) -> N
     assert "PUSH_CATALOG_MANIFEST" in line and "claim" in line
     listed = {k["id"]: k for k in pdcat.json("apikey", "ls")["items"]}
     assert created["id"] in listed and "key" not in listed[created["id"]]
+
+    # as `gh auth token` does: stdout holds only the key, so KEY=$(pdcat apikey create ...) is usable as is
+    plain = pdcat.ok("apikey", "create", "--role", "USER")
+    assert "Shown only once" in plain.err and re.fullmatch(r"pdcat_\S+\n", plain.out)
+    quiet = pdcat.ok("apikey", "create", "--role", "USER", "-q")
+    assert quiet.err == "" and re.fullmatch(r"pdcat_\S+\n", quiet.out)
+    assert cid in {
+        i["catalog_id"]
+        for i in pdcat.json("ls", env={"PDCAT_TOKEN": None, "PDCAT_API_KEY": quiet.out.strip()})["items"]
+    }
 
     assert "Revoked" in pdcat.ok("apikey", "revoke", created["id"]).out
     assert "revoked" in pdcat.fail("ls", env=key_env)

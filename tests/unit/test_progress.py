@@ -4,10 +4,12 @@ without one; both show what was really done, so a failed or interrupted transfer
 from __future__ import annotations
 
 import io
+import re
 
 from rich.console import Console
 
 from client.output import LineProgress, RichProgress
+from client.progress_columns import RateColumn, TimeLeftColumn
 
 
 def test_plain_lines_say_how_far_how_fast_and_how_it_ended() -> None:
@@ -39,3 +41,27 @@ def test_the_bar_stays_where_the_transfer_stopped() -> None:
     shown.close()
     task = shown._progress.tasks[-1]
     assert (task.completed, task.total) == (40, 100)
+
+
+def test_holes_count_as_done_but_not_as_speed() -> None:
+    """A sparse disk's holes are skipped at once: the rate and time left come from the bytes moved."""
+    out = io.StringIO()
+    shown = LineProgress(out, every=0)
+    shown.start("pushing", 100 * 1024 * 1024)
+    shown.skip(50 * 1024 * 1024)
+    shown._started -= 10  # ten seconds in, 10 MiB really sent
+    shown.advance(10 * 1024 * 1024)
+    line = out.getvalue().splitlines()[-1]
+    # 10 MiB over a hair more than 10 s; the 50 MiB of holes in neither the rate nor the time left
+    assert re.fullmatch(r"pushing: 60% \(60.0 MiB of 100.0 MiB\), (1024.0 KiB|1.0 MiB)/s, about 0:40 left", line)
+
+    bar = RichProgress(Console(file=io.StringIO(), force_terminal=True))
+    bar.start("pushing", 100)
+    bar.skip(60)
+    task = bar._progress.tasks[-1]
+    assert task.completed == 60 and task.fields["skipped"] == 60
+    rate, eta = RateColumn().render(task).plain, TimeLeftColumn().render(task).plain
+    assert (rate, eta) == ("?", "-:--:--")  # nothing moved yet: no rate, rather than a burst of 60 B
+    bar.advance(10)
+    bar.close()
+    assert bar._progress.tasks[-1].completed == 70
