@@ -18,8 +18,6 @@ slowed down by :class:`LoginThrottle` (429 with a retry time).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import logging
@@ -51,12 +49,10 @@ __all__ = [
     "LoginThrottle",
     "TokenVerifier",
     "bearer_token",
-    "hash_password",
     "hash_secret",
     "issue_token",
     "new_api_key",
     "parse_api_key",
-    "verify_password",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,14 +73,6 @@ _MAX_TOKEN_CHARS = 16 * 1024
 _JWKS_TIMEOUT_SECONDS = 5.0
 _MISSING_CREDENTIALS = "authentication required: send 'Authorization: Bearer <token>' or 'X-Api-Key'"
 _INVALID_API_KEY = "invalid API key"
-
-# scrypt parameters for new hashes, and the bounds a stored hash may claim: an encoding read from
-# disk must not be able to make us allocate gigabytes.
-_SCRYPT_N = 2**14
-_SCRYPT_R = 8
-_SCRYPT_P = 1
-_SCRYPT_DKLEN = 32
-_SCRYPT_MAXMEM = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -541,47 +529,3 @@ class LoginThrottle:
             del self._strikes[k]
         while len(self._strikes) >= self._max_keys:
             del self._strikes[next(iter(self._strikes))]
-
-
-def hash_password(password: str) -> str:
-    """scrypt with a random salt, encoded ``scrypt$n$r$p$salt_b64$hash_b64`` (parameters travel along,
-    so they can be raised later without invalidating stored hashes)."""
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(
-        password.encode("utf-8"),
-        salt=salt,
-        n=_SCRYPT_N,
-        r=_SCRYPT_R,
-        p=_SCRYPT_P,
-        maxmem=_SCRYPT_MAXMEM,
-        dklen=_SCRYPT_DKLEN,
-    )
-    return "$".join(("scrypt", str(_SCRYPT_N), str(_SCRYPT_R), str(_SCRYPT_P), _b64(salt), _b64(digest)))
-
-
-def verify_password(password: str, encoded: str) -> bool:
-    """Constant-time check; ``False`` (never an exception) for any malformed or hostile encoding."""
-    try:
-        scheme, n_text, r_text, p_text, salt_text, hash_text = encoded.split("$")
-        if scheme != "scrypt" or not all(t.isdigit() for t in (n_text, r_text, p_text)):
-            return False
-        n, r, p = int(n_text), int(r_text), int(p_text)
-        if not (2 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
-            return False
-        if 128 * n * r * p > _SCRYPT_MAXMEM // 2:
-            return False
-        salt = base64.b64decode(salt_text, validate=True)
-        expected = base64.b64decode(hash_text, validate=True)
-        if len(salt) < 8 or not 16 <= len(expected) <= 64:
-            return False
-        actual = hashlib.scrypt(
-            password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=_SCRYPT_MAXMEM, dklen=len(expected)
-        )
-    except (AttributeError, ValueError, binascii.Error):
-        # AttributeError: not a str; ValueError covers bad ints, bad UTF-8 and scrypt's own refusals.
-        return False
-    return hmac.compare_digest(actual, expected)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")

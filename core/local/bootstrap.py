@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.api import build_router
-from core.auth import AuthConfig, Authenticator, LoginThrottle, TokenVerifier, hash_password, verify_password
+from core.auth import AuthConfig, Authenticator, LoginThrottle, TokenVerifier
 from core.config import Settings, check_jwt_secret, check_references_resolved, load_settings
 from core.errors import Conflict, TooManyRequests, Unauthenticated
 from core.http import Call, Handler, Request, Response, Router
@@ -30,6 +30,7 @@ from core.local.sqlite_store import (
     SqliteUserStore,
 )
 from core.manifest import now_iso
+from core.passwords import hash_password, verify_password
 from core.rbac import Role
 from core.service import CatalogService
 from core.users import User, UserAdmin

@@ -34,8 +34,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeGuard
 
-from core.auth import AuthConfig, TokenVerifier, bearer_token, hash_password, issue_token, verify_password
+from core.auth import AuthConfig, TokenVerifier, bearer_token, issue_token
 from core.errors import Unauthenticated
+from core.passwords import hash_password, verify_password
 from core.rbac import Principal
 from core.users import User, UserStore
 
@@ -63,7 +64,7 @@ class PasswordLogins:
         self._max = max_session_seconds
         self._clock = clock
         self._verifier = TokenVerifier(AuthConfig(jwt_secret=secret, leeway_seconds=0))
-        # An unknown user name is checked against this hash, so it costs the same scrypt work as a known one.
+        # An unknown user name is checked against this hash, so it costs the same hashing work as a known one.
         self._dummy_hash = hash_password(secrets.token_urlsafe(32))
 
     def login(self, username: str, password: str) -> dict[str, Any]:

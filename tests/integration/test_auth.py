@@ -36,16 +36,15 @@ from core.auth import (
     Authenticator,
     LoginThrottle,
     TokenVerifier,
-    hash_password,
     hash_secret,
     issue_token,
     new_api_key,
     parse_api_key,
-    verify_password,
 )
 from core.config import SettingsError, load_settings
 from core.errors import Conflict, PdcatError, TooManyRequests, Unauthenticated, Unavailable, error_for_status
 from core.manifest import now_iso
+from core.passwords import hash_password, verify_password
 from core.ports import ApiKeyRecord, ApiKeyStore
 from core.rbac import Principal
 
@@ -545,10 +544,23 @@ def test_bad_bearer_token_through_authenticator(kf: KeyFixture) -> None:
 
 def test_password_round_trip() -> None:
     encoded = hash_password("correct horse battery staple")
-    assert encoded.startswith("scrypt$16384$8$1$")
+    assert encoded.startswith("$argon2id$v=19$m=19456,t=2,p=1$")  # OWASP's minimum for argon2id
     assert "correct horse" not in encoded
+    assert hash_password("correct horse battery staple") != encoded  # a fresh salt every time
     assert verify_password("correct horse battery staple", encoded)
     assert not verify_password("Correct horse battery staple", encoded)
+    assert not verify_password("\ud800", encoded)  # not UTF-8: refused, not raised
+
+
+def test_hashes_of_earlier_versions_still_verify() -> None:
+    """Users whose password was set before argon2id keep logging in (scrypt, as core.auth made it)."""
+    salt = b"0123456789abcdef"
+    digest = hashlib.scrypt(b"an old password!", salt=salt, n=2**14, r=8, p=1, maxmem=64 << 20, dklen=32)
+    encoded = "$".join(
+        ("scrypt", "16384", "8", "1", base64.b64encode(salt).decode(), base64.b64encode(digest).decode())
+    )
+    assert verify_password("an old password!", encoded)
+    assert not verify_password("an old password?", encoded)
 
 
 @pytest.mark.parametrize(
@@ -562,10 +574,17 @@ def test_password_round_trip() -> None:
         "scrypt$1000$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA==",  # n not a power of two
         "scrypt$1073741824$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA==",  # hostile cost
         "scrypt$16384$8$1$c2FsdHNhbHQ=",
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ",  # no hash
+        "$argon2id$v=19$m=x,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",
+        "$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",  # 4 GiB: hostile cost
+        "$argon2id$v=19$m=19456,t=100000,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",  # hostile time
+        "$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",  # another variant
     ],
 )
 def test_malformed_password_encoding(encoded: str) -> None:
+    started = time.perf_counter()
     assert verify_password("anything", encoded) is False
+    assert time.perf_counter() - started < 5  # refused before any work of the size it asks for
 
 
 # --------------------------------------------------------------------------- properties

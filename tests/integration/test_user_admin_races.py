@@ -1,7 +1,7 @@
 """Two changes to one user at once (``core.users.UserAdmin`` over the embedded server's SQLite store):
 neither may silently undo the other.
 
-A change reads the user, works (a password change spends two scrypt checks), then writes the whole
+A change reads the user, works (a password change spends two hash checks), then writes the whole
 record back. A user who changes their own password over and over always has one change in flight, so
 without a check the role change a SUPER_USER makes meanwhile (a demotion) is written over with the
 roles read before it, and a password reset is written over with the hash read before it.
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from core.auth import hash_password, verify_password
 from core.errors import Conflict
 from core.local.sqlite_store import SqliteDatabase, SqliteUserStore
 from core.manifest import now_iso
+from core.passwords import hash_password, verify_password
 from core.rbac import Principal
 from core.users import User, UserAdmin
 

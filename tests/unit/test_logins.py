@@ -11,10 +11,10 @@ from collections.abc import Callable
 import jwt
 import pytest
 
-from core.auth import hash_password, verify_password
 from core.errors import Unauthenticated
 from core.local.logins import PasswordLogins
 from core.manifest import now_iso
+from core.passwords import hash_password, verify_password
 from core.rbac import Principal
 from core.users import User, UserAdmin
 
@@ -119,7 +119,7 @@ def test_auth_time_must_be_a_moment(logins: PasswordLogins) -> None:
 
 class _ChangedDuringLogin(_Users):
     """A user store where a SUPER_USER sets the user's password right after a login has read the old
-    record: what happens when the change lands while the login spends its scrypt check."""
+    record: what happens when the change lands while the login spends its password check."""
 
     admin: UserAdmin
     change_on_next_read = False
