@@ -8,11 +8,10 @@ token from taking over an account:
 - anyone changes their own password only by giving the current one.
 
 Passwords are hashed with argon2id (``core.passwords``) and at least ``MIN_PASSWORD`` characters
-long. A role change applies from the user's next
-login or token refresh: a token carries the roles it was issued with until it expires. A password set
-(changed, or a new account under an old name) ends every session that began with another one: each new
-hash has a fresh salt, and ``POST /auth/refresh`` renews only a session whose password hash is still the
-user's (``core.local.logins``).
+long. A role change applies from the user's next login or token refresh: a token carries the roles it
+was issued with until it expires. A password set (changed, or a new account under an old name) ends
+every session that began with another one: each new hash has a fresh salt, and ``POST /auth/refresh``
+renews only a session whose password hash is still the user's (``core.local.logins``).
 
 A change writes the whole record back only over the record it read (``UserStore.replace``), else 409:
 a user changing their own password over and over (two password checks between read and write) would

@@ -32,7 +32,13 @@ from core.local.bootstrap import open_local_catalog
 from core.local.server import CHUNK_PUT_LIMIT, LocalServer, WsgiApp
 from core.local.tls import server_context
 from core.storage_layout import staging_chunk_key
-from tests.integration.test_server_limits import _closed_by_server, _error_code, _head, _read_answer
+from tests.integration.test_server_limits import (
+    _closed_by_server,
+    _error_code,
+    _head,
+    _read_answer,
+    _slow_clients_are_closed,
+)
 from tests.pki import Pki, write_pki
 
 MiB = 1024 * 1024
@@ -215,23 +221,7 @@ def test_a_handshake_that_does_not_finish_is_closed(served: TlsServer) -> None:
 
 
 def test_idle_trickling_and_stalled_tls_connections_are_closed(served: TlsServer) -> None:
-    idle = served.connect()
-    trickle = served.connect()
-    slow_body = served.connect()
-    slow_body.sendall(_head("POST", "/api/v1/auth/token", {"Content-Length": "1000000"}) + b"{")
-    try:
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline and not _closed_by_server(idle, 0.01):
-            with contextlib.suppress(OSError):
-                trickle.sendall(b"X")  # a header that never ends (slowloris)
-                slow_body.sendall(b" ")  # a body far slower than MIN_BODY_RATE
-            time.sleep(0.1)
-        assert _closed_by_server(idle, 0.5), "an idle TLS connection was kept past IDLE_TIMEOUT_S"
-        assert _closed_by_server(trickle, 0.5), "a trickled header was kept past HEADER_TIMEOUT_S"
-        assert _closed_by_server(slow_body, 0.5), "a body slower than MIN_BODY_RATE was kept"
-    finally:
-        for sock in (idle, trickle, slow_body):
-            sock.close()
+    _slow_clients_are_closed(served.connect, window=6, grace=0.5, kind="TLS ")
 
 
 def test_at_the_connection_limit_idle_tls_connections_make_room(served: TlsServer) -> None:
