@@ -130,6 +130,19 @@ def _dropped(connection: http.client.HTTPConnection) -> bool:
         return True
 
 
+_REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods sent again after a kept-alive connection turned out closed (RFC 9110 9.2.2: idempotent and safe)."""
+
+
+class _Stale(Exception):
+    """The connection ended before any byte of an answer: ``error`` is what to raise unless the request
+    is sent again."""
+
+    def __init__(self, error: ConnectionFailed) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Direct:
     """HTTP/1.1 with ``http.client``: a pool of keep-alive connections, safe to share between threads
     (a push asks from several)."""
@@ -152,11 +165,12 @@ class _Direct:
         for _, connection in idle:
             connection.close()
 
-    def _connection(self) -> http.client.HTTPConnection:
-        """An idle connection still good (the most recent first), or a new one (not yet connected)."""
+    def _connection(self, *, fresh: bool = False) -> http.client.HTTPConnection:
+        """An idle connection still good (the most recent first), or a new one (not yet connected);
+        ``fresh``: a new one."""
         now = time.monotonic()
         with self._lock:
-            while self._idle:
+            while self._idle and not fresh:
                 since, connection = self._idle.pop()
                 if now - since < KEEPALIVE_SECONDS and not _dropped(connection):
                     return connection
@@ -171,9 +185,24 @@ class _Direct:
         return http.client.HTTPConnection(host, self._port, timeout=self._timeout)
 
     def send(self, method: str, target: str, body: bytes | None, headers: Mapping[str, str]) -> _Answer:
+        connection = self._connection()
+        reused = connection.sock is not None
+        try:
+            return self._exchange(connection, method, target, body, headers)
+        except _Stale as stale:
+            # A kept-alive connection the server closed as this request went out (its idle timeout ending
+            # between our check and our write): a request that changes nothing goes again, once, on a new
+            # connection, as Go's and urllib3's clients do; one that changes something may have been done.
+            if not (reused and method in _REPLAYABLE):
+                raise stale.error from stale.__cause__
+        return self._exchange(self._connection(fresh=True), method, target, body, headers)
+
+    def _exchange(
+        self, connection: http.client.HTTPConnection, method: str, target: str, body: bytes | None,
+        headers: Mapping[str, str],
+    ) -> _Answer:  # fmt: skip
         import http.client
 
-        connection = self._connection()
         try:
             if connection.sock is None:
                 try:
@@ -186,15 +215,22 @@ class _Direct:
                 connection.request(method, self._prefix + target, body, {**self._headers, **headers})
             except TimeoutError as exc:
                 raise _unreachable(self._shown, "WriteTimeout", timed_out=True) from exc
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise _Stale(_unreachable(self._shown, "WriteError")) from exc
             except OSError as exc:
                 raise _unreachable(self._shown, "WriteError") from exc
             except (ValueError, http.client.HTTPException) as exc:  # a header no request may carry (a newline...)
                 raise _unreachable(self._shown, "LocalProtocolError") from exc
+            response: http.client.HTTPResponse | None = None
             try:
                 response = connection.getresponse()
                 content = response.read()
             except TimeoutError as exc:
                 raise _unreachable(self._shown, "ReadTimeout", timed_out=True) from exc
+            except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
+                kind = "RemoteProtocolError" if isinstance(exc, http.client.HTTPException) else "ReadError"
+                error = _unreachable(self._shown, kind)
+                raise (_Stale(error) if response is None else error) from exc  # stale: closed before any answer
             except http.client.HTTPException as exc:  # closed without an answer, a malformed one...
                 raise _unreachable(self._shown, "RemoteProtocolError") from exc
             except OSError as exc:
