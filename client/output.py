@@ -1,4 +1,9 @@
-"""What people see: tables, sizes and progress bars (rich), or JSON for scripts."""
+"""What people see: tables, sizes and progress bars, or JSON for scripts.
+
+Tables are plain aligned columns, as docker and kubectl print theirs: grep, awk and cut read them as
+well as people do, and printing one loads nothing. rich (messages with markup, progress bars) is loaded
+by the first call of :func:`console` or :func:`err_console`, so ``pdcat ls`` starts without it (~35 ms).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,54 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Iterable, Sequence
+from functools import cache
 from typing import TYPE_CHECKING, Any, TextIO
 
-from rich.console import Console
-from rich.table import Table
-
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import TaskID
 
-__all__ = ["LineProgress", "RichProgress", "console", "human_size", "manifest_table", "print_json"]
+__all__ = [
+    "LineProgress",
+    "RichProgress",
+    "columns",
+    "console",
+    "err_console",
+    "human_size",
+    "manifest_table",
+    "print_json",
+]
 
-console = Console(stderr=False, highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+@cache
+def console() -> Console:
+    """rich's console on stdout, made on first use."""
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False, soft_wrap=True)
+
+
+@cache
+def err_console() -> Console:
+    """rich's console on stderr (messages, progress bars, log lines), made on first use."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _cell(value: str) -> str:
+    """A cell as it may reach a terminal: a control character (an escape sequence from a hostile
+    server or a corrupt file) is shown as ``?`` instead of being obeyed."""
+    return value if value.isprintable() else "".join(c if c.isprintable() else "?" for c in value)
+
+
+def columns(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A table as text: each column as wide as its widest cell, two spaces between columns, no
+    trailing spaces."""
+    grid = [[_cell(str(c)) for c in row] for row in (headers, *rows)]
+    widths = [max(len(row[i]) for row in grid) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in grid)
 
 
 def human_size(n: int | float) -> str:
@@ -41,21 +82,23 @@ def _state(m: dict[str, Any]) -> str:
     return str(m.get("status", ""))
 
 
-def manifest_table(items: list[dict[str, Any]]) -> Table:
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("ID", "VERSION", "ARCH", "SIZE", "STATE", "TAGS", "PUSHED"):
-        table.add_column(column)
-    for m in items:
-        table.add_row(
-            m["catalog_id"],
-            m["version"],
-            m["architecture"],
-            human_size(m.get("size", 0)),
-            _state(m),
-            ",".join(m.get("tags", [])),
-            (m.get("pushed_at") or "")[:19].replace("T", " "),
-        )
-    return table
+def manifest_table(items: list[dict[str, Any]]) -> str:
+    """``pdcat ls`` and ``show``: a row per manifest."""
+    return columns(
+        ("ID", "VERSION", "ARCH", "SIZE", "STATE", "TAGS", "PUSHED"),
+        (
+            (
+                m["catalog_id"],
+                m["version"],
+                m["architecture"],
+                human_size(m.get("size", 0)),
+                _state(m),
+                ",".join(m.get("tags", [])),
+                (m.get("pushed_at") or "")[:19].replace("T", " "),
+            )
+            for m in items
+        ),
+    )
 
 
 def pace(worked: int, left: int, elapsed: float) -> tuple[float, float | None]:
@@ -83,7 +126,7 @@ class RichProgress:
             DownloadColumn(binary_units=True),
             RateColumn(),
             TimeLeftColumn(),
-            console=out or err_console,
+            console=out or err_console(),
             transient=False,
         )
         self._task: TaskID | None = None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from client.cli.parser import build_parser
+from client.cli.parser import build_parser, command_of
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing for ``pdcat --help``
 if TYPE_CHECKING:
@@ -48,6 +48,10 @@ def _client(options: Options) -> CatalogClient:
     from client.cli.session import connect
 
     return connect(options)
+
+
+_MOVES_CHUNKS = frozenset({"push", "pull", "import", "import-vm", "run", "serve"})
+"""The commands whose memory :func:`_limit_allocator_growth` bounds (the others skip loading ctypes)."""
 
 
 def _limit_allocator_growth() -> None:
@@ -80,8 +84,10 @@ def _resume_hint(command: str, exc: Exception) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _limit_allocator_growth()
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(only=command_of(words)).parse_args(words)
+    if args.command in _MOVES_CHUNKS:
+        _limit_allocator_growth()
     # what a command needs, loaded once it is known (``--help`` and a usage error exit before this)
     from client.cli.commands import dispatch
     from client.cli.logs import configure_logging
@@ -95,22 +101,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         from client.output import err_console
 
-        err_console.print("pdcat: interrupted; run the same command again to resume")
+        err_console().print("pdcat: interrupted; run the same command again to resume")
         return 130
     except PdcatError as exc:
         if args.debug:
             raise
         from client.output import err_console
 
-        err_console.print(f"pdcat: {exc.message}", markup=False, highlight=False)
+        err_console().print(f"pdcat: {exc.message}", markup=False, highlight=False)
         hint = _resume_hint(args.command, exc)
         if hint:
-            err_console.print(f"pdcat: {hint}", markup=False, highlight=False)
+            err_console().print(f"pdcat: {hint}", markup=False, highlight=False)
         return 1
     except OSError as exc:
         if args.debug:
             raise
         from client.output import err_console
 
-        err_console.print(f"pdcat: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), markup=False)
+        err_console().print(f"pdcat: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), markup=False)
         return 1

@@ -91,7 +91,7 @@ def _recipe(args: argparse.Namespace, path: str, positional: str, expected: str 
     from client.recipes import recipe_options
 
     def warn(message: str) -> None:
-        err_console.print(f"pdcat: warning: {message}", markup=False, highlight=False)
+        err_console().print(f"pdcat: warning: {message}", markup=False, highlight=False)
 
     flags = {name: value for name, value in vars(args).items() if name != positional}  # it names the file
     return recipe_options(path, flags, expected, warn)
@@ -187,7 +187,8 @@ def _serve_tls(
         key = Path(args.tls_key)
         found = given_certificate(Path(args.tls_cert), key)
         if key.stat().st_mode & 0o077:
-            err_console.print(f"pdcat: warning: other users can read the TLS key {key}: chmod 600 {key}", markup=False)
+            warning = f"pdcat: warning: other users can read the TLS key {key}: chmod 600 {key}"
+            err_console().print(warning, markup=False)
         return found
     import socket
 
@@ -304,7 +305,7 @@ def cmd_user(args: argparse.Namespace, connect: Connect) -> int:
             if args.json:
                 print_json({"items": found})
             for u in [] if args.json else found:
-                console.print(f"{u['username']}  roles: {_names(u['roles'])}  claims: {_names(u['claims'])}")
+                console().print(f"{u['username']}  roles: {_names(u['roles'])}  claims: {_names(u['claims'])}")
         elif args.action == "add":
             created = api.add_user(args.username, _new_password(args, args.username), args.role, args.claim)
             say(common(args), f"Added {created['username']} (roles: {_names(created['roles'])})")
@@ -359,7 +360,7 @@ def cmd_logout(args: argparse.Namespace, connect: Connect) -> int:
     it is a bearer token)."""
     gone = forget_credentials(args.server, everything=args.all)
     for problem in gone.problems:
-        err_console.print(f"pdcat: warning: the keychain still holds the secret of {problem}", markup=False)
+        err_console().print(f"pdcat: warning: the keychain still holds the secret of {problem}", markup=False)
     say(common(args), logged_out(gone))
     return 0
 
@@ -370,7 +371,7 @@ def cmd_whoami(args: argparse.Namespace, connect: Connect) -> int:
     if args.json:
         print_json(me)
     else:
-        console.print(f"{me['subject']} (roles: {', '.join(me['roles']) or '-'}; via {me['via']})")
+        console().print(f"{me['subject']} (roles: {', '.join(me['roles']) or '-'}; via {me['via']})")
     return 0
 
 
@@ -395,9 +396,9 @@ def cmd_ls(opts: ListOptions, connect: Connect) -> int:
         for ref in dict.fromkeys(f"{m['catalog_id']}:{m['version']}" for m in items):
             print(ref)
     elif not items:
-        console.print("No VMs visible to you.")
+        print("No VMs visible to you.")
     else:
-        console.print(manifest_table(items))
+        print(manifest_table(items))
     return 0
 
 
@@ -419,7 +420,7 @@ def cmd_show(args: argparse.Namespace, connect: Connect) -> int:
     if args.json:
         print_json(m)
         return 0
-    console.print(manifest_table([m]))
+    print(manifest_table([m]))
     details = {
         "description": m["description"] or "-",
         "vm type": m["vm_type"],
@@ -435,7 +436,7 @@ def cmd_show(args: argparse.Namespace, connect: Connect) -> int:
     if m["revoked"]:
         details["revoked"] = f"{m['revoked_at']} by {m['revoked_by']}"
     for k, v in details.items():
-        console.print(f"  [bold]{k:>15}[/bold]  {v}")
+        console().print(f"  [bold]{k:>15}[/bold]  {v}")
     return 0
 
 
@@ -495,10 +496,10 @@ def cmd_apikey(args: argparse.Namespace, connect: Connect) -> int:
             else:
                 # Only the key goes to stdout, so KEY=$(pdcat apikey create ...) captures just the key.
                 if not args.quiet:
-                    err_console.print(
+                    err_console().print(
                         f"API key {created['id']} for {created['subject']}, expires {created['expires_at']}"
                     )
-                    err_console.print("Shown only once; use it as PDCAT_API_KEY or the X-Api-Key header:")
+                    err_console().print("Shown only once; use it as PDCAT_API_KEY or the X-Api-Key header:")
                 print(created["key"])
         elif args.action == "ls":
             keys = api.list_api_keys()
@@ -507,7 +508,7 @@ def cmd_apikey(args: argparse.Namespace, connect: Connect) -> int:
             else:
                 for k in keys:
                     state = "revoked" if k["revoked"] else f"expires {k['expires_at']}"
-                    console.print(f"{k['id']}  {k['subject']}  roles={','.join(k['roles']) or '-'}  {state}")
+                    console().print(f"{k['id']}  {k['subject']}  roles={','.join(k['roles']) or '-'}  {state}")
         else:
             if not args.key_id:
                 raise InvalidInput("revoke needs the key id")
@@ -573,15 +574,15 @@ def cmd_cache(args: argparse.Namespace, connect: Connect) -> int:
                     {"root": str(cache.root), "usage": cache.usage(), "items": [_entry_json(e) for e in entries]}
                 )
             elif not entries:
-                console.print(f"The cache at {cache.root} is empty.")
+                console().print(f"The cache at {cache.root} is empty.")
             else:
                 for e in entries:
                     pin = " pinned" if e.pinned else ""
-                    console.print(
+                    console().print(
                         f"{e.digest[:12]}  {e.catalog_id}:{e.version} ({e.architecture})  "
                         f"{human_size(e.disk_usage)} on disk  used {e.use_count}x{pin}"
                     )
-                console.print(f"{len(entries)} VM(s), {human_size(cache.usage())} in {cache.root}")
+                console().print(f"{len(entries)} VM(s), {human_size(cache.usage())} in {cache.root}")
         elif args.action == "prune":
             victims = cache.prune(dry_run=args.dry_run)
             if args.json:
@@ -589,9 +590,9 @@ def cmd_cache(args: argparse.Namespace, connect: Connect) -> int:
             else:
                 verb = "Would evict" if args.dry_run else "Evicted"
                 for e in victims:
-                    console.print(f"{verb} {e.catalog_id}:{e.version} ({e.architecture}), {human_size(e.disk_usage)}")
+                    console().print(f"{verb} {e.catalog_id}:{e.version} ({e.architecture}), {human_size(e.disk_usage)}")
                 if not victims:
-                    console.print("Nothing to evict: the cache is within its budget.")
+                    console().print("Nothing to evict: the cache is within its budget.")
         else:
             if not args.ref:
                 raise InvalidInput(f"cache {args.action} needs a digest prefix or ID:VERSION[:ARCH]")

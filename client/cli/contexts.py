@@ -7,12 +7,9 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from rich.markup import escape
-from rich.table import Table
-
 from client.cli.session import Connect, common, say
 from client.config import Context, Forgotten, StoredLogin, contexts, use_context
-from client.output import console, print_json
+from client.output import columns, console, print_json
 from core.errors import InvalidInput
 
 __all__ = ["cmd_context", "logged_out", "saved_where"]
@@ -84,13 +81,8 @@ def cmd_context(args: argparse.Namespace, connect: Connect) -> int:
         print_json({"current": current, "items": [c.as_json() for c in found]})
         return 0
     if not found:
-        console.print("Not logged in anywhere: pdcat login --server URL -u USER", markup=False)
+        console().print("Not logged in anywhere: pdcat login --server URL -u USER", markup=False)
         return 0
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("", "SERVER", "USER", "AUTH", "SECRET IN"):
-        table.add_column(column)
-    for c in found:
-        user = c.details.get("username") or "-"
-        table.add_row("*" if c.current else "", escape(c.server), escape(user), _how(c), _where(c))
-    console.print(table)
+    rows = [("*" if c.current else "", c.server, c.details.get("username") or "-", _how(c), _where(c)) for c in found]
+    print(columns(("", "SERVER", "USER", "AUTH", "SECRET IN"), rows))
     return 0

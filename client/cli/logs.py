@@ -61,7 +61,7 @@ class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
             text = self.format(record)
             from client.output import err_console
 
-            err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+            err_console().print(text, markup=False, highlight=False, soft_wrap=True)
         except Exception:
             self.handleError(record)
 

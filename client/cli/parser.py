@@ -11,7 +11,25 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any, NoReturn
 
-__all__ = ["build_parser"]
+__all__ = ["build_parser", "command_of"]
+
+
+class _Unused:
+    """Where the flags of a command that is not being run go: nowhere. Each flag costs argparse a
+    help formatter and a few checks; adding them for the one command asked for halves the parser's
+    share of ``pdcat ls`` (tests/unit/test_cli_conventions.py checks the flags are the same)."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> _Unused:
+        return self
+
+
+def command_of(argv: Sequence[str]) -> str:
+    """The command ``argv`` runs: its first word that is not an option (pdcat's own options take no
+    value), or "" when there is none (``pdcat --help``)."""
+    return next((word for word in argv if not word.startswith("-")), "")
 
 
 class _ChunkSize(argparse.Action):
@@ -78,16 +96,23 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """Every command, flag and help text of ``pdcat``. The ``dest`` of each option of ls, push, pull, import
-    and import-vm is the name of its field in ``client.options``; ``args.command`` picks the command."""
+    and import-vm is the name of its field in ``client.options``; ``args.command`` picks the command.
+
+    ``only``: give just this command its flags (the others are still listed, for ``--help`` and "did you
+    mean"); ``main`` passes :func:`command_of` its arguments. None: every command's (completion scripts).
+    """
     p = _Parser(prog="pdcat", description="Push and pull Parallels Desktop VMs through a catalog.")
     p.add_argument("--debug", action="store_true", help="show logs and full errors")
     p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help_text: str, *, json_flag: bool = False, server: bool = True) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, *, json_flag: bool = False, server: bool = True) -> Any:
+        """The parser to add ``name``'s flags to (an :class:`_Unused` for a command not asked for)."""
         c = sub.add_parser(name, help=help_text, description=help_text)
+        if only is not None and name != only:
+            return _Unused()
         if json_flag:
             c.add_argument("--json", action="store_true", help="machine-readable output")
         if server:
@@ -95,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
         return c
 
-    def manifest_flags(c: argparse.ArgumentParser) -> None:
+    def manifest_flags(c: Any) -> None:
         """What a push (or an import) records about the version."""
         c.add_argument("--arch", help="(default: this machine's)")
         c.add_argument("--role", action="append", default=[], help="required role to see it (repeatable)")
@@ -205,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("ref", metavar="ID:VERSION")
         c.add_argument("--arch", help="(default: this machine's)")
 
-    def import_flags(c: argparse.ArgumentParser) -> None:
+    def import_flags(c: Any) -> None:
         c.add_argument("ref", metavar="ID:VERSION")
         manifest_flags(c)
         c.add_argument("--workers", type=int)

@@ -107,7 +107,7 @@ def progress(options: Options) -> Progress:
 
 def say(options: Options, text: str) -> None:
     if not options.quiet and not options.json:
-        console.print(text)
+        console().print(text)
 
 
 def transfer_config(workers: int | None, chunk_size: int | None = None, level: int | None = None) -> TransferConfig:

@@ -293,7 +293,7 @@ def _finish_pull(opts: PullOptions, vm: SetupResult | None, bundle: Path, regist
     if vm is not None and vm.outputs and not opts.json:
         for out in vm.outputs:
             if out.stdout.strip():
-                console.print(out.stdout.rstrip("\n"), markup=False, highlight=False)
+                console().print(out.stdout.rstrip("\n"), markup=False, highlight=False)
     if register_failed:
         # The user asked for a registered (started, cloned...) VM and did not get one: that is a failure
         # (exit 1), but the verified bundle stays where it is and the one-line reason says what to do.

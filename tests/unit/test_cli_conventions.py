@@ -3,13 +3,14 @@ a completion script that knows every command, flag and fixed choice."""
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 
 import pytest
 
 from client.cli.completion import completion_script
-from client.cli.parser import build_parser
+from client.cli.parser import build_parser, command_of
 
 
 def test_a_mistyped_command_or_choice_suggests_the_close_one(capsys: pytest.CaptureFixture[str]) -> None:
@@ -20,7 +21,7 @@ def test_a_mistyped_command_or_choice_suggests_the_close_one(capsys: pytest.Capt
         (["context", "ues"], "did you mean 'use'?"),
     ):
         with pytest.raises(SystemExit) as exited:
-            build_parser().parse_args(argv)
+            build_parser(only=command_of(argv)).parse_args(argv)
         assert exited.value.code == 2
         assert suggestion in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -46,3 +47,35 @@ def test_the_completion_script_completes_commands_flags_and_choices() -> None:
     assert {"ls", "use"} <= complete("context", "") and "--json" in complete("context", "--j")
     assert "--all" in complete("logout", "--a")
     assert completion_script(build_parser(), "zsh").startswith("autoload -U +X bashcompinit")
+
+
+def _flags(parser: argparse.ArgumentParser) -> list[tuple[object, ...]]:
+    return [
+        (tuple(a.option_strings), a.dest, a.default, a.nargs, a.const, a.choices, a.required, a.help, type(a))
+        for a in parser._actions
+    ]
+
+
+def test_building_one_commands_flags_gives_that_command_the_same_parser() -> None:
+    """``main`` builds only the flags of the command it runs (``build_parser(only=...)``)."""
+    full = build_parser()
+    commands = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert len(commands) > 20
+    for name, whole in commands.items():
+        alone = build_parser(only=name)
+        chosen = next(a for a in alone._actions if isinstance(a, argparse._SubParsersAction)).choices
+        assert list(chosen) == list(commands)  # every command still listed (--help, did you mean)
+        assert _flags(chosen[name]) == _flags(whole), name
+        others = [c for c in chosen if c != name]
+        assert all(a.option_strings == ["-h", "--help"] for c in others for a in chosen[c]._actions)
+
+
+def test_the_command_is_the_first_word_that_is_not_an_option() -> None:
+    assert command_of(["--debug", "push", "x", "--catalog", "ls"]) == "push"
+    assert command_of(["ls", "--tag", "x"]) == "ls"
+    assert command_of(["--help"]) == ""
+    assert command_of([]) == ""
+    args = build_parser(only=command_of(["--debug", "ls", "ubuntu", "--arch", "arm64"])).parse_args(
+        ["--debug", "ls", "ubuntu", "--arch", "arm64"]
+    )
+    assert (args.command, args.id, args.arch, args.debug) == ("ls", "ubuntu", "arm64", True)
