@@ -64,9 +64,7 @@ import errno
 import hashlib
 import json
 import logging
-import mmap
 import os
-import queue
 import re
 import secrets
 import shutil
@@ -94,6 +92,7 @@ from client.cache_budget import (
     plan_eviction,
 )
 from client.clone import clone_tree, remove_tree
+from client.direct_io import open_direct, pwrite_direct
 from core.errors import Conflict, InvalidInput, NotFound
 from core.identity import normalize_architecture, normalize_catalog_id, normalize_version
 from core.pack import PackIndex, is_digest
@@ -736,7 +735,7 @@ class LocalChunks:
         self._objects = objects
         self._ranges = ranges
         self._keeping = keep
-        self._direct = bool(_O_DIRECT)  # until the filesystem refuses it (tmpfs, some network filesystems)
+        self._direct = True  # until the filesystem refuses direct writes (tmpfs, some network filesystems)
         self._warned = threading.Lock()
         self._shards: set[str] = set()  # shard folders known to exist
 
@@ -813,26 +812,22 @@ class LocalChunks:
         self._objects.add(chunk_digest)
 
     def _write_new(self, tmp: Path, blob: memoryview) -> None:
-        """Write a new object file. Where the filesystem takes it, with ``O_DIRECT``: the pull has just
-        written the same bytes, decompressed, into the VM, and the kept copy is read only by a later
-        pull, so it bypasses the page cache (copying it there and writing it back costs a pull about
-        as much CPU as decompressing). Elsewhere, or if the filesystem refuses, a buffered write."""
+        """Write a new object file. Where the filesystem takes it, directly (``client.direct_io``): the
+        pull has just written the same bytes, decompressed, into the VM, and the kept copy is read only
+        by a later pull, so it bypasses the page cache (copying it there and writing it back costs a
+        pull about as much CPU as decompressing). Elsewhere, or if the filesystem refuses, a buffered
+        write."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
-        if self._direct:
+        fd = open_direct(tmp, flags) if self._direct else None
+        if fd is not None:
             try:
-                fd = os.open(tmp, flags | _O_DIRECT, 0o644)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._direct = False
-            else:
-                try:
-                    if _write_direct(fd, blob):
-                        return
-                finally:
-                    os.close(fd)
-                self._direct = False  # refused by this filesystem: buffered from now on
-                os.unlink(tmp)
+                if pwrite_direct(fd, blob, 0, pad=True):
+                    os.ftruncate(fd, len(blob))
+                    return
+            finally:
+                os.close(fd)
+            os.unlink(tmp)
+        self._direct = False  # refused by this filesystem (or none here): buffered from now on
         fd = os.open(tmp, flags, 0o644)
         try:
             written = 0
@@ -840,59 +835,6 @@ class LocalChunks:
                 written += os.write(fd, blob[written:])
         finally:
             os.close(fd)
-
-
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
-_DIRECT_ALIGN = 4096
-_ALIGNED_BUFFERS = 2
-"""Page-aligned buffers for O_DIRECT writes, shared by every pull thread: a few writes at a time keep
-the disk busy, and a buffer per download worker would add a chunk's worth of memory per worker."""
-_aligned: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
-_aligned_made = threading.BoundedSemaphore(_ALIGNED_BUFFERS)
-
-
-@contextlib.contextmanager
-def _aligned_buffer(size: int) -> Iterator[mmap.mmap]:
-    """One of the shared aligned buffers, at least ``size`` bytes (made, or grown, on demand)."""
-    try:
-        buf = _aligned.get_nowait()
-    except queue.Empty:
-        buf = mmap.mmap(-1, size) if _aligned_made.acquire(blocking=False) else _aligned.get()
-    if len(buf) < size:
-        buf.close()
-        buf = mmap.mmap(-1, size)  # anonymous mappings are page-aligned
-    try:
-        yield buf
-    finally:
-        _aligned.put(buf)
-
-
-def _write_direct(fd: int, blob: memoryview) -> bool:
-    """Write ``blob`` through an ``O_DIRECT`` descriptor: copied into a shared page-aligned buffer,
-    padded to the alignment, then the file cut to its length. False if the filesystem refuses the
-    write (EINVAL), so the caller can write it buffered instead."""
-    padded = -(-len(blob) // _DIRECT_ALIGN) * _DIRECT_ALIGN
-    with _aligned_buffer(padded) as buf:
-        return _write_padded(fd, blob, buf, padded)
-
-
-def _write_padded(fd: int, blob: memoryview, buf: mmap.mmap, padded: int) -> bool:
-    view = memoryview(buf)
-    try:
-        view[: len(blob)] = blob
-        view[len(blob) : padded] = bytes(padded - len(blob))
-        written = 0
-        while written < padded:
-            try:
-                written += os.write(fd, view[written:padded])
-            except OSError as exc:
-                if exc.errno == errno.EINVAL:
-                    return False
-                raise
-    finally:
-        view.release()
-    os.ftruncate(fd, len(blob))
-    return True
 
 
 def _object_path(folder: Path, chunk_digest: str) -> Path:

@@ -44,6 +44,7 @@ import zstandard
 
 from client.api import CatalogClient
 from client.blobio import BlobClient, BlobTooLarge, UrlBook
+from client.direct_io import ALIGN, pwrite_direct, reopen_direct
 from client.packer import ChunkCorrupt, finalize_tree, open_for_write, prepare_tree
 from client.pool import run_bounded
 from client.transfer.common import DiskFull, Progress, TransferConfig, partial_paths, pull_lock
@@ -59,6 +60,7 @@ log = logging.getLogger("pdcat.transfer")
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BLOCK = 4096  # the block size of APFS and ext4: a zero block this big, aligned in its file, stays a hole
 _ZERO_BLOCK = bytes(_BLOCK)
+_DIRECT_MIN = 64 * 1024  # smaller runs (a chunk's data between zero blocks) are written through the page cache
 _MAX_OPEN_FILES = 256  # descriptors kept open at once; a bundle with more files opens the rest per chunk
 _MAX_RAW_BUFFERS = 4  # chunks decompressed, hashed and placed at once (more cores rarely help a pull)
 
@@ -235,9 +237,20 @@ def place(files: _Files, raw: bytearray, entry: FileEntry, chunk: Chunk) -> None
     view = memoryview(raw)
     with files.opened(entry.path) as fd:
         for run_start, run_end in _data_runs(raw, start, end, chunk.offset):
+            offset = chunk.offset + (run_start - start)
+            direct_end = run_start + _direct_part(offset, run_end - run_start)
+            if direct_end > run_start and files.write_direct(entry.path, fd, view[run_start:direct_end], offset):
+                run_start = direct_end  # the rest (a file's short last block) as usual
             pos = run_start
             while pos < run_end:
                 pos += os.pwrite(fd, view[pos:run_end], chunk.offset + (pos - start))
+
+
+def _direct_part(offset: int, size: int) -> int:
+    """How much of a run at ``offset`` is written past the page cache (``client.direct_io``): its whole
+    blocks, if it starts on one and is large enough that the disk's latency (a direct write waits for
+    it) is worth the page-cache work it saves; else nothing."""
+    return size - size % ALIGN if size >= _DIRECT_MIN and offset % ALIGN == 0 else 0
 
 
 def _data_runs(buf: bytearray, start: int, end: int, file_offset: int) -> Iterator[tuple[int, int]]:
@@ -281,7 +294,25 @@ class _Files:
     def __init__(self, root: Path) -> None:
         self._root = os.open(root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
         self._fds: dict[str, int] = {}
+        self._direct: dict[str, int | None] = {}  # a kept file's direct descriptor (None: it has none)
+        self._direct_refused = False  # the filesystem refused a direct write: ordinary writes from then on
         self._lock = threading.Lock()
+
+    def write_direct(self, path: str, fd: int, data: memoryview, offset: int) -> bool:
+        """Write ``data`` at ``offset`` of ``path`` (open as ``fd``) bypassing the page cache; False when
+        that cannot be done here (the caller writes it the ordinary way)."""
+        with self._lock:
+            if self._direct_refused or self._fds.get(path) != fd:  # only files kept open get a second descriptor
+                return False
+            if path not in self._direct:
+                self._direct[path] = reopen_direct(fd)
+            direct = self._direct[path]
+        if direct is None:
+            return False
+        if pwrite_direct(direct, data, offset):
+            return True
+        self._direct_refused = True
+        return False
 
     @contextlib.contextmanager
     def opened(self, path: str) -> Iterator[int]:
@@ -300,9 +331,11 @@ class _Files:
 
     def close(self) -> None:
         with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
+            for fd in (*self._fds.values(), *self._direct.values()):
+                if fd is not None:
+                    os.close(fd)
             self._fds.clear()
+            self._direct.clear()
             os.close(self._root)
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client.blobio import BlobClient
+from client.direct_io import pwrite_direct
 from client.packer import ChunkCorrupt, compress, data_runs, prepare_tree
 from client.transfer import NoProgress, TransferConfig, download
 from client.transfer.download import _data_runs, _Files, _unpack, _Work, place
@@ -87,6 +90,44 @@ def test_place_writes_the_chunk_at_its_offset_and_leaves_holes(tmp_path: Path) -
     on_disk = (root / "disk" / "disk.hds").read_bytes()
     assert on_disk == bytes(16 * BLOCK) + data + bytes(size - 16 * BLOCK - len(data))
     assert os.stat(root / "disk" / "disk.hds").st_blocks * 512 <= 4 * BLOCK  # only the two data blocks
+
+
+@pytest.mark.parametrize("where", ["disk", "tmpfs"])
+def test_place_writes_large_aligned_runs_past_the_page_cache_and_the_rest_as_usual(
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs of at least 64 KiB at aligned offsets go through a direct descriptor where the filesystem
+    takes one, small runs and a file's short last block through the ordinary one: the file holds
+    exactly the chunk's bytes either way, holes included."""
+    base = tmp_path if where == "disk" else Path("/dev/shm") / f"pdcat-place-{os.getpid()}-{os.urandom(4).hex()}"
+    direct: list[tuple[int, int, bool]] = []
+
+    def spied(fd: int, data: memoryview, offset: int, *, pad: bool = False) -> bool:
+        done = pwrite_direct(fd, data, offset, pad=pad)
+        direct.append((offset, len(data), done))
+        return done
+
+    monkeypatch.setattr(sys.modules["client.transfer.download"], "pwrite_direct", spied)
+    big, small = 32 * BLOCK, 2 * BLOCK
+    data = os.urandom(big) + bytes(big) + os.urandom(small) + bytes(BLOCK) + os.urandom(big) + os.urandom(1000)
+    chunk = Chunk(0, len(data), hashlib.sha256(data).hexdigest())
+    entry = FileEntry("disk.hds", size=len(data), chunks=(chunk,))
+    root = base / "vm"
+    try:
+        prepare_tree(root, PackIndex(len(data), (entry,)))
+        files = _Files(root)
+        try:
+            place(files, bytearray(data), entry, chunk)
+        finally:
+            files.close()
+        assert (root / "disk.hds").read_bytes() == data
+        offsets = [(offset, size) for offset, size, _ in direct]
+        assert offsets == [(0, big), (2 * big + small + BLOCK, big)]  # not the small run, nor the short last block
+        if where == "disk":
+            assert all(done for _, _, done in direct)
+    finally:
+        if where == "tmpfs":
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def test_place_refuses_a_symlink_planted_in_the_tree(tmp_path: Path) -> None:
