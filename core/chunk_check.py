@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from core.buffers import BufferPool
 from core.errors import NotFound, PayloadTooLarge
 from core.marks import Confirmed
 from core.pack import ContentHasher, content_digest
@@ -39,7 +38,9 @@ def compressed_bound(raw_limit: int) -> int:
     return raw_limit + (raw_limit >> 7) + 1024
 
 
-def raw_size_if_valid(blob: bytes, digest: str, raw_limit: int, block_size: int | None = None) -> int | None:
+def raw_size_if_valid(
+    blob: bytes | memoryview, digest: str, raw_limit: int, block_size: int | None = None
+) -> int | None:
     """The raw size if ``blob`` is zstd of 1 to ``raw_limit`` bytes named ``digest``; else None.
 
     The name is the sha256 of the raw bytes, or, with ``block_size`` (index format 2), the root of
@@ -62,9 +63,9 @@ def raw_size_if_valid(blob: bytes, digest: str, raw_limit: int, block_size: int 
     except zstandard.ZstdError:
         return None  # not a zstd frame (a skippable one included)
     if raw_limit <= ONE_SHOT_LIMIT:
-        with _raw_buffer() as buffer:
+        with _RAW.take(raw_limit + 1) as buffer:
             try:
-                size = _decompress_into(zstandard.ZstdDecompressor(), blob, buffer[: raw_limit + 1])
+                size = _decompress_into(zstandard.ZstdDecompressor(), blob, buffer)
             except zstandard.ZstdError:
                 return None
             ok = 0 < size <= raw_limit and declared in (-1, size)
@@ -86,7 +87,7 @@ def raw_size_if_valid(blob: bytes, digest: str, raw_limit: int, block_size: int 
     return total
 
 
-def _decompress_into(dctx: Any, blob: bytes, out: memoryview) -> int:
+def _decompress_into(dctx: Any, blob: bytes | memoryview, out: memoryview) -> int:
     """Decompress every frame of ``blob`` into ``out``, stopping once it is full: the bytes written
     (``len(out)`` means the data did not fit, which the caller's one-byte-larger ``out`` detects)."""
     reader = dctx.stream_reader(blob, read_across_frames=True)
@@ -99,21 +100,8 @@ def _decompress_into(dctx: Any, blob: bytes, out: memoryview) -> int:
     return total
 
 
-_SPARE: list[memoryview] = []
-_SPARE_LOCK = threading.Lock()
-
-
-@contextmanager
-def _raw_buffer() -> Iterator[memoryview]:
-    """A buffer for one raw chunk, reused: at most as many stay kept as ``_CHECKS`` lets run at once."""
-    with _SPARE_LOCK:
-        buffer = _SPARE.pop() if _SPARE else memoryview(bytearray(ONE_SHOT_LIMIT + 1))
-    try:
-        yield buffer
-    finally:
-        with _SPARE_LOCK:
-            if len(_SPARE) < _CHECKS_AT_ONCE:
-                _SPARE.append(buffer)
+_RAW = BufferPool(_CHECKS_AT_ONCE, ONE_SHOT_LIMIT + 1)
+"""Raw chunks' buffers: at most as many stay kept as ``_CHECKS`` lets checks run at once."""
 
 
 @dataclass(frozen=True)

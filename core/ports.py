@@ -156,9 +156,10 @@ class BlobInfo:
 @dataclass(frozen=True)
 class TakenBlob:
     """An object taken out of its client's reach (``BlobStore.taken``): its bytes, and a write-once
-    copy of exactly those bytes to another key (True if this call created it)."""
+    copy of exactly those bytes to another key (True if this call created it). ``data`` may be a view
+    of a buffer the store reuses: it is valid only inside the ``with`` block."""
 
-    data: bytes
+    data: bytes | memoryview
     put_if_absent: Callable[[str], bool]
 
 

@@ -37,6 +37,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
+from core.buffers import BufferPool
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from core.ports import BlobInfo, BlobStore, HttpMethod, TakenBlob
 from core.storage_layout import MAX_EXPIRES_IN, MAX_KEY_LENGTH, validate_key, validate_prefix
@@ -47,6 +48,8 @@ __all__ = ["MAX_EXPIRES_IN", "MAX_KEY_LENGTH", "FileBlobStore", "validate_key"]
 logger = logging.getLogger(__name__)
 
 _BLOCK = 1 << 20
+_READS = BufferPool(keep=2, largest=9 * 1024 * 1024)
+"""Buffers ``taken`` reads staged chunks into (a default chunk's zstd frame, with room to spare)."""
 _STALE_TEMP_S = 24 * 3600
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
 _EXPIRES = re.compile(r"[0-9]{1,12}")
@@ -140,6 +143,17 @@ def _expires(value: object) -> int:
     if not isinstance(value, str) or not _EXPIRES.fullmatch(value):
         raise InvalidInput("malformed expires")
     return int(value)
+
+
+def _read_into(handle: io.RawIOBase, buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``handle`` until it is full or the file ends; the bytes read."""
+    got = 0
+    while got < len(buffer):
+        n = handle.readinto(buffer[got:])
+        if not n:
+            break
+        got += n
+    return got
 
 
 class FileBlobStore(BlobStore):
@@ -297,12 +311,6 @@ class FileBlobStore(BlobStore):
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 raise NotFound(f"no object {key!r}") from None
             self._prune(path.parent)
-            with open(temp, "rb") as handle:
-                if os.fstat(handle.fileno()).st_size > max_bytes:
-                    raise PayloadTooLarge(f"object {key!r} is larger than {max_bytes} bytes")
-                data = handle.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                raise PayloadTooLarge(f"object {key!r} is larger than {max_bytes} bytes")
 
             def link(final: str) -> bool:
                 try:
@@ -311,7 +319,15 @@ class FileBlobStore(BlobStore):
                     _raise_if_full(exc)
                     raise
 
-            yield TakenBlob(data, link)
+            with open(temp, "rb", buffering=0) as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size > max_bytes:
+                    raise PayloadTooLarge(f"object {key!r} is larger than {max_bytes} bytes")
+                with _READS.take(size + 1) as buffer:  # a byte more than fstat said: never past the bound
+                    got = _read_into(handle, buffer)
+                    if got > max_bytes:
+                        raise PayloadTooLarge(f"object {key!r} is larger than {max_bytes} bytes")
+                    yield TakenBlob(buffer[:got], link)
         finally:
             with suppress(FileNotFoundError):
                 os.unlink(temp)
