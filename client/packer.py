@@ -58,6 +58,7 @@ __all__ = [
     "digest",
     "finalize_tree",
     "is_zero",
+    "open_for_read",
     "prepare_tree",
     "read_cell",
     "read_cell_into",
@@ -229,20 +230,22 @@ def read_cell(path: Path, offset: int, size: int) -> bytes:
         os.close(fd)
 
 
-def read_cell_into(path: Path, offset: int, view: memoryview) -> None:
-    """Fill ``view`` with the bytes at ``offset``, into a caller's reusable buffer: a push reads its
-    cells into a fixed pool of buffers instead of allocating (and page-faulting) new ones per cell."""
-    fd = os.open(path, _READ_FLAGS)
-    try:
-        got, size = 0, len(view)
-        while got < size:
-            part = view[got:]
-            n = os.preadv(fd, [part], offset + got) if hasattr(os, "preadv") else _pread_into(fd, part, offset + got)
-            if n == 0:
-                raise Conflict(f"{path} shrank while being read; stop the VM and try again")
-            got += n
-    finally:
-        os.close(fd)
+def open_for_read(path: Path) -> int:
+    """A descriptor to read a bundle's file with :func:`read_cell_into` (never through a symlink)."""
+    return os.open(path, _READ_FLAGS)
+
+
+def read_cell_into(fd: int, path: Path, offset: int, view: memoryview) -> None:
+    """Fill ``view`` with the bytes at ``offset`` of ``path``'s open ``fd``, into a caller's reusable
+    buffer: a push reads its cells into a fixed pool of buffers instead of allocating (and
+    page-faulting) new ones per cell."""
+    got, size = 0, len(view)
+    while got < size:
+        part = view[got:]
+        n = os.preadv(fd, [part], offset + got) if hasattr(os, "preadv") else _pread_into(fd, part, offset + got)
+        if n == 0:
+            raise Conflict(f"{path} shrank while being read; stop the VM and try again")
+        got += n
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> int:
