@@ -195,7 +195,10 @@ class _Direct:
             # connection, as Go's and urllib3's clients do; one that changes something may have been done.
             if not (reused and method in _REPLAYABLE):
                 raise stale.error from stale.__cause__
-        return self._exchange(self._connection(fresh=True), method, target, body, headers)
+        try:
+            return self._exchange(self._connection(fresh=True), method, target, body, headers)
+        except _Stale as again:  # a new connection that broke too: the server is going away
+            raise again.error from again.__cause__
 
     def _exchange(
         self, connection: http.client.HTTPConnection, method: str, target: str, body: bytes | None,

@@ -55,7 +55,8 @@ def aligned_buffer(size: int) -> Iterator[mmap.mmap]:
 
 def open_direct(path: os.PathLike[str] | str, flags: int, mode: int = 0o644) -> int | None:
     """``os.open(path, flags | O_DIRECT)``; None where direct writes do not exist or the filesystem
-    refuses them (the caller opens it the ordinary way)."""
+    refuses them (the caller opens it the ordinary way). A file this call created before the refusal
+    (Linux creates it, then refuses the flag) is removed, so an ``O_EXCL`` open of it can follow."""
     if not O_DIRECT:
         return None
     try:
@@ -63,6 +64,9 @@ def open_direct(path: os.PathLike[str] | str, flags: int, mode: int = 0o644) -> 
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise
+        if flags & os.O_CREAT and flags & os.O_EXCL:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         return None
 
 

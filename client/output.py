@@ -28,6 +28,7 @@ __all__ = [
     "human_size",
     "manifest_table",
     "print_json",
+    "printable",
 ]
 
 
@@ -47,16 +48,19 @@ def err_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _cell(value: str) -> str:
-    """A cell as it may reach a terminal: a control character (an escape sequence from a hostile
-    server or a corrupt file) is shown as ``?`` instead of being obeyed."""
-    return value if value.isprintable() else "".join(c if c.isprintable() else "?" for c in value)
+def printable(text: str, *, lines: bool = False) -> str:
+    """``text`` as it may reach a terminal: a control character (an escape sequence from a hostile
+    server or a corrupt file) is shown as ``?`` instead of being obeyed. ``lines``: newlines and tabs
+    stay (a message or a command's output of several lines)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or (lines and c in "\n\t") else "?" for c in text)
 
 
 def columns(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A table as text: each column as wide as its widest cell, two spaces between columns, no
     trailing spaces."""
-    grid = [[_cell(str(c)) for c in row] for row in (headers, *rows)]
+    grid = [[printable(str(c)) for c in row] for row in (headers, *rows)]
     widths = [max(len(row[i]) for row in grid) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in grid)
 

@@ -23,6 +23,7 @@ class BufferPool:
         self._keep = keep
         self._largest = largest
         self._spare: list[bytearray] = []
+        self._made = 0  # buffers of ``largest`` bytes made (kept, or lent out and coming back)
         self._lock = threading.Lock()
 
     @contextmanager
@@ -31,12 +32,15 @@ class BufferPool:
         buffer: bytearray | None = None
         if size <= self._largest:
             with self._lock:
-                buffer = self._spare.pop() if self._spare else None
-            buffer = buffer if buffer is not None else bytearray(self._largest)
+                if self._spare:
+                    buffer = self._spare.pop()
+                elif self._made < self._keep:
+                    self._made += 1
+                    buffer = bytearray(self._largest)
         try:
+            # beyond what is kept, a buffer of the call's own size: bytearray(n) zeroes all n bytes
             yield memoryview(buffer if buffer is not None else bytearray(size))[:size]
         finally:
             if buffer is not None:
                 with self._lock:
-                    if len(self._spare) < self._keep:
-                        self._spare.append(buffer)
+                    self._spare.append(buffer)

@@ -20,14 +20,22 @@ from core.pack import ContentHasher, content_digest
 from core.ports import BlobStore
 from core.storage_layout import quarantine_key, staging_chunk_key, stored_key
 
-__all__ = ["ONE_SHOT_LIMIT", "Verdict", "compressed_bound", "promote_staged", "raw_size_if_valid", "recheck_stored"]
+__all__ = [
+    "CHECKS_AT_ONCE",
+    "ONE_SHOT_LIMIT",
+    "Verdict",
+    "compressed_bound",
+    "promote_staged",
+    "raw_size_if_valid",
+    "recheck_stored",
+]
 
 log = logging.getLogger("pdcat.verify")
 
 
 ONE_SHOT_LIMIT = 8 * 1024 * 1024
-_CHECKS_AT_ONCE = max(1, (os.cpu_count() or 2) // 2)
-_CHECKS = threading.BoundedSemaphore(_CHECKS_AT_ONCE)
+CHECKS_AT_ONCE = max(1, (os.cpu_count() or 2) // 2)
+_CHECKS = threading.BoundedSemaphore(CHECKS_AT_ONCE)
 """Chunks checked at once in this process, however many requests ask: a check is CPU work (more at
 once only queue for the cores) and holds a compressed and a raw chunk in memory, so this bounds a
 server's memory as well (the embedded server verifies while it receives other uploads)."""
@@ -100,7 +108,7 @@ def _decompress_into(dctx: Any, blob: bytes | memoryview, out: memoryview) -> in
     return total
 
 
-_RAW = BufferPool(_CHECKS_AT_ONCE, ONE_SHOT_LIMIT + 1)
+_RAW = BufferPool(CHECKS_AT_ONCE, ONE_SHOT_LIMIT + 1)
 """Raw chunks' buffers: at most as many stay kept as ``_CHECKS`` lets checks run at once."""
 
 

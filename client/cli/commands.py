@@ -28,7 +28,7 @@ from client.options import (
     PushOptions,
     resolve,
 )
-from client.output import console, err_console, human_size, manifest_table, print_json
+from client.output import console, err_console, human_size, manifest_table, print_json, printable
 from core.errors import InvalidInput, NotFound, PdcatError
 from core.identity import LATEST, normalize_architecture
 
@@ -305,7 +305,7 @@ def cmd_user(args: argparse.Namespace, connect: Connect) -> int:
             if args.json:
                 print_json({"items": found})
             for u in [] if args.json else found:
-                console().print(f"{u['username']}  roles: {_names(u['roles'])}  claims: {_names(u['claims'])}")
+                print(printable(f"{u['username']}  roles: {_names(u['roles'])}  claims: {_names(u['claims'])}"))
         elif args.action == "add":
             created = api.add_user(args.username, _new_password(args, args.username), args.role, args.claim)
             say(common(args), f"Added {created['username']} (roles: {_names(created['roles'])})")
@@ -371,7 +371,7 @@ def cmd_whoami(args: argparse.Namespace, connect: Connect) -> int:
     if args.json:
         print_json(me)
     else:
-        console().print(f"{me['subject']} (roles: {', '.join(me['roles']) or '-'}; via {me['via']})")
+        print(printable(f"{me['subject']} (roles: {', '.join(me['roles']) or '-'}; via {me['via']})"))
     return 0
 
 
@@ -435,8 +435,10 @@ def cmd_show(args: argparse.Namespace, connect: Connect) -> int:
         details["tainted"] = f"{m['tainted_at']} by {m['tainted_by']}"
     if m["revoked"]:
         details["revoked"] = f"{m['revoked_at']} by {m['revoked_by']}"
-    for k, v in details.items():
-        console().print(f"  [bold]{k:>15}[/bold]  {v}")
+    from rich.markup import escape
+
+    for k, v in details.items():  # the values are the server's: never markup, never control characters
+        console().print(f"  [bold]{k:>15}[/bold]  {escape(printable(str(v)))}", highlight=False)
     return 0
 
 
@@ -508,7 +510,7 @@ def cmd_apikey(args: argparse.Namespace, connect: Connect) -> int:
             else:
                 for k in keys:
                     state = "revoked" if k["revoked"] else f"expires {k['expires_at']}"
-                    console().print(f"{k['id']}  {k['subject']}  roles={','.join(k['roles']) or '-'}  {state}")
+                    print(printable(f"{k['id']}  {k['subject']}  roles={','.join(k['roles']) or '-'}  {state}"))
         else:
             if not args.key_id:
                 raise InvalidInput("revoke needs the key id")
@@ -574,15 +576,15 @@ def cmd_cache(args: argparse.Namespace, connect: Connect) -> int:
                     {"root": str(cache.root), "usage": cache.usage(), "items": [_entry_json(e) for e in entries]}
                 )
             elif not entries:
-                console().print(f"The cache at {cache.root} is empty.")
+                print(printable(f"The cache at {cache.root} is empty."))
             else:
                 for e in entries:
                     pin = " pinned" if e.pinned else ""
-                    console().print(
+                    print(
                         f"{e.digest[:12]}  {e.catalog_id}:{e.version} ({e.architecture})  "
                         f"{human_size(e.disk_usage)} on disk  used {e.use_count}x{pin}"
                     )
-                console().print(f"{len(entries)} VM(s), {human_size(cache.usage())} in {cache.root}")
+                print(printable(f"{len(entries)} VM(s), {human_size(cache.usage())} in {cache.root}"))
         elif args.action == "prune":
             victims = cache.prune(dry_run=args.dry_run)
             if args.json:
@@ -590,9 +592,9 @@ def cmd_cache(args: argparse.Namespace, connect: Connect) -> int:
             else:
                 verb = "Would evict" if args.dry_run else "Evicted"
                 for e in victims:
-                    console().print(f"{verb} {e.catalog_id}:{e.version} ({e.architecture}), {human_size(e.disk_usage)}")
+                    print(f"{verb} {e.catalog_id}:{e.version} ({e.architecture}), {human_size(e.disk_usage)}")
                 if not victims:
-                    console().print("Nothing to evict: the cache is within its budget.")
+                    print("Nothing to evict: the cache is within its budget.")
         else:
             if not args.ref:
                 raise InvalidInput(f"cache {args.action} needs a digest prefix or ID:VERSION[:ARCH]")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from client.api import CatalogClient
 from client.config import cacert_override, load_credentials, login_command
 from client.options import Options, resolve
-from client.output import RichProgress, console
+from client.output import RichProgress, console, printable
 from client.token_refresh import RefreshingToken, stored_login
 from core.errors import InvalidInput, NotFound, PdcatError, Unauthenticated
 from core.identity import normalize_architecture, parse_reference
@@ -106,8 +106,10 @@ def progress(options: Options) -> Progress:
 
 
 def say(options: Options, text: str) -> None:
+    """A line for people (none with -q or --json): printed as it is, never read as rich markup, and
+    with any control character a server's answer carried shown as ``?``."""
     if not options.quiet and not options.json:
-        console().print(text)
+        console().print(printable(text, lines=True), markup=False, highlight=False)
 
 
 def transfer_config(workers: int | None, chunk_size: int | None = None, level: int | None = None) -> TransferConfig:

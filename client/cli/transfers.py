@@ -9,7 +9,7 @@ from typing import Any
 from client.cache import CacheEntry, VmCache
 from client.cli.session import Connect, explain_missing, host_architecture, progress, reference, say, transfer_config
 from client.options import ImportOptions, ImportVmOptions, PullOptions, PushOptions
-from client.output import RichProgress, console, human_size, print_json
+from client.output import RichProgress, console, human_size, print_json, printable
 from client.prlctl import Prlctl, PrlctlError, find_prlctl
 from client.transfer import PullPlan, TransferConfig, pull, push
 from client.vm_setup import SetupResult, VmSetup, check_vm_setup, setup_pulled_vm
@@ -293,7 +293,7 @@ def _finish_pull(opts: PullOptions, vm: SetupResult | None, bundle: Path, regist
     if vm is not None and vm.outputs and not opts.json:
         for out in vm.outputs:
             if out.stdout.strip():
-                console().print(out.stdout.rstrip("\n"), markup=False, highlight=False)
+                console().print(printable(out.stdout.rstrip("\n"), lines=True), markup=False, highlight=False)
     if register_failed:
         # The user asked for a registered (started, cloned...) VM and did not get one: that is a failure
         # (exit 1), but the verified bundle stays where it is and the one-line reason says what to do.

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from core.buffers import BufferPool
+from core.chunk_check import CHECKS_AT_ONCE
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from core.ports import BlobInfo, BlobStore, HttpMethod, TakenBlob
 from core.storage_layout import MAX_EXPIRES_IN, MAX_KEY_LENGTH, validate_key, validate_prefix
@@ -48,8 +49,9 @@ __all__ = ["MAX_EXPIRES_IN", "MAX_KEY_LENGTH", "FileBlobStore", "validate_key"]
 logger = logging.getLogger(__name__)
 
 _BLOCK = 1 << 20
-_READS = BufferPool(keep=2, largest=9 * 1024 * 1024)
-"""Buffers ``taken`` reads staged chunks into (a default chunk's zstd frame, with room to spare)."""
+_READS = BufferPool(keep=CHECKS_AT_ONCE, largest=9 * 1024 * 1024)
+"""Buffers ``taken`` reads staged chunks into (a default chunk's zstd frame, with room to spare): one per
+check that may run at once (``taken`` runs inside one)."""
 _STALE_TEMP_S = 24 * 3600
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
 _EXPIRES = re.compile(r"[0-9]{1,12}")

@@ -4,6 +4,7 @@ push before anything is committed. Client behaviour: the embedded backend suffic
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -25,6 +26,17 @@ CELL = 4096
 @pytest.fixture
 def embedded(started_backends: Callable[[str], Backend]) -> Backend:
     return started_backends("embedded")
+
+
+def _open_under(folder: Path) -> list[str]:
+    """Files under ``folder`` this process holds open (Linux: ``/proc/self/fd``)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(folder)):
+                found.append(target)
+    return found
 
 
 def _bundle(root: Path, size: int) -> Path:
@@ -60,6 +72,7 @@ def test_a_file_written_during_the_push_fails_it_and_nothing_is_committed(
             push(api, bundle, ManifestKey.parse(cid, "1", ARCH), config=config)
         left = api.get(cid, "1", ARCH)  # the session's record, never committed
         assert (left["status"], left["usable"]) == ("uploading", False)
+    assert _open_under(bundle) == []  # the failed push closed what it had open
     assert disk.read_bytes()[:7] == b"changed" and len(reads) > 1
 
 
@@ -69,5 +82,6 @@ def test_a_bundle_of_many_small_cells_round_trips(embedded: Backend, cid: str, t
     with embedded.client(roles=["PUBLISHER"]) as api:
         pushed = push(api, bundle, ManifestKey.parse(cid, "1", ARCH), config=config)
         assert pushed.chunks == 301 and pushed.manifest["status"] == "ready"
+        assert _open_under(bundle) == []
         pulled = pull(api, cid, "1", ARCH, tmp_path / "dst", name="vm", config=config)
     assert (pulled.path / "disk.hdd").read_bytes() == (bundle / "disk.hdd").read_bytes()

@@ -9,6 +9,7 @@ in the past: a modification made by a test then always moves the mtime, whatever
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -36,6 +37,7 @@ from client.cache import (
     plan_eviction,
 )
 from client.clone import clone_tree
+from client.direct_io import O_DIRECT
 from client.packer import build_index, compress, decompress, read_cell
 from core.errors import Conflict, InvalidInput, NotFound
 from core.pack import DIR, FileEntry, PackIndex
@@ -727,3 +729,26 @@ def test_kept_objects_are_exact_whether_or_not_the_filesystem_takes_direct_write
             assert (folder / digest[:2] / digest).read_bytes() == blob
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(not O_DIRECT, reason="no O_DIRECT on this platform (macOS): nothing to test")
+def test_a_filesystem_that_creates_the_file_then_refuses_direct_writes_still_gets_the_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux creates the file before it refuses O_DIRECT (tmpfs before 6.6): the object is then written
+    the ordinary way, under the same exclusive name, and the cache keeps on keeping."""
+    real_open = os.open
+
+    def refusing(path: str, flags: int, mode: int = 0o777, **kw: object) -> int:
+        if flags & O_DIRECT:
+            os.close(real_open(path, flags & ~O_DIRECT, mode))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", refusing)
+    local = LocalChunks(tmp_path, set(), {}, keep=True)
+    for size in (4096, 300_001):
+        blob = random.Random(size).randbytes(size)
+        digest = hashlib.sha256(blob).hexdigest()
+        local.keep(digest, memoryview(blob))
+        assert local.keeping and (tmp_path / digest[:2] / digest).read_bytes() == blob

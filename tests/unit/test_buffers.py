@@ -23,6 +23,7 @@ def test_no_more_than_keep_stay_kept_and_a_large_one_is_never_kept() -> None:
     pool = BufferPool(keep=1, largest=1024)
     with pool.take(10) as a, pool.take(10) as b:
         before = [_address(a), _address(b)]  # held here, so no new buffer can take their place
+        assert [len(x) for x in before] == [1024, 10]  # past what is kept: the call's size, not the largest
     with pool.take(10) as c, pool.take(10) as d:
         after = [_address(c), _address(d)]
     assert sum(x is y for x in before for y in after) == 1  # one came back, the other was made anew

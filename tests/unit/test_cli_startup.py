@@ -92,6 +92,7 @@ class Catalog:
     seen: list[Seen] = field(default_factory=list)
     reply: Reply = lambda method, target: (200, {"items": [], "next_cursor": None})
     close_after_answer: bool = False  # answer as keep-alive, then close anyway (an idle timeout)
+    hang_up: bool = False  # close every connection without answering (a server going away)
 
 
 def _handler(catalog: Catalog) -> type[BaseHTTPRequestHandler]:
@@ -104,6 +105,9 @@ def _handler(catalog: Catalog) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
             catalog.seen.append(Seen(self.command, self.path, headers, body, self.client_address))
+            if catalog.hang_up:
+                self.close_connection = True
+                return
             # read before answering: once the client has the answer, the test may change it for the next call
             close_after = catalog.close_after_answer
             status, payload = catalog.reply(self.command, self.path)
@@ -435,6 +439,17 @@ def test_a_read_on_a_connection_closed_as_it_was_reused_is_sent_again(
         assert api.whoami() == {"items": [], "next_cursor": None}  # sent again, once, on a new connection
     assert len(catalog.seen) == 3
     assert len({s.peer for s in catalog.seen}) == 2
+
+
+def test_a_read_sent_again_on_a_new_connection_that_breaks_too_says_the_catalog_is_unreachable(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with CatalogClient(catalog.url) as api:
+        _closed_after_the_check(catalog, monkeypatch, api)
+        catalog.hang_up = True
+        with pytest.raises(ConnectionFailed, match=r"cannot reach the catalog at .*without a valid answer"):
+            api.whoami()
+    assert len(catalog.seen) == 3  # the reused connection took nothing; the new one took it and hung up
 
 
 def test_a_change_on_a_connection_closed_as_it_was_reused_is_not_sent_again(

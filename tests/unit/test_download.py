@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client.blobio import BlobClient
-from client.direct_io import pwrite_direct
+from client.direct_io import O_DIRECT, pwrite_direct
 from client.packer import ChunkCorrupt, compress, data_runs, prepare_tree
 from client.transfer import NoProgress, TransferConfig, download
 from client.transfer.download import _data_runs, _Files, _unpack, _Work, place
@@ -92,6 +92,10 @@ def test_place_writes_the_chunk_at_its_offset_and_leaves_holes(tmp_path: Path) -
     assert os.stat(root / "disk" / "disk.hds").st_blocks * 512 <= 4 * BLOCK  # only the two data blocks
 
 
+needs_direct = pytest.mark.skipif(not O_DIRECT, reason="no O_DIRECT on this platform (macOS): nothing to test")
+
+
+@needs_direct
 @pytest.mark.parametrize("where", ["disk", "tmpfs"])
 def test_place_writes_large_aligned_runs_past_the_page_cache_and_the_rest_as_usual(
     tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
@@ -99,6 +103,8 @@ def test_place_writes_large_aligned_runs_past_the_page_cache_and_the_rest_as_usu
     """Runs of at least 64 KiB at aligned offsets go through a direct descriptor where the filesystem
     takes one, small runs and a file's short last block through the ordinary one: the file holds
     exactly the chunk's bytes either way, holes included."""
+    if where == "tmpfs" and not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm here")
     base = tmp_path if where == "disk" else Path("/dev/shm") / f"pdcat-place-{os.getpid()}-{os.urandom(4).hex()}"
     direct: list[tuple[int, int, bool]] = []
 
@@ -122,12 +128,51 @@ def test_place_writes_large_aligned_runs_past_the_page_cache_and_the_rest_as_usu
             files.close()
         assert (root / "disk.hds").read_bytes() == data
         offsets = [(offset, size) for offset, size, _ in direct]
-        assert offsets == [(0, big), (2 * big + small + BLOCK, big)]  # not the small run, nor the short last block
+        expected = [(0, big), (2 * big + small + BLOCK, big)]  # not the small run, nor the short last block
         if where == "disk":
-            assert all(done for _, _, done in direct)
+            assert offsets == expected and all(done for _, _, done in direct)
+        else:  # tmpfs takes direct writes since Linux 6.6 and refuses them before
+            assert offsets in ([], expected)
     finally:
         if where == "tmpfs":
             shutil.rmtree(base, ignore_errors=True)
+
+
+@needs_direct
+def test_a_refused_direct_write_is_written_again_as_usual_and_not_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem that refuses a direct write half-way (EINVAL after part of it): the run is written
+    again through the ordinary descriptor, and the rest of the pull does not try direct writes."""
+    tries: list[int] = []
+
+    def refused(fd: int, data: memoryview, offset: int, *, pad: bool = False) -> bool:
+        tries.append(offset)
+        plain = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY)  # the same file, not direct
+        try:
+            os.pwrite(plain, b"\xff" * (len(data) // 2), offset)  # garbage over half of it, then the refusal
+        finally:
+            os.close(plain)
+        return False
+
+    monkeypatch.setattr(sys.modules["client.transfer.download"], "pwrite_direct", refused)
+    run = 32 * BLOCK
+    data = os.urandom(run) + bytes(run) + os.urandom(run)
+    entry = FileEntry("disk.hds", size=2 * len(data))
+    chunks = (
+        Chunk(0, len(data), hashlib.sha256(data).hexdigest()),
+        Chunk(len(data), len(data), hashlib.sha256(data).hexdigest()),
+    )
+    root = tmp_path / "vm"
+    prepare_tree(root, PackIndex(len(data), (entry,)))
+    files = _Files(root)
+    try:
+        for chunk in chunks:
+            place(files, bytearray(data), entry, chunk)
+    finally:
+        files.close()
+    assert (root / "disk.hds").read_bytes() == data + data
+    assert tries == [0]  # refused once: every later run went the ordinary way
 
 
 def test_place_refuses_a_symlink_planted_in_the_tree(tmp_path: Path) -> None:
