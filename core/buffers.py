@@ -11,8 +11,24 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
-__all__ = ["BufferPool"]
+__all__ = ["BufferPool", "fill"]
+
+
+class _ReadsInto(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
+def fill(reader: _ReadsInto, out: memoryview) -> int:
+    """Read from ``reader`` into ``out`` until it is full or the reader has no more; the bytes read."""
+    got = 0
+    while got < len(out):
+        n = reader.readinto(out[got:])
+        if not n:
+            break
+        got += n
+    return got
 
 
 class BufferPool:

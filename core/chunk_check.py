@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from core.buffers import BufferPool
+from core.buffers import BufferPool, fill
 from core.errors import NotFound, PayloadTooLarge
 from core.marks import Confirmed
 from core.pack import ContentHasher, content_digest
@@ -98,14 +98,7 @@ def raw_size_if_valid(
 def _decompress_into(dctx: Any, blob: bytes | memoryview, out: memoryview) -> int:
     """Decompress every frame of ``blob`` into ``out``, stopping once it is full: the bytes written
     (``len(out)`` means the data did not fit, which the caller's one-byte-larger ``out`` detects)."""
-    reader = dctx.stream_reader(blob, read_across_frames=True)
-    total = 0
-    while total < len(out):
-        n = reader.readinto(out[total:])
-        if not n:
-            break
-        total += n
-    return total
+    return fill(dctx.stream_reader(blob, read_across_frames=True), out)
 
 
 _RAW = BufferPool(CHECKS_AT_ONCE, ONE_SHOT_LIMIT + 1)

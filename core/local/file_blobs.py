@@ -37,7 +37,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from core.buffers import BufferPool
+from core.buffers import BufferPool, fill
 from core.chunk_check import CHECKS_AT_ONCE
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from core.ports import BlobInfo, BlobStore, HttpMethod, TakenBlob
@@ -145,17 +145,6 @@ def _expires(value: object) -> int:
     if not isinstance(value, str) or not _EXPIRES.fullmatch(value):
         raise InvalidInput("malformed expires")
     return int(value)
-
-
-def _read_into(handle: io.RawIOBase, buffer: memoryview) -> int:
-    """Fill ``buffer`` from ``handle`` until it is full or the file ends; the bytes read."""
-    got = 0
-    while got < len(buffer):
-        n = handle.readinto(buffer[got:])
-        if not n:
-            break
-        got += n
-    return got
 
 
 class FileBlobStore(BlobStore):
@@ -326,7 +315,7 @@ class FileBlobStore(BlobStore):
                 if size > max_bytes:
                     raise PayloadTooLarge(f"object {key!r} is larger than {max_bytes} bytes")
                 with _READS.take(size + 1) as buffer:  # a byte more than fstat said: never past the bound
-                    got = _read_into(handle, buffer)
+                    got = fill(handle, buffer)
                     if got > max_bytes:
                         raise PayloadTooLarge(f"object {key!r} is larger than {max_bytes} bytes")
                     yield TakenBlob(buffer[:got], link)
