@@ -17,6 +17,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -177,7 +178,7 @@ class SqliteDatabase:
         with self._lock:
             if self._schema_ready:
                 return
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn)
             try:
                 for statement in _SCHEMA:
                     conn.execute(statement)
@@ -226,7 +227,7 @@ class SqliteDatabase:
         """
         conn = self.connection()
         with _translated():
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn)
             try:
                 yield conn
             except BaseException:
@@ -241,6 +242,25 @@ class SqliteDatabase:
         conn = self.connection()
         with _translated():
             yield conn
+
+
+def begin_immediate(conn: sqlite3.Connection, timeout: float = BUSY_TIMEOUT_S) -> None:
+    """``BEGIN IMMEDIATE``, waiting up to ``timeout`` for the write lock.
+
+    SQLite's busy handler waits while another writer holds the lock, but in WAL mode a writer that
+    commits between this transaction's first read and its taking the lock makes ``BEGIN`` fail at
+    once ("database is locked", SQLITE_BUSY_SNAPSHOT), without waiting: racing creates saw a 503
+    instead of a ``Conflict`` now and then. That failure is retried here until ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not ("locked" in str(exc) or "busy" in str(exc)) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.005)
 
 
 def _dump(record: dict[str, Any]) -> str:
