@@ -247,10 +247,11 @@ class SqliteDatabase:
 def begin_immediate(conn: sqlite3.Connection, timeout: float = BUSY_TIMEOUT_S) -> None:
     """``BEGIN IMMEDIATE``, waiting up to ``timeout`` for the write lock.
 
-    SQLite's busy handler waits while another writer holds the lock, but in WAL mode a writer that
-    commits between this transaction's first read and its taking the lock makes ``BEGIN`` fail at
-    once ("database is locked", SQLITE_BUSY_SNAPSHOT), without waiting: racing creates saw a 503
-    instead of a ``Conflict`` now and then. That failure is retried here until ``timeout``.
+    SQLite's busy handler should make ``BEGIN IMMEDIATE`` wait while another writer holds the lock,
+    yet one CI run under load saw "database is locked" in a race of eight creates, so a loser got a
+    503 instead of its ``Conflict`` (tests/contract/test_ports.py). Which statement failed, and why
+    the handler did not wait, is not known: 120 races here did not repeat it. A refusal of ``BEGIN``
+    is asked again until ``timeout``, which is what the busy timeout promises anyway.
     """
     deadline = time.monotonic() + timeout
     while True:

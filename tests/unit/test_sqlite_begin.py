@@ -1,7 +1,7 @@
-"""``begin_immediate`` retries the "database is locked" that WAL mode answers at once, without waiting,
-when another writer commits between a transaction's first read and its write lock (SQLITE_BUSY_SNAPSHOT).
-That race cannot be forced from outside SQLite, so a connection that refuses a given number of times
-stands in for it; the waiting SQLite does itself is covered by the racing tests of tests/contract/test_ports.py."""
+"""``begin_immediate`` asks again when ``BEGIN IMMEDIATE`` is refused with "database is locked" (seen
+once in CI under load, cause unknown: core/local/sqlite_store.py). The refusal cannot be forced from
+outside SQLite, so a connection that refuses a given number of times stands in for it; the waiting
+SQLite does itself is covered by the racing tests of tests/contract/test_ports.py."""
 
 from __future__ import annotations
 
