@@ -16,7 +16,7 @@ from typing import Any, Literal
 from core.buffers import BufferPool, fill
 from core.errors import NotFound, PayloadTooLarge
 from core.marks import Confirmed
-from core.pack import ContentHasher, content_digest
+from core.pack import SHA256_CELLS, Naming
 from core.ports import BlobStore
 from core.storage_layout import quarantine_key, staging_chunk_key, stored_key
 
@@ -47,12 +47,12 @@ def compressed_bound(raw_limit: int) -> int:
 
 
 def raw_size_if_valid(
-    blob: bytes | memoryview, digest: str, raw_limit: int, block_size: int | None = None
+    blob: bytes | memoryview, digest: str, raw_limit: int, naming: Naming = SHA256_CELLS
 ) -> int | None:
     """The raw size if ``blob`` is zstd of 1 to ``raw_limit`` bytes named ``digest``; else None.
 
-    The name is the sha256 of the raw bytes, or, with ``block_size`` (index format 2), the root of
-    its blocks' digests (``core.pack.content_digest``). Several frames make one chunk, but the first
+    The name is ``naming``'s: the sha256 of the raw bytes (index format 1), or the root of its
+    blocks' digests (formats 2 and 3, ``core.pack.Naming``). Several frames make one chunk, but the first
     must declare no size or the chunk's whole raw size, as a puller requires
     (``client.transfer.download``): a chunk it refuses, stored under its name, would fail every pull
     of every version that shares it.
@@ -77,8 +77,8 @@ def raw_size_if_valid(
             except zstandard.ZstdError:
                 return None
             ok = 0 < size <= raw_limit and declared in (-1, size)
-            return size if ok and content_digest(buffer[:size], block_size) == digest else None
-    hasher = ContentHasher(block_size)
+            return size if ok and naming.digest(buffer[:size]) == digest else None
+    hasher = naming.hasher()
     total = 0
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
@@ -113,18 +113,18 @@ class Verdict:
 
 
 def promote_staged(
-    blobs: BlobStore, catalog_id: str, nonce: str, digest: str, raw_limit: int, block_size: int | None = None
+    blobs: BlobStore, catalog_id: str, nonce: str, digest: str, raw_limit: int, naming: Naming = SHA256_CELLS
 ) -> Verdict:
     """Verify the session's staged copy of ``digest`` and move it to ``chunks/`` without replacing.
 
     Already verified (someone promoted it first): the existing object stands and the staged copy is
     dropped. The staged object is removed in every outcome but "missing".
     """
-    final = stored_key(catalog_id, digest, block_size)
+    final = stored_key(catalog_id, digest, naming.block_size)
     staged = staging_chunk_key(nonce, digest)
     try:
         with _CHECKS, blobs.taken(staged, compressed_bound(raw_limit)) as taken:
-            raw_size = raw_size_if_valid(taken.data, digest, raw_limit, block_size)
+            raw_size = raw_size_if_valid(taken.data, digest, raw_limit, naming)
             if raw_size is None:
                 log.warning("staged chunk failed verification", extra={"digest": digest[:12], "catalog": catalog_id})
                 return Verdict(digest, "corrupt")
@@ -144,14 +144,14 @@ def promote_staged(
 
 
 def recheck_stored(
-    blobs: BlobStore, catalog_id: str, digest: str, raw_limit: int, block_size: int | None = None
+    blobs: BlobStore, catalog_id: str, digest: str, raw_limit: int, naming: Naming = SHA256_CELLS
 ) -> bool:
     """Re-verify a stored chunk a client reported; quarantine it if it is really corrupt.
 
     Returns True if it was quarantined, or is not in ``chunks/`` at all (quarantined before, or never
     there): either way the next push uploads it again. The client's word alone never removes anything.
     """
-    final = stored_key(catalog_id, digest, block_size)
+    final = stored_key(catalog_id, digest, naming.block_size)
     with _CHECKS:
         try:
             blob = blobs.get_bytes(final, max_bytes=compressed_bound(raw_limit))
@@ -159,7 +159,7 @@ def recheck_stored(
             return True
         except PayloadTooLarge:
             blob = b""
-        if blob and raw_size_if_valid(blob, digest, raw_limit, block_size) is not None:
+        if blob and raw_size_if_valid(blob, digest, raw_limit, naming) is not None:
             return False
     blobs.put_bytes(quarantine_key(catalog_id, digest), blob)
     blobs.delete([final])

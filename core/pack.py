@@ -10,10 +10,12 @@ upload only what changed.
 Format 2 (docs/adr-004-incremental-chunking.md) keeps that grid for a first push and makes later ones
 incremental: a file is a list of *extents*, each a run of the file taken from part of an *object*, and
 an object (at most ``chunk_size`` raw bytes) is named by the root of the sha256 digests of its
-``block_size`` blocks (``object_root``), which the index lists. A pusher compares its blocks with the
+``block_size`` blocks (``Naming.root``), which the index lists. A pusher compares its blocks with the
 previous version's and uploads only the changed ones, packed into new objects; the server verifies an
 object by recomputing its root, so the block digests a later pusher relies on are never a client's word.
-In memory both formats are the same shape: a file's ``chunks`` are pieces of objects
+Format 3 (docs/adr-005-blake3-object-names.md), what a push writes by default, is format 2 with BLAKE3
+in place of sha256 for the blocks and the root: hashing is then a fifth of the CPU on both ends.
+In memory all formats are the same shape: a file's ``chunks`` are pieces of objects
 (``Chunk.object_offset`` is 0 and the piece is the whole object in format 1).
 
 The index is JSON; its canonical form (sorted keys, no spaces) hashed with sha256 is the pack digest.
@@ -23,12 +25,13 @@ This module is pure: parsing and validation here, file I/O in ``client.packer``.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import itertools
 import json
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -38,6 +41,8 @@ __all__ = [
     "BLOCK_SIZES",
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_CHUNK_SIZE",
+    "EXTENT_FORMATS",
+    "FORMAT_BLAKE3",
     "FORMAT_EXTENTS",
     "FORMAT_VERSION",
     "MAX_CHUNKS",
@@ -46,29 +51,32 @@ __all__ = [
     "MAX_FILE_SIZE",
     "MAX_PACK_SIZE",
     "MIN_CHUNK_SIZE",
+    "PACK_FORMATS",
+    "SHA256_CELLS",
     "Chunk",
     "ContentHasher",
     "FileEntry",
+    "Naming",
     "PackIndex",
     "PackObject",
-    "block_digests",
     "check_files",
-    "content_digest",
     "grid",
     "is_digest",
-    "object_root",
     "parse_entry",
     "validate_relative_path",
 ]
 
 FORMAT_VERSION = 1
 FORMAT_EXTENTS = 2  # extents over block-verified objects (docs/adr-004-incremental-chunking.md)
+FORMAT_BLAKE3 = 3  # format 2 with objects named by BLAKE3 (docs/adr-005-blake3-object-names.md)
+EXTENT_FORMATS = (FORMAT_EXTENTS, FORMAT_BLAKE3)
+PACK_FORMATS = (FORMAT_VERSION, *EXTENT_FORMATS)
 BLOCK_SIZES = (65536, 131072, 262144, 524288, 1048576)
 DEFAULT_BLOCK_SIZE = 131072
 # Extents in one index: a 100 GB VM has ~24,000-52,000 (ADR 004), so this fits ~2 TB of data and keeps a
 # server's parse of a hostile index to seconds and a few hundred MB, as format 1's chunk bound does.
 MAX_EXTENTS = 1_000_000
-_ROOT_DOMAIN = b"pdcat-object-v2\x00"
+_ROOT_DOMAINS = {FORMAT_EXTENTS: b"pdcat-object-v2\x00", FORMAT_BLAKE3: b"pdcat-object-v3\x00"}
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024  # see docs/adr-001-chunk-size.md
 MIN_CHUNK_SIZE = 4096
 # The server verifies a chunk in memory (core.chunk_check), a few at a time per request: 64 MiB keeps
@@ -104,32 +112,67 @@ def grid(size: int, chunk_size: int) -> Iterator[tuple[int, int]]:
         yield offset, min(chunk_size, size - offset)
 
 
-def block_digests(data: bytes | bytearray | memoryview, block_size: int) -> bytes:
-    """The raw sha256 of each ``block_size`` block of ``data`` (the last may be short), concatenated."""
-    view = memoryview(data)
-    return b"".join(hashlib.sha256(view[i : i + block_size]).digest() for i in range(0, len(view), block_size))
+@functools.cache
+def _blake3() -> Callable[..., Any]:
+    """The BLAKE3 hasher class, imported on the first format-3 use (commands that never hash skip it)."""
+    from blake3 import blake3
+
+    return blake3
 
 
-def object_root(blocks: bytes, block_size: int, size: int) -> str:
-    """A format-2 object's name: sha256 over a domain tag, the block size, the object's size and its
-    blocks' digests. The name binds the size, so no index can give a stored object another one."""
-    return hashlib.sha256(_ROOT_DOMAIN + block_size.to_bytes(8, "big") + size.to_bytes(8, "big") + blocks).hexdigest()
+@dataclass(frozen=True)
+class Naming:
+    """How a pack names its objects, by its index format: format 1 names a grid cell by the sha256 of
+    its raw bytes; formats 2 and 3 name an object by the root of its ``block_size`` blocks' digests,
+    sha256 in format 2 and BLAKE3 in format 3 (docs/adr-005-blake3-object-names.md). Every party that
+    names or checks an object (a pusher, the server, a puller, the cache) asks this one class."""
+
+    format: int = FORMAT_VERSION
+    block_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.block_size is None) != (self.format == FORMAT_VERSION) or self.format not in PACK_FORMATS:
+            raise ValueError(f"no object naming for format {self.format!r} with block size {self.block_size!r}")
+
+    def new_hash(self, data: bytes | bytearray | memoryview = b"") -> Any:
+        """A fresh hash object of this format's function (hashlib's interface: update, digest)."""
+        return _blake3()(data) if self.format == FORMAT_BLAKE3 else hashlib.sha256(data)
+
+    def block_digests(self, data: bytes | bytearray | memoryview) -> bytes:
+        """The raw digest of each ``block_size`` block of ``data`` (the last may be short), concatenated."""
+        assert self.block_size is not None
+        view, size, new = memoryview(data), self.block_size, self.new_hash
+        return b"".join(new(view[i : i + size]).digest() for i in range(0, len(view), size))
+
+    def root(self, blocks: bytes, size: int) -> str:
+        """An object's name: the hash over a domain tag, the block size, the object's size and its
+        blocks' digests. The name binds the size, so no index can give a stored object another one."""
+        assert self.block_size is not None
+        head = _ROOT_DOMAINS[self.format] + self.block_size.to_bytes(8, "big") + size.to_bytes(8, "big")
+        return str(self.new_hash(head + blocks).hexdigest())
+
+    def digest(self, data: bytes | bytearray | memoryview) -> str:
+        """The name of an object holding ``data``."""
+        if self.block_size is None:
+            return hashlib.sha256(data).hexdigest()
+        return self.root(self.block_digests(data), len(data))
+
+    def hasher(self) -> ContentHasher:
+        return ContentHasher(self)
 
 
-def content_digest(data: bytes | bytearray | memoryview, block_size: int | None) -> str:
-    """The name of an object holding ``data``: its sha256 (format 1, ``block_size`` None) or its root."""
-    if block_size is None:
-        return hashlib.sha256(data).hexdigest()
-    return object_root(block_digests(data, block_size), block_size, len(data))
+SHA256_CELLS = Naming()
+"""Format 1's naming."""
 
 
 class ContentHasher:
-    """``content_digest`` of bytes that arrive in pieces of any size (a streamed decompression)."""
+    """``Naming.digest`` of bytes that arrive in pieces of any size (a streamed decompression)."""
 
-    def __init__(self, block_size: int | None) -> None:
-        self._block_size = block_size
+    def __init__(self, naming: Naming) -> None:
+        self._naming = naming
+        self._block_size = naming.block_size
         self._whole = hashlib.sha256()
-        self._block = hashlib.sha256()
+        self._block = naming.new_hash()
         self._in_block = 0
         self._size = 0
         self._blocks: list[bytes] = []
@@ -147,13 +190,13 @@ class ContentHasher:
             view = view[take:]
             if self._in_block == self._block_size:
                 self._blocks.append(self._block.digest())
-                self._block, self._in_block = hashlib.sha256(), 0
+                self._block, self._in_block = self._naming.new_hash(), 0
 
     def hexdigest(self) -> str:
         if self._block_size is None:
             return self._whole.hexdigest()
         blocks = self._blocks + ([self._block.digest()] if self._in_block else [])
-        return object_root(b"".join(blocks), self._block_size, self._size)
+        return self._naming.root(b"".join(blocks), self._size)
 
 
 def validate_relative_path(path: object) -> str:
@@ -209,9 +252,9 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class PackObject:
-    """A format-2 object: ``size`` raw bytes whose blocks hash to ``blocks`` (their raw sha256 digests,
-    32 bytes each; hex in the JSON). Kept raw: half the memory of the hex text, which for a 100 GB VM
-    is tens of MB a pull or push holds."""
+    """A format-2 or 3 object: ``size`` raw bytes whose blocks hash to ``blocks`` (their raw digests,
+    32 bytes each, by the index's ``Naming``; hex in the JSON). Kept raw: half the memory of the hex
+    text, which for a 100 GB VM is tens of MB a pull or push holds."""
 
     digest: str
     size: int
@@ -247,23 +290,32 @@ class PackIndex:
 
     def unique_digests(self) -> dict[str, int]:
         """digest -> raw size, each stored object once."""
-        if self.format == FORMAT_EXTENTS:
+        if self.extents:
             return {o.digest: o.size for o in self.objects}
         return {c.digest: c.size for c in self.chunks()}
 
     def stored_sizes(self) -> dict[str, int]:
         """digest -> bytes of its stored (compressed) object; its raw size where the index does not say."""
-        if self.format == FORMAT_EXTENTS:
+        if self.extents:
             return {o.digest: o.stored_size or o.size for o in self.objects}
         return {c.digest: c.stored_size or c.size for c in self.chunks()}
 
+    @property
+    def extents(self) -> bool:
+        """Whether files are extents over objects (formats 2 and 3), not lists of grid cells (format 1)."""
+        return self.format in EXTENT_FORMATS
+
+    @property
+    def naming(self) -> Naming:
+        return Naming(self.format, self.block_size)
+
     def matches(self, digest: str, raw: bytes | bytearray | memoryview) -> bool:
         """Whether ``raw`` is the object named ``digest`` in this index's format."""
-        return content_digest(raw, self.block_size) == digest
+        return self.naming.digest(raw) == digest
 
     @property
     def stored_size(self) -> int:
-        if self.format == FORMAT_EXTENTS:
+        if self.extents:
             return sum(o.stored_size or 0 for o in self.objects)
         sizes: dict[str, int] = {}
         for c in self.chunks():
@@ -274,13 +326,13 @@ class PackIndex:
     def data_size(self) -> int:
         """Bytes that are neither holes nor zero runs: once per unique chunk (format 1), once per
         extent (format 2: what a pull writes)."""
-        if self.format == FORMAT_EXTENTS:
+        if self.extents:
             return sum(c.size for c in self.chunks())
         return sum(self.unique_digests().values())
 
     # ---- serialisation ----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        if self.format == FORMAT_EXTENTS:
+        if self.extents:
             return self._extents_json()
         return {
             "format": self.format,
@@ -319,7 +371,7 @@ class PackIndex:
         return hashlib.sha256(self.canonical_bytes()).hexdigest()
 
     def with_stored_sizes(self, sizes: dict[str, int]) -> PackIndex:
-        if self.format == FORMAT_EXTENTS:
+        if self.extents:
             objects = tuple(replace(o, stored_size=sizes[o.digest]) for o in self.objects)
             return replace(self, objects=objects, extra=dict(self.extra))
         files = tuple(
@@ -348,13 +400,13 @@ class PackIndex:
         """Validate an untrusted index completely; every rule here protects a server or a client."""
         if not isinstance(doc, dict):
             raise InvalidInput("the pack index must be a JSON object")
-        if type(doc.get("format")) is int and doc["format"] == FORMAT_EXTENTS:
-            from core.pack_extents import parse_extents_index  # format 2's rules live in their own module
+        if type(doc.get("format")) is int and doc["format"] in EXTENT_FORMATS:
+            from core.pack_extents import parse_extents_index  # formats 2 and 3: rules in their own module
 
             return parse_extents_index(doc)
         if doc.get("format", FORMAT_VERSION) != FORMAT_VERSION:
             raise InvalidInput(
-                f"unsupported pack format {doc.get('format')!r}; this pdcat reads {FORMAT_VERSION} and {FORMAT_EXTENTS}"
+                f"unsupported pack format {doc.get('format')!r}; this pdcat reads formats 1 to {FORMAT_BLAKE3}"
             )
         if doc.get("compression", "zstd") != "zstd":
             raise InvalidInput("unsupported chunk compression; expected 'zstd'")

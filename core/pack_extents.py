@@ -1,4 +1,4 @@
-"""Index format 2: the rules I1-I7 of docs/adr-004-incremental-chunking.md, for an untrusted index.
+"""Index formats 2 and 3: the rules I1-I7 of docs/adr-004-incremental-chunking.md, for an untrusted index.
 
 The same parser runs on the server (at commit) and on the client (before a pull uses an index, and
 on the base a push builds on). Every violation is an ``InvalidInput`` naming its rule, and the work
@@ -14,18 +14,17 @@ from core.errors import InvalidInput
 from core.pack import (
     BLOCK_SIZES,
     FILE,
-    FORMAT_EXTENTS,
     MAX_CHUNK_SIZE,
     MAX_CHUNKS,
     MAX_EXTENTS,
     MAX_FILES,
     Chunk,
     FileEntry,
+    Naming,
     PackIndex,
     PackObject,
     check_files,
     is_digest,
-    object_root,
     parse_entry,
 )
 
@@ -45,11 +44,12 @@ def _whole(value: object) -> bool:
 
 
 def parse_extents_index(doc: dict[str, Any]) -> PackIndex:
-    """Validate a format-2 index completely (I1-I7) and return it in the common in-memory shape."""
+    """Validate a format-2 or 3 index completely (I1-I7) and return it in the common in-memory shape."""
+    fmt = doc["format"]
     if set(doc) != _TOP_KEYS:
         extra = sorted(set(doc) - _TOP_KEYS)
         raise InvalidInput(
-            f"I1: a format-2 index has exactly the keys {sorted(_TOP_KEYS)}"
+            f"I1: a format-{fmt} index has exactly the keys {sorted(_TOP_KEYS)}"
             + (f"; unknown: {extra[:3]}" if extra else f"; missing: {sorted(_TOP_KEYS - set(doc))}")
         )
     if doc["compression"] != "zstd":
@@ -59,7 +59,8 @@ def parse_extents_index(doc: dict[str, Any]) -> PackIndex:
         raise InvalidInput(f"I2: block_size must be one of {list(BLOCK_SIZES)}")
     if type(chunk_size) is not int or not block_size <= chunk_size <= MAX_CHUNK_SIZE or chunk_size % block_size:
         raise InvalidInput(f"I2: chunk_size must be a multiple of block_size from {block_size} to {MAX_CHUNK_SIZE}")
-    objects = _objects(doc["objects"], block_size, chunk_size)
+    naming = Naming(fmt, block_size)
+    objects = _objects(doc["objects"], naming, chunk_size)
     raw_files = doc["files"]
     if not isinstance(raw_files, list) or len(raw_files) > MAX_FILES:
         raise InvalidInput(f"I4: 'files' must be a list of at most {MAX_FILES} entries")
@@ -71,13 +72,15 @@ def parse_extents_index(doc: dict[str, Any]) -> PackIndex:
     return PackIndex(
         chunk_size,
         check_files(files, doc["size"]),
-        format=FORMAT_EXTENTS,
+        format=fmt,
         block_size=block_size,
         objects=tuple(objects),
     )
 
 
-def _objects(raw: object, block_size: int, chunk_size: int) -> list[PackObject]:
+def _objects(raw: object, naming: Naming, chunk_size: int) -> list[PackObject]:
+    block_size = naming.block_size
+    assert block_size is not None
     if not isinstance(raw, list) or len(raw) > MAX_CHUNKS:
         raise InvalidInput(f"I3: 'objects' must be a list of at most {MAX_CHUNKS} entries")
     seen: set[str] = set()
@@ -99,7 +102,7 @@ def _objects(raw: object, block_size: int, chunk_size: int) -> list[PackObject]:
         if not isinstance(blocks, str) or len(blocks) != 64 * count or not _HEX.issuperset(blocks):
             raise InvalidInput(f"I3: object {digest[:12]} must list {count} block digests in lower-case hex")
         raw = bytes.fromhex(blocks)
-        if object_root(raw, block_size, size) != digest:
+        if naming.root(raw, size) != digest:
             raise InvalidInput(f"I3: object {digest[:12]} is not named by the root of its blocks")
         stored = item.get("stored_size")
         if stored is not None and (type(stored) is not int or stored <= 0):

@@ -16,7 +16,7 @@ from core.chunk_check import recheck_stored
 from core.errors import InvalidInput
 from core.identity import ManifestKey
 from core.manifest import Manifest, now_iso
-from core.pack import MAX_CHUNK_SIZE, PackIndex
+from core.pack import MAX_CHUNK_SIZE, Naming, PackIndex
 from core.pdpack_meta import checksum_algorithm
 from core.rbac import Claim, Principal, require
 from core.service_common import ServiceContext, digest_list, expires_at, parallel
@@ -33,7 +33,7 @@ class _Known:
     """What a version's index says about its objects: their names, and how names are computed."""
 
     digests: frozenset[str]
-    block_size: int | None  # format 2: objects are named by the root of blocks this size
+    naming: Naming
 
 
 class IndexCache:
@@ -52,7 +52,7 @@ class IndexCache:
         if cached is None:
             data = ctx.blobs.get_bytes(index_key(manifest.key.prefix), max_bytes=MAX_INDEX_BYTES)
             index = PackIndex.from_bytes(data)
-            cached = _Known(frozenset(index.unique_digests()), index.block_size)
+            cached = _Known(frozenset(index.unique_digests()), index.naming)
             del index
             with self._lock:
                 self._entries[cache_key] = cached
@@ -114,7 +114,7 @@ def pull_urls(
     if any(d not in known.digests for d in wanted):
         raise InvalidInput("some digests are not part of this version")
     expiry = ctx.settings.url_expiry_seconds
-    keys = {d: stored_key(manifest.catalog_id, d, known.block_size) for d in wanted}
+    keys = {d: stored_key(manifest.catalog_id, d, known.naming.block_size) for d in wanted}
     return {
         "urls": {d: ctx.blobs.presign(key, "GET", expiry) for d, key in keys.items()},
         "expires_at": expires_at(expiry),
@@ -136,7 +136,7 @@ def report_corrupt(
         raise InvalidInput("some digests are not part of this version")
     limit = manifest.pack.chunk_size or MAX_CHUNK_SIZE
     results = parallel(
-        lambda d: recheck_stored(ctx.blobs, manifest.catalog_id, d, limit, known.block_size), wanted, workers=4
+        lambda d: recheck_stored(ctx.blobs, manifest.catalog_id, d, limit, known.naming), wanted, workers=4
     )
     answer: ReportAnswer = {"quarantined": [], "intact": []}
     for digest, quarantined in zip(wanted, results, strict=True):

@@ -27,10 +27,12 @@ from core.marks import Confirmed, read_marks, write_confirmed, write_intent
 from core.pack import (
     BLOCK_SIZES,
     DEFAULT_BLOCK_SIZE,
-    FORMAT_EXTENTS,
+    EXTENT_FORMATS,
     FORMAT_VERSION,
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
+    PACK_FORMATS,
+    Naming,
     PackIndex,
     is_digest,
 )
@@ -94,22 +96,26 @@ def _chunk_size(body: dict[str, Any]) -> int:
 
 @dataclass(frozen=True)
 class _Layout:
-    """How a session's objects are named and checked: format 1 (sha256 of a grid cell) or 2 (the root
-    of ``block_size`` blocks, docs/adr-004-incremental-chunking.md)."""
+    """How a session's objects are named and checked: format 1 (sha256 of a grid cell), or 2 and 3
+    (the root of ``block_size`` blocks, docs/adr-004-incremental-chunking.md, by sha256 or BLAKE3)."""
 
     chunk_size: int
     format: int = FORMAT_VERSION
     block_size: int | None = None
 
+    @property
+    def naming(self) -> Naming:
+        return Naming(self.format, self.block_size)
+
     @classmethod
     def of(cls, body: dict[str, Any]) -> _Layout:
         chunk_size = _chunk_size(body)
         fmt = body.get("format", FORMAT_VERSION)
-        if type(fmt) is not int or fmt not in (FORMAT_VERSION, FORMAT_EXTENTS):
-            raise InvalidInput(f"format must be {FORMAT_VERSION} or {FORMAT_EXTENTS}")
+        if type(fmt) is not int or fmt not in PACK_FORMATS:
+            raise InvalidInput(f"format must be one of {list(PACK_FORMATS)}")
         if fmt == FORMAT_VERSION:
             if "block_size" in body or "base" in body:
-                raise InvalidInput("block_size and base belong to a format-2 push")
+                raise InvalidInput("block_size and base belong to a format-2 or 3 push")
             return cls(chunk_size)
         block_size = body.get("block_size", DEFAULT_BLOCK_SIZE)
         if type(block_size) is not int or block_size not in BLOCK_SIZES or chunk_size % block_size:
@@ -214,8 +220,10 @@ def begin(ctx: ServiceContext, who: Principal, key: ManifestKey, body: dict[str,
         # lost race, so what the caller learns costs a whole upload and proves nothing.
         _write_session_meta(ctx, nonce, key, layout, meta, owner=who.subject, decoy=True, dedup=False)
         log.warning("push to a hidden identity: decoy session", extra={"manifest": str(key), "by": who.subject})
-        return _push_answer(ctx, key, upload_id, nonce, None)
+        return _push_answer(ctx, key, upload_id, nonce, layout.format, None)
     dedup, base = _survey(ctx, who, key, layout, base_version)
+    if base is not None and base.pack.format != layout.format:  # a format-2 series stays in format 2
+        layout = replace(layout, format=int(base.pack.format))
     if stored is None:
         manifest = ctx.new_manifest(key, who, upload=session, **meta)
         try:
@@ -251,11 +259,11 @@ def begin(ctx: ServiceContext, who: Principal, key: ManifestKey, body: dict[str,
         "push started",
         extra={"manifest": str(key), "by": who.subject, "chunk_size": layout.chunk_size, "format": layout.format},
     )
-    return _push_answer(ctx, key, upload_id, nonce, _base_answer(ctx, base))
+    return _push_answer(ctx, key, upload_id, nonce, layout.format, _base_answer(ctx, base))
 
 
 def _push_answer(
-    ctx: ServiceContext, key: ManifestKey, upload_id: str, nonce: str, base: BaseAnswer | None
+    ctx: ServiceContext, key: ManifestKey, upload_id: str, nonce: str, fmt: int, base: BaseAnswer | None
 ) -> PushAnswer:
     return {
         "upload_id": upload_id,
@@ -264,6 +272,7 @@ def _push_answer(
         "architecture": key.architecture,
         "put_headers": dict(ctx.blobs.put_headers),
         "expires_at": expires_at(ctx.settings.url_expiry_seconds),
+        "format": fmt,
         "base": base,
     }
 
@@ -272,26 +281,28 @@ def _survey(
     ctx: ServiceContext, who: Principal, key: ManifestKey, layout: _Layout, base_version: str | None
 ) -> tuple[bool, Manifest | None]:
     """Whether this pusher may learn which chunks the catalog id already holds (dedup), and for a
-    format-2 push the version it builds on. One store query per 500 versions, never a listing.
+    format-2 or 3 push the version it builds on. One store query per 500 versions, never a listing.
 
     Dedup only if the pusher sees every version, tombstones included: a hidden version's content must
     not be probed by asking which digests are stored. The base is the named version, or the newest
-    usable format-2 version of the same architecture; there is none without dedup (its objects could
-    not be confirmed). A named base that is not such a version is simply not offered (``None``), never
-    an error: an error only when nothing hidden exists would tell a caller that something is hidden.
+    usable version of the same architecture in format 2 or (for a format-3 push) 3; there is none
+    without dedup (its objects could not be confirmed). A named base that is not such a version is
+    simply not offered (``None``), never an error: an error only when nothing hidden exists would
+    tell a caller that something is hidden.
     """
     wanted = normalize_version(base_version) if base_version is not None else None  # syntax first, always
     versions = list(ctx.store.iter_all(key.catalog_id))
     if not all(sees(who, m) for m in versions):
         return False, None
-    if layout.format != FORMAT_EXTENTS:
+    if layout.format not in EXTENT_FORMATS:
         return True, None
     candidates = [
         m
         for m in versions
         if m.key.architecture == key.architecture
         and m.usable
-        and m.pack.format == FORMAT_EXTENTS
+        and m.pack.format in EXTENT_FORMATS
+        and m.pack.format <= layout.format
         and m.pack.chunk_size == layout.chunk_size
     ]
     if wanted is not None:
@@ -421,8 +432,8 @@ def verify_chunks(ctx: ServiceContext, who: Principal, upload_id: str, digests: 
     wanted = digest_list(digests, VERIFY_PAGE)
     _refuse_during_gc(ctx, open_session, wanted)
     catalog_id, nonce = open_session.manifest.catalog_id, open_session.nonce
-    limit, block_size = open_session.layout.chunk_size, open_session.layout.block_size
-    verdicts = parallel(lambda d: promote_staged(ctx.blobs, catalog_id, nonce, d, limit, block_size), wanted, workers=4)
+    limit, naming = open_session.layout.chunk_size, open_session.layout.naming
+    verdicts = parallel(lambda d: promote_staged(ctx.blobs, catalog_id, nonce, d, limit, naming), wanted, workers=4)
     write_confirmed(ctx.blobs, nonce, {v.digest: v.confirmed for v in verdicts if v.confirmed is not None})
     answer: VerifyAnswer = {"verified": [], "missing": [], "corrupt": []}
     for verdict in verdicts:
@@ -466,7 +477,7 @@ def _staged_index(ctx: ServiceContext, open_session: _OpenSession) -> PackIndex:
     layout = open_session.layout
     if (index.chunk_size, index.format, index.block_size) != (layout.chunk_size, layout.format, layout.block_size):
         raise InvalidInput("the index's chunk_size, format or block_size differs from what the push began with")
-    if index.format == FORMAT_EXTENTS:
+    if index.extents:
         _check_extents_index(index)
     return index
 

@@ -125,8 +125,11 @@ def objects_prefix(catalog_id: str) -> str:
 
 def stored_key(catalog_id: str, digest: str, block_size: int | None) -> str:
     """Where a verified object lives: ``chunks/`` for format 1 (named by sha256), ``objects/`` for
-    format 2 (named by the root of its ``block_size`` blocks). Each format's sessions read and write
-    only their own prefix, so no index of one format can reach, confirm or quarantine the other's."""
+    formats 2 and 3 (named by the root of its ``block_size`` blocks). A format-1 index names chunks
+    without their content, so format 1 keeps its own prefix: no such index can reach, confirm or
+    quarantine an object. Formats 2 and 3 can share one: an index lists each object's blocks and is
+    refused unless they hash to its name by the index's own function (sha256 or BLAKE3, each with its
+    domain tag), so no index of one can name an object of the other."""
     if block_size is None:
         return chunk_key(catalog_id, digest)
     return f"{objects_prefix(catalog_id)}{digest}"

@@ -51,7 +51,7 @@ MAX_INDEX_BYTES = 256 * 1024 * 1024  # a committed index is read from storage, n
 
 
 class BaseAnswer(TypedDict):
-    """The version an incremental (format-2) push builds on, and a GET URL of its index."""
+    """The version an incremental (format-2 or 3) push builds on, and a GET URL of its index."""
 
     version: str
     pack_digest: str
@@ -59,7 +59,8 @@ class BaseAnswer(TypedDict):
 
 
 class PushAnswer(TypedDict):
-    """``POST …/push``: a session, and for a format-2 push the version it may build on."""
+    """``POST …/push``: a session, its index format, and for a format-2 or 3 push the version it may
+    build on."""
 
     upload_id: str
     catalog_id: str
@@ -67,6 +68,7 @@ class PushAnswer(TypedDict):
     architecture: str
     put_headers: dict[str, str]
     expires_at: str
+    format: int
     base: BaseAnswer | None
 
 
@@ -154,7 +156,7 @@ MAX_DESCRIPTION = 4096  # core.manifest.MAX_DESCRIPTION
 MAX_LIST_FIELD = 64  # core.manifest.MAX_LIST_FIELD: tags, required roles, required claims
 MIN_CHUNK_SIZE = 4096  # core.pack.MIN_CHUNK_SIZE
 MAX_CHUNK_SIZE = 64 * 1024 * 1024  # core.pack.MAX_CHUNK_SIZE
-PACK_FORMATS = (1, 2)  # core.pack.FORMAT_VERSION, core.pack.FORMAT_EXTENTS
+PACK_FORMATS = (1, 2, 3)  # core.pack.PACK_FORMATS
 BLOCK_SIZES = (65536, 131072, 262144, 524288, 1048576)  # core.pack.BLOCK_SIZES
 DEFAULT_BLOCK_SIZE = 131072  # core.pack.DEFAULT_BLOCK_SIZE
 MAX_LIST_LIMIT = 1000  # GET /catalog?limit=
@@ -224,8 +226,8 @@ def _obj(required: dict[str, Any], optional: dict[str, Any] | None = None, *, cl
 
 def _format_two_rules() -> list[dict[str, Any]]:
     """What a push's body says about its index format, as JSON Schema: ``block_size`` and ``base``
-    only with format 2, and a chunk_size its block size divides (the default one when none is given)."""
-    format_two = {"properties": {"format": {"const": 2}}, "required": ["format"]}
+    only with format 2 or 3, and a chunk_size its block size divides (the default one when none is given)."""
+    format_two = {"properties": {"format": {"enum": [2, 3]}}, "required": ["format"]}
     rules: list[dict[str, Any]] = [
         {"if": format_two, "else": {"not": {"anyOf": [{"required": ["block_size"]}, {"required": ["base"]}]}}},
         {
@@ -476,18 +478,19 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "force": _BOOL,
             "format": {
                 "enum": list(PACK_FORMATS),
-                "description": "the index format the push will commit: 1 (grid chunks, the default) or 2 "
-                "(extents over block-verified objects, incremental: docs/adr-004-incremental-chunking.md)",
+                "description": "the index format the push will commit: 1 (grid chunks, the default), 2 "
+                "(extents over block-verified objects, incremental: docs/adr-004-incremental-chunking.md) or 3 "
+                "(format 2 named with BLAKE3: docs/adr-005-blake3-object-names.md)",
             },
             "block_size": {
                 "enum": list(BLOCK_SIZES),
-                "description": f"format 2 only: the block grid (default {DEFAULT_BLOCK_SIZE}); divides chunk_size",
+                "description": f"formats 2 and 3: the block grid (default {DEFAULT_BLOCK_SIZE}); divides chunk_size",
             },
             "base": {
                 "type": "string",
                 "pattern": VERSION_PATTERN,
                 "not": {"pattern": LATEST_PATTERN},
-                "description": "format 2 only: the version to build on (default: the newest usable one)",
+                "description": "formats 2 and 3: the version to build on (default: the newest usable one)",
             },
             **_METADATA_IN,
         },
@@ -501,14 +504,19 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "architecture": _ARCH_OUT,
             "put_headers": _HEADERS,
             "expires_at": _STR,
+            "format": {
+                "enum": list(PACK_FORMATS),
+                "description": "the index format the session commits: the one asked for, except that a format-3 "
+                "push whose base is a format-2 version is a format-2 push (the series keeps deduplicating)",
+            },
             "base": {
                 "anyOf": [
                     _obj({"version": _STR, "pack_digest": _DIGEST, "index_url": _STR}),
                     {"type": "null"},
                 ],
-                "description": "format 2: the newest usable format-2 version of this id, architecture and grid "
-                "(or the one named, if it is one), offered only to a pusher who sees every version of the id; "
-                "null otherwise",
+                "description": "formats 2 and 3: the newest usable version of this id, architecture and grid in "
+                "format 2 or (for a format-3 push) 3 (or the one named, if it is one), offered only to a pusher who "
+                "sees every version of the id; null otherwise",
             },
         }
     ),

@@ -16,7 +16,7 @@ from filelock import FileLock
 from client.cache import cache_dir
 from client.retry import RetryPolicy
 from core.errors import Conflict, InvalidInput, PdcatError
-from core.pack import DEFAULT_CHUNK_SIZE, FORMAT_EXTENTS
+from core.pack import DEFAULT_CHUNK_SIZE, FORMAT_BLAKE3
 
 __all__ = [
     "DiskFull",
@@ -53,8 +53,9 @@ class TransferConfig:
     retries: int = 5
     backoff: float = 0.5
     chunk_delay: float = field(default_factory=_debug_delay)
-    # index format of a push: 2 sends only changed blocks (docs/adr-004-incremental-chunking.md)
-    pack_format: int = FORMAT_EXTENTS
+    # index format a push asks for: 3 sends only changed blocks (docs/adr-004-incremental-chunking.md)
+    # and names them with BLAKE3 (docs/adr-005-blake3-object-names.md); the catalog may answer 2
+    pack_format: int = FORMAT_BLAKE3
 
     @property
     def policy(self) -> RetryPolicy:

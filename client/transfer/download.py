@@ -50,7 +50,7 @@ from client.pool import run_bounded
 from client.transfer.common import DiskFull, Progress, TransferConfig, partial_paths, pull_lock
 from client.transfer.plan import places
 from core.errors import Conflict, Gone, InvalidInput, NotFound, PdcatError
-from core.pack import FILE, Chunk, FileEntry, PackIndex, content_digest
+from core.pack import FILE, SHA256_CELLS, Chunk, FileEntry, Naming, PackIndex
 from core.wire import CHUNK_PAGE
 
 __all__ = ["DownloadStats", "LocalChunks", "download", "place", "read_journal"]
@@ -139,7 +139,7 @@ def download(
         )
         sizes = index.unique_digests()  # object digest -> raw size
         largest = max(sizes.values(), default=0)
-        block_size = index.block_size
+        naming = index.naming
         buffers = _Buffers(largest)
         raws = _RawPool(largest, max(1, min(config.workers, os.cpu_count() or 2, _MAX_RAW_BUFFERS)))
         lock = threading.Lock()
@@ -161,12 +161,12 @@ def download(
             here = False
             if local is not None and local.has(chunk_digest):
                 with raws.take() as raw:
-                    here = _from_local(local, work, raw, chunk_digest, size, block_size)
+                    here = _from_local(local, work, raw, chunk_digest, size, naming)
                     if here:
                         place_all(raw)
             if not here:
                 try:
-                    fetched = _download_verified(blobs, urls, work, raws, chunk_digest, size, block_size, place_all)
+                    fetched = _download_verified(blobs, urls, work, raws, chunk_digest, size, naming, place_all)
                 except ChunkCorrupt as exc:
                     raise _reported(api, key, chunk_digest, exc) from exc
             if fetched and local is not None:
@@ -391,12 +391,12 @@ def _compressed_bound(size: int) -> int:
 
 
 def _unpack(
-    work: _Work, raw: bytearray, blob_size: int, chunk_digest: str, size: int, block_size: int | None = None
+    work: _Work, raw: bytearray, blob_size: int, chunk_digest: str, size: int, naming: Naming = SHA256_CELLS
 ) -> None:
     """Decompress ``work.blob[:blob_size]`` into ``raw[:size]`` and check it: a zstd frame
     declaring ``size`` bytes (checked before decompressing), exactly ``size`` bytes out and nothing
-    after them, and the name the object has in its index's format (its sha256, or the root of its
-    ``block_size`` blocks). ``ChunkCorrupt`` otherwise."""
+    after them, and the name the object has in its index's format (``naming``: its sha256, or the
+    root of its blocks). ``ChunkCorrupt`` otherwise."""
     name = f"chunk {chunk_digest[:12]}"
     blob = memoryview(work.blob)[:blob_size]
     try:
@@ -420,24 +420,22 @@ def _unpack(
         raise ChunkCorrupt(f"{name} is corrupt: {exc}") from exc
     if got != size or extra:
         raise ChunkCorrupt(f"{name} is corrupt: it does not decompress to the {size} bytes the index says")
-    if content_digest(out, block_size) != chunk_digest:
+    if naming.digest(out) != chunk_digest:
         raise ChunkCorrupt(f"{name} is corrupt: its content does not match its digest")
 
 
-def _from_local(
-    local: LocalChunks, work: _Work, raw: bytearray, chunk_digest: str, size: int, block_size: int | None
-) -> bool:
+def _from_local(local: LocalChunks, work: _Work, raw: bytearray, chunk_digest: str, size: int, naming: Naming) -> bool:
     """Fill ``raw`` with the chunk from this machine, verified; False if it is not here intact."""
     length = local.read_object(chunk_digest, memoryview(work.blob))
     if length is not None:
         try:
-            _unpack(work, raw, length, chunk_digest, size, block_size)
+            _unpack(work, raw, length, chunk_digest, size, naming)
             return True
         except ChunkCorrupt as exc:
             log.warning("the cached copy of %s (%s); downloading it again", f"chunk {chunk_digest[:12]}", exc.message)
             local.drop(chunk_digest)
     view = memoryview(raw)[:size]
-    return local.read_range(chunk_digest, view) and content_digest(view, block_size) == chunk_digest
+    return local.read_range(chunk_digest, view) and naming.digest(view) == chunk_digest
 
 
 def _download_verified(
@@ -447,7 +445,7 @@ def _download_verified(
     raws: _RawPool,
     chunk_digest: str,
     size: int,
-    block_size: int | None,
+    naming: Naming,
     use: Callable[[bytearray], None],
 ) -> int:
     """GET, decompress and verify one chunk, then ``use`` its raw bytes; a corrupt one is fetched once
@@ -462,7 +460,7 @@ def _download_verified(
         else:
             with raws.take() as raw:
                 try:
-                    _unpack(work, raw, length, chunk_digest, size, block_size)
+                    _unpack(work, raw, length, chunk_digest, size, naming)
                 except ChunkCorrupt as exc:
                     problem = exc
                 else:

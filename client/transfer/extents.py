@@ -1,4 +1,4 @@
-"""What an incremental push sends (index format 2, docs/adr-004-incremental-chunking.md).
+"""What an incremental push sends (index formats 2 and 3, docs/adr-004-incremental-chunking.md).
 
 The push reads each grid cell once and hashes its blocks; ``ExtentsBuilder`` decides, cell by cell,
 in bundle order:
@@ -18,11 +18,10 @@ the base object with the smallest used share are read again from the bundle and 
 from __future__ import annotations
 
 import bisect
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from core.pack import FILE, FORMAT_EXTENTS, Chunk, FileEntry, PackIndex, PackObject, object_root
+from core.pack import FILE, Chunk, FileEntry, Naming, PackIndex, PackObject
 
 __all__ = ["REPACK_BUDGET", "BaseMap", "ExtentsBuilder", "NewObject", "Segment", "choose_block_size"]
 
@@ -91,8 +90,8 @@ class BaseMap:
     """
 
     def __init__(self, base: PackIndex) -> None:
-        if base.format != FORMAT_EXTENTS or base.block_size is None:
-            raise ValueError("a base must be a format-2 index")
+        if not base.extents or base.block_size is None:
+            raise ValueError("a base must be an index in format 2 or 3")
         self.block_size = base.block_size
         self.objects = {o.digest: o for o in base.objects}
         self._files: dict[str, tuple[list[int], tuple[Chunk, ...]]] = {
@@ -144,7 +143,7 @@ class _File:
 
 
 class ExtentsBuilder:
-    """Builds a format-2 index while the push reads the bundle (see the module's docstring).
+    """Builds a format-2 or 3 index (``naming``'s) while the push reads the bundle (see the module's docstring).
 
     ``cell`` is called in bundle order; the objects it seals are handed to ``emit`` (the push uploads
     them). ``pack_buffer`` gives a buffer of ``chunk_size`` bytes for packing, and may block until an
@@ -153,13 +152,15 @@ class ExtentsBuilder:
 
     def __init__(
         self,
-        block_size: int,
+        naming: Naming,
         chunk_size: int,
         base: BaseMap | None,
         emit: Callable[[NewObject], None],
         pack_buffer: Callable[[], bytearray],
     ) -> None:
-        self.block_size, self.chunk_size, self.base = block_size, chunk_size, base
+        if naming.block_size is None:
+            raise ValueError("an extents index names objects by blocks")
+        self.naming, self.block_size, self.chunk_size, self.base = naming, naming.block_size, chunk_size, base
         self._emit, self._pack_buffer = emit, pack_buffer
         self._files: dict[str, _File] = {}
         self._pack: _New | None = None
@@ -183,7 +184,7 @@ class ExtentsBuilder:
         if not any(reused):
             whole = _New()
             whole.blocks, whole.size, whole.segments = [blocks], len(data), [(path, offset, len(data))]
-            whole.digest = object_root(blocks, bs, len(data))
+            whole.digest = self.naming.root(blocks, len(data))
             file.add(offset, len(data), whole, 0)
             return whole.digest
         for i, digest in enumerate(digests):
@@ -209,7 +210,7 @@ class ExtentsBuilder:
     def _zero_digest(self, length: int) -> bytes:
         digest = self._zero.get(length)
         if digest is None:
-            digest = self._zero[length] = hashlib.sha256(bytes(length)).digest()
+            digest = self._zero[length] = self.naming.new_hash(bytes(length)).digest()
         return digest
 
     def _add_to_pack(self, file: _File, path: str, file_offset: int, block: memoryview, digest: bytes) -> None:
@@ -235,7 +236,7 @@ class ExtentsBuilder:
         self._pack = self._pack_data = None
         if pack is None or data is None or not pack.size:
             return
-        pack.digest = object_root(b"".join(pack.blocks), self.block_size, pack.size)
+        pack.digest = self.naming.root(b"".join(pack.blocks), pack.size)
         self._emit(NewObject(pack.digest, memoryview(data)[: pack.size], tuple(pack.segments)))
 
     def finish(self) -> None:
@@ -281,7 +282,7 @@ class ExtentsBuilder:
         raw = read(path, piece.file_offset, piece.length)
         for start in range(0, piece.length, bs):
             block = memoryview(raw)[start : start + bs]
-            digest = hashlib.sha256(block).digest()
+            digest = self.naming.new_hash(block).digest()
             at = (piece.object_offset + start) // bs
             if digest != piece.ref.blocks[32 * at : 32 * at + 32]:
                 from core.errors import Conflict
@@ -291,7 +292,7 @@ class ExtentsBuilder:
 
     # ---- the index ------------------------------------------------------------------------------
     def index(self, entries: list[FileEntry]) -> PackIndex:
-        """The format-2 index of the bundle: every file's extents, objects in first-reference order."""
+        """The bundle's index (format 2 or 3): every file's extents, objects in first-reference order."""
         objects: dict[str, PackObject] = {}
         files: list[FileEntry] = []
         for entry in entries:
@@ -308,7 +309,7 @@ class ExtentsBuilder:
         return PackIndex(
             self.chunk_size,
             tuple(files),
-            format=FORMAT_EXTENTS,
+            format=self.naming.format,
             block_size=self.block_size,
             objects=tuple(objects.values()),
         )

@@ -31,7 +31,6 @@ from client.packer import (
     ChunkCorrupt,
     compress,
     data_cells,
-    digest,
     is_zero,
     open_for_read,
     read_cell,
@@ -42,7 +41,18 @@ from client.transfer.common import NoProgress, Progress, TransferConfig
 from client.transfer.extents import BaseMap, ExtentsBuilder, NewObject, Segment, choose_block_size
 from core.errors import Conflict, InvalidInput
 from core.identity import ManifestKey
-from core.pack import BLOCK_SIZES, FILE, FORMAT_EXTENTS, Chunk, FileEntry, PackIndex, block_digests, content_digest
+from core.pack import (
+    BLOCK_SIZES,
+    EXTENT_FORMATS,
+    FILE,
+    FORMAT_BLAKE3,
+    FORMAT_EXTENTS,
+    SHA256_CELLS,
+    Chunk,
+    FileEntry,
+    Naming,
+    PackIndex,
+)
 from core.wire import CHUNK_PAGE, MAX_INDEX_BYTES, VERIFY_PAGE
 
 __all__ = ["PushResult", "push"]
@@ -136,7 +146,7 @@ class _Pass:
         self.api, self.upload_id, self.root, self.fingerprints = api, upload_id, root, fingerprints
         self.blobs, self.config, self.progress, self.put_headers = blobs, config, progress, put_headers
         self.builder = builder
-        self.block_size = builder.block_size if builder is not None else None
+        self.naming = builder.naming if builder is not None else SHA256_CELLS
         cells = max(4, _CELL_BUDGET_BYTES // config.chunk_size)
         hashers = max(2, os.cpu_count() or 2)
         self.window = max(2, min(hashers * 2, cells // 2))  # cells being read and hashed
@@ -352,14 +362,15 @@ class _Pass:
     # ---- the workers -------------------------------------------------------------------------
     def _read(self, cell: _Cell, buffer: bytearray) -> str | bytes | None:
         """Read a cell once, into its buffer: None for all zeros, else its digest (format 1) or its
-        blocks' raw digests (format 2)."""
+        blocks' raw digests (formats 2 and 3)."""
         try:
             self._raise_if_failed()
             view = memoryview(buffer)[: cell.size]
             read_cell_into(cell.fd, self.root / cell.path, cell.offset, view)
             if is_zero(view):
                 return None
-            return digest(view) if self.block_size is None else block_digests(view, self.block_size)
+            naming = self.naming
+            return naming.digest(view) if naming.block_size is None else naming.block_digests(view)
         except BaseException as exc:
             self._fail(exc)
             raise
@@ -438,7 +449,7 @@ class _Pass:
             for object_digest in refused:
                 segments = self._sources[object_digest]
                 data = b"".join(read_cell(self.root / path, offset, length) for path, offset, length in segments)
-                if content_digest(data, self.block_size) != object_digest:
+                if self.naming.digest(data) != object_digest:
                     raise Conflict(f"{segments[0][0]} changed while pushing; stop the VM and push again")
                 self._send(object_digest, compress(data, self.config.level), None)
             again = _retrying(self.config, lambda: self.api.verify_chunks(self.upload_id, refused))
@@ -483,12 +494,22 @@ def push(
     block_size = _block_size(root, entries, config)
     body: dict[str, Any] = {"chunk_size": config.chunk_size, "force": force, **(metadata or {})}
     if block_size is not None:
-        body.update(format=FORMAT_EXTENTS, block_size=block_size)
+        body.update(format=config.pack_format, block_size=block_size)
         if base is not None:
             body["base"] = base
     elif base is not None:
-        raise InvalidInput("--base needs index format 2 (this push uses format 1)")
-    session = api.push_begin(key.catalog_id, key.version, key.architecture, body)
+        raise InvalidInput("--base needs an incremental index format (this push uses format 1)")
+    try:
+        session = api.push_begin(key.catalog_id, key.version, key.architecture, body)
+    except InvalidInput as exc:  # a catalog from before format 3 ("format must be 1 or 2"): push format 2
+        if body.get("format") != FORMAT_BLAKE3 or not str(exc).startswith("format must be"):
+            raise
+        session = api.push_begin(key.catalog_id, key.version, key.architecture, {**body, "format": FORMAT_EXTENTS})
+        body["format"] = FORMAT_EXTENTS
+    # the catalog's word: a format-3 push whose base is in format 2 stays in format 2 (ADR 005)
+    fmt = session.get("format", body.get("format", 1))
+    if block_size is not None and fmt not in EXTENT_FORMATS:
+        raise InvalidInput(f"the catalog answered index format {fmt!r} for an incremental push; update pdcat")
     upload_id: str = session["upload_id"]
     own_blobs = blobs is None
     blob_client = blobs or BlobClient(
@@ -498,9 +519,10 @@ def push(
         api, upload_id, root, fingerprints, blob_client, config, progress, dict(session.get("put_headers") or {})
     )
     if block_size is not None:
-        base_map = _base_map(api, upload_id, blob_client, config, session.get("base"), block_size, base)
-        one_pass.builder = ExtentsBuilder(block_size, config.chunk_size, base_map, one_pass.emit, one_pass.pack_buffer)
-        one_pass.block_size = block_size
+        naming = Naming(fmt, block_size)
+        base_map = _base_map(api, upload_id, blob_client, config, session.get("base"), naming, base)
+        one_pass.builder = ExtentsBuilder(naming, config.chunk_size, base_map, one_pass.emit, one_pass.pack_buffer)
+        one_pass.naming = naming
     progress.start("pushing", sum(e.size for e in entries if e.type == FILE))
     try:
         one_pass.run(entries)
@@ -543,9 +565,9 @@ def push(
 
 
 def _block_size(root: Path, entries: list[FileEntry], config: TransferConfig) -> int | None:
-    """Format 2's block size for this bundle, by its allocated bytes; None for format 1 (asked for,
-    a grid that blocks do not divide, or a bundle too large for a format-2 index)."""
-    if config.pack_format != FORMAT_EXTENTS:
+    """The block size of an incremental format (2 or 3) for this bundle, by its allocated bytes; None
+    for format 1 (asked for, a grid that blocks do not divide, or a bundle too large for such an index)."""
+    if config.pack_format not in EXTENT_FORMATS:
         return None
     allocated = sum(os.lstat(root / e.path).st_blocks * 512 for e in entries if e.type == FILE)
     block_size = choose_block_size(allocated)
@@ -561,7 +583,7 @@ def _base_map(
     blobs: BlobClient,
     config: TransferConfig,
     offered: dict[str, Any] | None,
-    block_size: int,
+    naming: Naming,
     requested: str | None,
 ) -> BaseMap | None:
     """The base version the catalog offered, if it can be built on: its index checked against its
@@ -570,8 +592,8 @@ def _base_map(
     if not offered:
         if requested is not None:
             log.warning(
-                "the catalog offers no version %s to build on (none you can use, in index format 2, of this "
-                "architecture); sending every block",
+                "the catalog offers no version %s to build on (none you can use, in an incremental index "
+                "format, of this architecture); sending every block",
                 requested,
             )
         return None
@@ -580,7 +602,7 @@ def _base_map(
         raise ChunkCorrupt("the base version's index does not match its pack digest; refusing to build on it")
     index = PackIndex.from_bytes(data)
     del data
-    if index.format != FORMAT_EXTENTS or index.block_size != block_size or index.chunk_size != config.chunk_size:
+    if index.naming != naming or index.chunk_size != config.chunk_size:
         return None
     base = BaseMap(index)
     wanted = list(base.objects)

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import zstandard
 
-from core.pack import PackIndex, block_digests, object_root
+from core.pack import EXTENT_FORMATS, FORMAT_EXTENTS, Naming, PackIndex
 
 __all__ = [
     "CHUNK_SIZE",
@@ -104,25 +104,31 @@ Extent = tuple[int, int, bytes, int]
 
 
 def extents_pack(
-    files: Mapping[str, tuple[int, list[Extent]]], *, block_size: int = 65536, chunk_size: int = 131072
+    files: Mapping[str, tuple[int, list[Extent]]],
+    *,
+    block_size: int = 65536,
+    chunk_size: int = 131072,
+    fmt: int = FORMAT_EXTENTS,
 ) -> Pack:
-    """A format-2 pack (docs/adr-004-incremental-chunking.md) written by hand: each file's size and its
-    extents, objects named by the root of their blocks and listed in the order of first reference."""
+    """A format-2 (or ``fmt`` 3) pack (docs/adr-004-incremental-chunking.md) written by hand: each
+    file's size and its extents, objects named by the root of their blocks and listed in the order of
+    first reference."""
+    naming = Naming(fmt, block_size)
     objects: dict[str, dict[str, Any]] = {}
     chunks: dict[str, bytes] = {}
     entries: list[dict[str, Any]] = []
     for path, (size, extents) in files.items():
         out = []
         for file_offset, length, raw, object_offset in extents:
-            blocks = block_digests(raw, block_size)
-            digest = object_root(blocks, block_size, len(raw))
+            blocks = naming.block_digests(raw)
+            digest = naming.root(blocks, len(raw))
             if digest not in objects:
                 objects[digest] = {"digest": digest, "size": len(raw), "blocks": blocks.hex()}
                 chunks[digest] = raw
             out.append([file_offset, length, list(objects).index(digest), object_offset])
         entries.append({"path": path, "type": "file", "mode": 0o644, "size": size, "extents": out})
     index = {
-        "format": 2,
+        "format": fmt,
         "compression": "zstd",
         "chunk_size": chunk_size,
         "block_size": block_size,
@@ -139,16 +145,17 @@ def manifest_path(cid: str, version: str, arch: str) -> str:
 
 def index_bytes(pack: Pack) -> bytes:
     """The canonical bytes a client uploads as the session's index (their sha256 is declared).
-    A format-2 pack's index is sent exactly as built, valid or not (attacks build invalid ones)."""
-    if pack.index.get("format") == 2:
+    A format-2 or 3 pack's index is sent exactly as built, valid or not (attacks build invalid ones)."""
+    if pack.index.get("format") in EXTENT_FORMATS:
         return json.dumps(pack.index, sort_keys=True, separators=(",", ":")).encode()
     return PackIndex.parse(pack.index).canonical_bytes()
 
 
 def declaration(pack: Pack) -> dict[str, Any]:
     """What a push begins with: the grid (and format) of ``pack``'s index (the index itself is declared later)."""
-    if pack.index.get("format") == 2:
-        return {"chunk_size": pack.index["chunk_size"], "format": 2, "block_size": pack.index["block_size"]}
+    fmt = pack.index.get("format")
+    if fmt in EXTENT_FORMATS:
+        return {"chunk_size": pack.index["chunk_size"], "format": fmt, "block_size": pack.index["block_size"]}
     return {"chunk_size": pack.index["chunk_size"]}
 
 

@@ -1,6 +1,7 @@
-"""Index format 2 over HTTP on every backend (docs/adr-004-incremental-chunking.md): objects named by
-the root of their blocks and verified by the server, extents into the base version's objects, the
-base a push is offered, and the commit rules an index must pass."""
+"""Index formats 2 and 3 over HTTP on every backend (docs/adr-004-incremental-chunking.md,
+docs/adr-005-blake3-object-names.md): objects named by the root of their blocks and verified by the
+server, extents into the base version's objects, the base a push is offered (and the format a series
+keeps), and the commit rules an index must pass."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import random
 
 import httpx
 
-from core.pack import content_digest
+from core.pack import FORMAT_BLAKE3, FORMAT_EXTENTS, Naming
 from tests.contract.helpers import (
     ask_chunks,
     assert_error,
@@ -33,6 +34,7 @@ from tests.contract.helpers import (
 
 BS = 65536
 CS = 131072
+N2, N3 = Naming(FORMAT_EXTENTS, BS), Naming(FORMAT_BLAKE3, BS)
 DISK = "vm.pvm/disk.hds"
 CONFIG = "vm.pvm/config.pvs"
 
@@ -55,8 +57,8 @@ V1 = {
 }
 
 
-def _push(client: httpx.Client, cid: str, version: str, files, **body) -> tuple[dict, dict]:
-    pack = extents_pack(files)
+def _push(client: httpx.Client, cid: str, version: str, files, fmt: int = 2, **body) -> tuple[dict, dict]:
+    pack = extents_pack(files, fmt=fmt)
     r = begin_push(client, cid, version, "x86_64", pack, **body)
     assert r.status_code == 201, r.text
     session = r.json()
@@ -84,7 +86,7 @@ def test_an_incremental_push_sends_only_new_objects_and_pulls_back_whole(publish
     assert (base["version"], base["pack_digest"]) == ("1", v1["manifest"]["pack"]["digest"])
     offered = plain.get(base["index_url"])
     assert offered.status_code == 200 and hashlib.sha256(offered.content).hexdigest() == base["pack_digest"]
-    assert sorted(v2["uploaded"]) == [content_digest(new_block, BS)]  # everything else is stored
+    assert sorted(v2["uploaded"]) == [N2.digest(new_block)]  # everything else is stored
     assert len(v2["stored"]) == 4
 
     answer = pull(publisher, cid, "2", "x86_64").json()
@@ -94,7 +96,7 @@ def test_an_incremental_push_sends_only_new_objects_and_pulls_back_whole(publish
     objects = {o["digest"]: o for o in index["objects"]}
     urls = pull_urls(publisher, cid, "2", "x86_64", list(objects)).json()["urls"]
     raw = {d: download_chunk(u) for d, u in urls.items()}
-    assert all(content_digest(data, BS) == d for d, data in raw.items())
+    assert all(N2.digest(data) == d for d, data in raw.items())
     disk = next(f for f in index["files"] if f["path"] == DISK)
     rebuilt = bytearray(disk["size"])
     for file_offset, length, number, object_offset in disk["extents"]:
@@ -194,7 +196,7 @@ def test_the_formats_never_reach_each_others_objects(publisher, cid):
     """Format-1 chunks live under chunks/ (named by sha256), format-2 objects under objects/ (named by a
     root that binds their size): no index of one format can confirm, claim or quarantine the other's."""
     _push(publisher, cid, "1", V1)
-    x = content_digest(A, BS)
+    x = N2.digest(A)
     # a format-1 index naming a format-2 object: its session does not see it stored, so no commit
     grid = build_pack({DISK: A}, chunk_size=CS)
     grid.index["files"][0]["chunks"][0]["digest"] = x
@@ -237,3 +239,57 @@ def test_an_index_cannot_give_a_stored_object_another_size(publisher, cid):
     disk["extents"][2][1] -= 1
     put_index(publisher, session, json.dumps(lying, sort_keys=True, separators=(",", ":")).encode())
     _error(commit(publisher, session["upload_id"]), 400, "invalid_input", "I3")
+
+
+def test_a_format_3_series_is_named_and_verified_with_blake3(publisher, cid):
+    first, v1 = _push(publisher, cid, "1", V1, fmt=3)
+    assert first["format"] == 3 and first["base"] is None
+    assert v1["manifest"]["pack"]["format"] == 3
+    assert sorted(v1["uploaded"]) == sorted(N3.digest(raw) for raw in (b"<config/>", A, B, C))
+
+    new_block = _rnd(5, BS)  # v2 rewrites the first block of the disk's second cell
+    v2_files = {
+        CONFIG: V1[CONFIG],
+        DISK: (SIZE, [(0, CS, A, 0), (CS, BS, new_block, 0), (CS + BS, BS, B, BS), (2 * CS, len(C), C, 0)]),
+    }
+    second, v2 = _push(publisher, cid, "2", v2_files, fmt=3)
+    assert second["format"] == 3 and second["base"]["version"] == "1"
+    assert v2["uploaded"] == [N3.digest(new_block)]  # everything else is stored
+    index = fetch_index(pull(publisher, cid, "2", "x86_64").json())
+    assert index["format"] == 3
+    urls = pull_urls(publisher, cid, "2", "x86_64", [o["digest"] for o in index["objects"]]).json()["urls"]
+    assert all(N3.digest(download_chunk(u)) == d for d, u in urls.items())
+
+    # bytes named by format 2's root (sha256) are not a format-3 object, and the other way round
+    pack = extents_pack(V1, fmt=3)
+    session = begin_push(publisher, cid, "3", "x86_64", pack).json()
+    sha_name = N2.digest(_rnd(6, BS))
+    asked = ask_chunks(publisher, session["upload_id"], [sha_name]).json()
+    upload_chunks(asked["urls"], {sha_name: _rnd(6, BS)}, asked["put_headers"])
+    assert verify(publisher, session["upload_id"], [sha_name]).json()["corrupt"] == [sha_name]
+
+
+def test_a_format_2_series_stays_in_format_2(publisher, cid):
+    """A format-3 push whose base is a format-2 version is told to push format 2, so the series keeps
+    deduplicating; a format-2 push is never offered a format-3 base (it could not name its blocks)."""
+    _push(publisher, cid, "1", V1, fmt=2)
+    answer = begin_push(publisher, cid, "2", "x86_64", extents_pack(V1, fmt=3)).json()
+    assert answer["format"] == 2 and answer["base"]["version"] == "1"
+    _, v2 = _push(publisher, cid, "2", V1, fmt=2)  # the session is format 2: its index must be too
+    assert v2["uploaded"] == [] and v2["manifest"]["pack"]["format"] == 2
+
+    # a session told format 2 refuses a format-3 index
+    r = begin_push(publisher, cid, "3", "x86_64", extents_pack(V1, fmt=3))
+    session = r.json()
+    assert session["format"] == 2
+    pack3 = extents_pack(V1, fmt=3)
+    send_chunks(publisher, session["upload_id"], pack3)
+    put_index(publisher, session, index_bytes(pack3))
+    _error(commit(publisher, session["upload_id"]), 400, "invalid_input", "format")
+
+    other = cid + "-b3"
+    _push(publisher, other, "1", V1, fmt=3)
+    answer = begin_push(publisher, other, "2", "x86_64", extents_pack(V1, fmt=2)).json()
+    assert answer["format"] == 2 and answer["base"] is None
+    answer = begin_push(publisher, other, "3", "x86_64", extents_pack(V1, fmt=3)).json()
+    assert answer["format"] == 3 and answer["base"]["version"] == "1"

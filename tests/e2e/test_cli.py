@@ -379,12 +379,12 @@ def test_second_version_uploads_only_changed_chunks(pdcat: Pdcat, cid: str, tmp_
 
 @pytest.mark.every_backend
 def test_incremental_push_and_pull_move_only_the_changed_blocks(pdcat: Pdcat, cid: str, tmp_path: Path) -> None:
-    """Index format 2 on the default 4 MiB grid: a few 4 KiB writes cost a 128 KiB block each, both
+    """Index format 3 on the default 4 MiB grid: a few 4 KiB writes cost a 128 KiB block each, both
     ways, and the pulled VM is byte-identical (docs/adr-004-incremental-chunking.md)."""
     bundle = make_bundle(tmp_path / "src")
     plain_push = ["push", str(bundle), "--catalog", cid, "--arch", ARCH, "--json"]
     first = pdcat.json(*plain_push, "--version", "1.0")
-    assert first["manifest"]["pack"]["format"] == 2
+    assert first["manifest"]["pack"]["format"] == 3  # format 2 named with BLAKE3 (ADR 005)
     dest = tmp_path / "vms"
     pdcat.ok(*pull_args(f"{cid}:1.0", dest, "v1", "--no-register"))  # v1's objects are in the cache now
     rng = random.Random(5)

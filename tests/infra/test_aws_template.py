@@ -152,7 +152,7 @@ def test_bundle_holds_app_chalicelib_and_core(aws_build: AwsBuild) -> None:
     assert embedded, "core/local is gone: update EMBEDDED_ONLY in infra/build.py"
     assert expected - embedded <= names, sorted(expected - embedded - names)
     assert not [n for n in names if n.startswith("core/local")]  # the embedded server stays home
-    assert {"jwt/__init__.py", "pynamodb/__init__.py", "cryptography/__init__.py"} <= names  # requirements.txt
+    assert {"jwt/__init__.py", "pynamodb/__init__.py", "cryptography/__init__.py", "blake3/__init__.py"} <= names
     assert not [n for n in names if n.startswith("vendor/") or "__pycache__" in n]
     assert not [n for n in names if n.startswith(".chalice")]
 

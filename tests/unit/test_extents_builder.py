@@ -7,9 +7,10 @@ from __future__ import annotations
 import random
 
 from client.transfer.extents import REPACK_BUDGET, BaseMap, ExtentsBuilder, NewObject
-from core.pack import FILE, FileEntry, PackIndex, block_digests, content_digest
+from core.pack import FILE, FORMAT_BLAKE3, FileEntry, Naming, PackIndex
 
 BS = 65536
+NAMING = Naming(FORMAT_BLAKE3, BS)  # what a push asks for
 CELL = 4 * BS
 PATH = "vm.pvm/disk.hds"
 
@@ -24,14 +25,14 @@ class _Push:
     def __init__(self, disk: bytes, base: PackIndex | None = None) -> None:
         self.disk = disk
         self.sent: dict[str, bytes] = {}
-        self.builder = ExtentsBuilder(BS, CELL, BaseMap(base) if base else None, self._emit, lambda: bytearray(CELL))
+        self.builder = ExtentsBuilder(NAMING, CELL, BaseMap(base) if base else None, self._emit, lambda: bytearray(CELL))
         entry = FileEntry(PATH, FILE, 0o644, len(disk))
         self.builder.file(entry)
         for offset in range(0, len(disk), CELL):
             cell = disk[offset : offset + CELL]
             if not cell.strip(b"\0"):
                 continue  # the push never hands all-zero cells over
-            whole = self.builder.cell(PATH, offset, memoryview(cell), block_digests(cell, BS))
+            whole = self.builder.cell(PATH, offset, memoryview(cell), NAMING.block_digests(cell))
             if whole is not None:
                 self.sent[whole] = cell
         self.builder.finish()
@@ -53,7 +54,7 @@ def test_a_first_push_is_the_grid_of_whole_cells() -> None:
     disk = _rnd(1, 2 * CELL) + bytes(CELL) + _rnd(2, CELL)[:BS] + bytes(BS) + b"tail"
     first = _Push(disk)
     assert [len(d) for d in first.sent.values()] == [CELL, CELL, 2 * BS + 4]  # zero blocks stay in the cell
-    assert all(content_digest(data, BS) == d for d, data in first.sent.items())
+    assert all(NAMING.digest(data) == d for d, data in first.sent.items())
     assert first.rebuilt(first.sent) == disk
 
 

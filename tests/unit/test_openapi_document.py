@@ -98,7 +98,7 @@ def test_a_pushed_version_is_never_latest() -> None:
 
 def test_limits_in_the_document_are_the_servers() -> None:
     assert (WIRE_MIN_CHUNK, WIRE_MAX_CHUNK) == (MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
-    assert wire.PACK_FORMATS == (pack.FORMAT_VERSION, pack.FORMAT_EXTENTS)
+    assert wire.PACK_FORMATS == pack.PACK_FORMATS
     assert (wire.BLOCK_SIZES, wire.DEFAULT_BLOCK_SIZE) == (pack.BLOCK_SIZES, pack.DEFAULT_BLOCK_SIZE)
     assert ServiceSettings().max_api_key_days == MAX_API_KEY_DAYS
 

@@ -1,5 +1,6 @@
-"""Index format 2 (docs/adr-004-incremental-chunking.md): the parser refuses every hostile index by
-rule I1-I7, and an object's name is the root of its blocks however its bytes arrive."""
+"""Index formats 2 and 3 (docs/adr-004-incremental-chunking.md, docs/adr-005-blake3-object-names.md):
+the parser refuses every hostile index by rule I1-I7, and an object's name is the root of its blocks
+however its bytes arrive."""
 
 from __future__ import annotations
 
@@ -14,21 +15,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.errors import InvalidInput
-from core.pack import (
-    FORMAT_EXTENTS,
-    ContentHasher,
-    PackIndex,
-    block_digests,
-    content_digest,
-    object_root,
-)
+from core.pack import FORMAT_BLAKE3, FORMAT_EXTENTS, SHA256_CELLS, Naming, PackIndex
 
 BS = 65536
+N2, N3 = Naming(FORMAT_EXTENTS, BS), Naming(FORMAT_BLAKE3, BS)
 
 
-def _object(data: bytes) -> dict[str, Any]:
-    blocks = block_digests(data, BS)
-    return {"digest": object_root(blocks, BS, len(data)), "size": len(data), "blocks": blocks.hex()}
+def _object(data: bytes, naming: Naming = N2) -> dict[str, Any]:
+    blocks = naming.block_digests(data)
+    return {"digest": naming.root(blocks, len(data)), "size": len(data), "blocks": blocks.hex()}
 
 
 A = random.Random(1).randbytes(2 * BS)
@@ -126,22 +121,52 @@ def test_hostile_indexes_are_refused_by_rule(name: str) -> None:
 
 def test_a_pushed_index_of_another_format_is_refused() -> None:
     with pytest.raises(InvalidInput, match="unsupported pack format"):
-        PackIndex.parse({**_index(), "format": 3})
+        PackIndex.parse({**_index(), "format": 4})
     with pytest.raises(InvalidInput):
         PackIndex.parse({**_index(), "format": 2.0})  # a float is not format 2
 
 
+def test_a_format_3_index_names_its_objects_with_blake3() -> None:
+    doc = {**_index(), "format": 3, "objects": [_object(A, N3), _object(B, N3)]}
+    index = PackIndex.parse(doc)
+    assert index.format == FORMAT_BLAKE3 and index.naming == N3 and index.extents
+    assert json.loads(index.canonical_bytes()) == doc
+    assert index.matches(_object(A, N3)["digest"], A) and not index.matches(_object(A)["digest"], A)
+    # the same objects under the other format's label are named by the wrong function: refused (I3)
+    with pytest.raises(InvalidInput, match="I3: object .* is not named by the root of its blocks"):
+        PackIndex.parse({**doc, "format": 2})
+    with pytest.raises(InvalidInput, match="I3: object .* is not named by the root of its blocks"):
+        PackIndex.parse({**_index(), "format": 3})
+
+
+def test_the_blake3_root_is_the_one_the_adr_specifies() -> None:
+    from blake3 import blake3
+
+    data = A + B[:100]
+    blocks = b"".join(blake3(data[i : i + BS]).digest() for i in range(0, len(data), BS))
+    head = b"pdcat-object-v3\x00" + BS.to_bytes(8, "big") + len(data).to_bytes(8, "big")
+    assert N3.digest(data) == blake3(head + blocks).hexdigest()
+    assert N3.block_digests(data) == blocks
+
+
 @given(st.binary(min_size=1, max_size=3 * BS), st.lists(st.integers(0, 3 * BS), max_size=5))
 def test_the_name_does_not_depend_on_how_the_bytes_arrive(data: bytes, cuts: list[int]) -> None:
-    for block_size in (None, BS):
-        hasher = ContentHasher(block_size)
+    for naming in (SHA256_CELLS, N2, N3):
+        hasher = naming.hasher()
         start = 0
         for cut in [*sorted(c for c in cuts if c <= len(data)), len(data)]:
             hasher.update(data[start:cut])
             start = cut
-        assert hasher.hexdigest() == content_digest(data, block_size)
+        assert hasher.hexdigest() == naming.digest(data)
 
 
-def test_object_names_keep_the_two_formats_apart() -> None:
-    assert content_digest(A, BS) != content_digest(A, None)
-    assert content_digest(A, BS) != content_digest(A, 2 * BS)  # the block size is part of the name
+def test_object_names_keep_the_formats_apart() -> None:
+    names = {SHA256_CELLS.digest(A), N2.digest(A), N3.digest(A), Naming(FORMAT_EXTENTS, 2 * BS).digest(A)}
+    assert len(names) == 4  # the function and the block size are part of the name
+    assert Naming(FORMAT_BLAKE3, 2 * BS).digest(A) != N3.digest(A)
+
+
+def test_a_naming_needs_a_block_size_exactly_in_the_block_formats() -> None:
+    for bad in ((1, BS), (2, None), (3, None), (4, BS)):
+        with pytest.raises(ValueError):
+            Naming(*bad)
