@@ -25,7 +25,9 @@ class _Push:
     def __init__(self, disk: bytes, base: PackIndex | None = None) -> None:
         self.disk = disk
         self.sent: dict[str, bytes] = {}
-        self.builder = ExtentsBuilder(NAMING, CELL, BaseMap(base) if base else None, self._emit, lambda: bytearray(CELL))
+        self.builder = ExtentsBuilder(
+            NAMING, CELL, BaseMap(base) if base else None, self._emit, lambda: bytearray(CELL)
+        )
         entry = FileEntry(PATH, FILE, 0o644, len(disk))
         self.builder.file(entry)
         for offset in range(0, len(disk), CELL):

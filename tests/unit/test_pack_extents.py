@@ -133,9 +133,9 @@ def test_a_format_3_index_names_its_objects_with_blake3() -> None:
     assert json.loads(index.canonical_bytes()) == doc
     assert index.matches(_object(A, N3)["digest"], A) and not index.matches(_object(A)["digest"], A)
     # the same objects under the other format's label are named by the wrong function: refused (I3)
-    with pytest.raises(InvalidInput, match="I3: object .* is not named by the root of its blocks"):
+    with pytest.raises(InvalidInput, match=r"I3: object .* is not named by the root of its blocks"):
         PackIndex.parse({**doc, "format": 2})
-    with pytest.raises(InvalidInput, match="I3: object .* is not named by the root of its blocks"):
+    with pytest.raises(InvalidInput, match=r"I3: object .* is not named by the root of its blocks"):
         PackIndex.parse({**_index(), "format": 3})
 
 
