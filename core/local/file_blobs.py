@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import stat
 import tempfile
 import time
@@ -294,8 +295,9 @@ class FileBlobStore(BlobStore):
         """Rename the object to a private temp name first (a later PUT to ``key`` makes a new file and
         cannot touch it), read it, and promote *that* inode with ``link(2)``: no second write."""
         path = self._path(key)
-        fd, temp = tempfile.mkstemp(dir=self._tmp, prefix="take-", suffix=".part")
-        os.close(fd)
+        # A fresh name (128 random bits) in the private temp folder, not a file: mkstemp's placeholder
+        # was created only for the rename to delete it, an inode made and freed per verified chunk.
+        temp = os.path.join(self._tmp, f"take-{secrets.token_hex(16)}.part")
         try:
             try:
                 os.rename(path, temp)
