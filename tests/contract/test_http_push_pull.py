@@ -38,7 +38,7 @@ from tests.contract.helpers import (
 )
 
 KIB4 = 4096
-SESSION_FIELDS = {"upload_id", "catalog_id", "version", "architecture", "put_headers", "expires_at", "base"}
+SESSION_FIELDS = {"upload_id", "catalog_id", "version", "architecture", "put_headers", "expires_at", "format", "base"}
 
 
 def _blocks(*seeds: int, size: int = KIB4) -> bytes:
@@ -115,7 +115,7 @@ def test_push_then_pull_round_trip(publisher, cid):
     session = r.json()
     assert set(session) == SESSION_FIELDS
     assert (session["catalog_id"], session["version"], session["architecture"]) == (cid, "1.0", "arm64")
-    assert session["expires_at"]
+    assert session["expires_at"] and session["format"] == 1  # a grid push: the format it asked for
 
     during = publisher.get(f"/catalog/{cid}/1.0/arm64")
     assert during.status_code == 200
