@@ -14,12 +14,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from core.errors import Conflict, Gone, NotFound
+from core.fanout import parallel
 from core.identity import ManifestKey
 from core.manifest import STATUS_READY, Manifest, now_iso
 from core.pack import PackIndex
 from core.ports import Stored
 from core.rbac import Principal
-from core.service_common import ServiceContext, pack_fields, parallel, sees
+from core.service_common import ServiceContext, pack_fields, sees
 from core.storage_layout import index_key, stored_key
 from core.wire import MAX_INDEX_BYTES
 
@@ -96,7 +97,9 @@ def _verified_sizes(ctx: ServiceContext, catalog_id: str, index: PackIndex) -> d
     """Stored size of every chunk of ``index``, one HEAD each (never a listing of the catalog);
     only the server writes ``chunks/``, so presence means verified."""
     digests = list(index.unique_digests())
-    heads = parallel(lambda d: ctx.blobs.head(stored_key(catalog_id, d, index.block_size)), digests)
+    heads = parallel(
+        lambda d: ctx.blobs.head(stored_key(catalog_id, d, index.block_size)), digests, workers=ctx.blobs.concurrency
+    )
     missing = [d for d, info in zip(digests, heads, strict=True) if info is None]
     if missing:
         raise Conflict(f"{len(missing)} chunk(s) of this index are not in storage (e.g. {missing[0][:12]})")

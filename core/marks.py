@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from core.errors import NotFound
+from core.fanout import parallel
 from core.pack import is_digest
 from core.ports import BlobStore
 from core.storage_layout import mark_key, marks_prefix
@@ -73,8 +73,8 @@ def _parse(raw: bytes) -> tuple[set[str], dict[str, Confirmed]]:
     return named, confirmed
 
 
-def read_marks(blobs: BlobStore, nonce: str, *, workers: int = 16) -> SessionMarks:
-    """Every mark of one session: one listing plus one GET per mark, read in parallel."""
+def read_marks(blobs: BlobStore, nonce: str) -> SessionMarks:
+    """Every mark of one session: one listing plus one GET per mark, ``blobs.concurrency`` at once."""
     keys = [info.key for info in blobs.list(marks_prefix(nonce))]
 
     def load(key: str) -> tuple[set[str], dict[str, Confirmed]]:
@@ -85,12 +85,10 @@ def read_marks(blobs: BlobStore, nonce: str, *, workers: int = 16) -> SessionMar
 
     named: set[str] = set()
     confirmed: dict[str, Confirmed] = {}
-    if keys:
-        with ThreadPoolExecutor(max(1, min(workers, len(keys)))) as pool:
-            for part_named, part_confirmed in pool.map(load, keys):
-                named |= part_named
-                for digest, entry in part_confirmed.items():
-                    # a later "already stored" mark knows no raw size: never let it hide a verified one
-                    if entry.raw_size is not None or digest not in confirmed:
-                        confirmed[digest] = entry
+    for part_named, part_confirmed in parallel(load, keys, workers=blobs.concurrency):
+        named |= part_named
+        for digest, entry in part_confirmed.items():
+            # a later "already stored" mark knows no raw size: never let it hide a verified one
+            if entry.raw_size is not None or digest not in confirmed:
+                confirmed[digest] = entry
     return SessionMarks(frozenset(named), confirmed)

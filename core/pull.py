@@ -14,12 +14,13 @@ from typing import Any
 
 from core.chunk_check import recheck_stored
 from core.errors import InvalidInput
+from core.fanout import parallel
 from core.identity import ManifestKey
 from core.manifest import Manifest, now_iso
 from core.pack import MAX_CHUNK_SIZE, Naming, PackIndex
 from core.pdpack_meta import checksum_algorithm
 from core.rbac import Claim, Principal, require
-from core.service_common import ServiceContext, digest_list, expires_at, parallel
+from core.service_common import ServiceContext, digest_list, expires_at
 from core.storage_layout import index_key, stored_key
 from core.wire import CHUNK_PAGE, MAX_INDEX_BYTES, REPORT_PAGE, PackAnswer, PullAnswer, ReportAnswer
 

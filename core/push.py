@@ -20,6 +20,7 @@ from typing import Any
 
 from core.chunk_check import promote_staged
 from core.errors import Conflict, Gone, InvalidInput, NotFound, PayloadTooLarge, Unavailable
+from core.fanout import parallel
 from core.gc import lease_active
 from core.identity import ManifestKey, normalize_version
 from core.manifest import STATUS_READY, Manifest, UploadSession, now_iso, whole_number
@@ -45,7 +46,6 @@ from core.service_common import (
     expires_at,
     metadata_to_json,
     pack_fields,
-    parallel,
     parse_metadata,
     refuse_unknown,
     sees,
@@ -410,7 +410,9 @@ def upload_chunks(ctx: ServiceContext, who: Principal, upload_id: str, digests: 
     stored: dict[str, Confirmed] = {}
     if open_session.dedup:
         block_size = open_session.layout.block_size
-        heads = parallel(lambda d: ctx.blobs.head(stored_key(catalog_id, d, block_size)), wanted)
+        heads = parallel(
+            lambda d: ctx.blobs.head(stored_key(catalog_id, d, block_size)), wanted, workers=ctx.blobs.concurrency
+        )
         stored = {d: Confirmed(info.size) for d, info in zip(wanted, heads, strict=True) if info is not None}
         write_confirmed(ctx.blobs, open_session.nonce, stored)
     expiry = ctx.settings.url_expiry_seconds

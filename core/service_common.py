@@ -14,11 +14,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from core.errors import InvalidInput, NotFound
 from core.gc import GcSettings
@@ -54,7 +53,6 @@ __all__ = [
     "latest_per_arch",
     "metadata_to_json",
     "pack_fields",
-    "parallel",
     "parse_metadata",
     "refuse_unknown",
     "sees",
@@ -63,9 +61,6 @@ __all__ = [
 ]
 
 METADATA_FIELDS = ("description", "tags", "required_roles", "required_claims", "minimum_requirements", "vm_type")
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -142,17 +137,6 @@ class ServiceContext:
             storage_prefix=key.prefix,
             **fields,
         )
-
-
-# ---- work in parallel -----------------------------------------------------------------------
-
-
-def parallel(work: Callable[[T], R], items: list[T], *, workers: int = 16) -> list[R]:
-    """One storage request per item, several in flight: a page costs its slowest request, not the sum."""
-    if len(items) <= 1:
-        return [work(item) for item in items]
-    with ThreadPoolExecutor(min(workers, len(items))) as pool:
-        return list(pool.map(work, items))
 
 
 # ---- opaque tokens (cursors, upload ids) -----------------------------------------------------
