@@ -364,11 +364,17 @@ class PackIndex:
         }
 
     def canonical_bytes(self) -> bytes:
+        return self._canonical
+
+    @functools.cached_property
+    def _canonical(self) -> bytes:
+        """Made once per index (it is immutable): a commit stores it, digests it and logs the digest,
+        and for a 100 GB VM each serialisation is tens of MB of JSON."""
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
-        return hashlib.sha256(self.canonical_bytes()).hexdigest()
+        return hashlib.sha256(self._canonical).hexdigest()
 
     def with_stored_sizes(self, sizes: dict[str, int]) -> PackIndex:
         if self.extents:
