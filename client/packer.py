@@ -49,6 +49,7 @@ from core.pack import (
 )
 
 __all__ = [
+    "INCOMPRESSIBLE_LEVEL",
     "CellRef",
     "ChunkCorrupt",
     "build_index",
@@ -58,6 +59,7 @@ __all__ = [
     "digest",
     "finalize_tree",
     "is_zero",
+    "looks_incompressible",
     "open_for_read",
     "prepare_tree",
     "read_cell",
@@ -298,8 +300,36 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dctx
 
 
+_SAMPLES = 8
+_SAMPLE_BYTES = 4096
+_SAMPLED_FROM = 64 * 1024
+INCOMPRESSIBLE_LEVEL = -5
+"""zstd's ``--fast=5``: what a cell that looks incompressible is compressed with. On random bytes it
+runs at 3.8 GB/s here against level 3's 1.15 (both store them as they are); a cell misjudged still
+compresses, about half as well as at level 3."""
+
+
+def looks_incompressible(data: bytes | memoryview) -> bool:
+    """Whether every one of ``_SAMPLES`` 4 KiB samples spread over ``data`` fails to shrink by 3% at
+    zstd level 1: already compressed or encrypted bytes (packages, media, FileVault). Borg's "auto"
+    compression decides the same way. Costs 25-60 us on a 4 MiB cell, which takes 4-13 ms to compress."""
+    view = memoryview(data)
+    if len(view) < _SAMPLED_FROM:
+        return False
+    probe, step = _compressor(1), len(view) // _SAMPLES
+    for start in range(0, step * _SAMPLES, step):
+        sample = view[start : start + _SAMPLE_BYTES]
+        if len(probe.compress(sample)) < 0.97 * len(sample):
+            return False
+    return True
+
+
 def compress(data: bytes | memoryview, level: int = 3) -> bytes:
-    """One zstd frame with its content size in the header (``decompress`` checks it before allocating)."""
+    """One zstd frame with its content size in the header (``decompress`` checks it before allocating).
+    A cell that looks incompressible is compressed at ``INCOMPRESSIBLE_LEVEL``: as large a frame (its
+    bytes are stored as they are either way) for a third of the CPU."""
+    if level > INCOMPRESSIBLE_LEVEL and looks_incompressible(data):
+        level = INCOMPRESSIBLE_LEVEL
     return _compressor(level).compress(data)
 
 

@@ -30,6 +30,7 @@ from client.packer import (
     digest,
     finalize_tree,
     is_zero,
+    looks_incompressible,
     prepare_tree,
     read_cell,
     scan_tree,
@@ -376,6 +377,24 @@ def test_compress_writes_the_content_size() -> None:
     import zstandard
 
     assert zstandard.frame_content_size(compress(b"abc" * 1000)) == 3000
+
+
+def test_only_a_cell_incompressible_everywhere_skips_the_slow_level() -> None:
+    """Random bytes (already compressed, encrypted) take the fast level; text anywhere in a cell
+    keeps level 3, and so do small pieces; either way the frame holds the bytes exactly."""
+    rng = __import__("random").Random(7)
+    noise = rng.randbytes(4 * 1024 * 1024)
+    text = b"".join(b"%08d GET /api/v1/catalog 200 %d ms\n" % (i, i % 97) for i in range(150_000))[: len(noise)]
+    mixed = bytearray(noise)
+    mixed[3 * 1024 * 1024 : 3 * 1024 * 1024 + 600_000] = text[:600_000]  # one compressible stretch
+    assert looks_incompressible(noise) and looks_incompressible(memoryview(noise))
+    assert not looks_incompressible(text) and not looks_incompressible(bytes(mixed))
+    assert not looks_incompressible(noise[:60_000])  # below the sampled size: compressed as usual
+    for raw in (noise, text, bytes(mixed)):
+        blob = compress(raw)
+        assert decompress(blob, digest(raw), len(raw)) == raw
+    assert len(compress(noise)) <= len(noise) + 1024  # stored as it is
+    assert len(compress(bytes(mixed))) < len(noise) - 300_000  # the text in it was compressed
 
 
 @settings(max_examples=50, deadline=None)
