@@ -413,6 +413,8 @@ class Wan:
         secret = "wan-" + secrets.token_hex(24)
         base = {k: v for k, v in os.environ.items() if not k.startswith("PDCAT_")}
         base["PYTHONPATH"] = str(self.code)
+        if base.pop("PYTHONDONTWRITEBYTECODE", None):  # compiled modules, as an installed pdcat (bench/run.py)
+            base["PYTHONPYCACHEPREFIX"] = str(self.work / "pycache")
         data = self.work / f"catalog{tag}"
         env = {
             **base,
