@@ -48,8 +48,8 @@ class _ReleasedBody(httpx.SyncByteStream):
     holds the request, and so the body, until the cyclic garbage collector runs: without this a push
     holds every chunk it sent since the last collection, not just the ones in flight."""
 
-    def __init__(self, data: bytes) -> None:
-        self._data = data
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._data: bytes | memoryview = data
 
     def __iter__(self) -> Iterator[bytes]:
         view = memoryview(self._data)
@@ -112,7 +112,7 @@ class BlobClient:
     def put(
         self,
         url: str,
-        data: bytes,
+        data: bytes | memoryview,
         what: str,
         headers: Mapping[str, str] | None = None,
         *,

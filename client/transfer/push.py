@@ -39,6 +39,7 @@ from client.packer import (
 )
 from client.transfer.common import NoProgress, Progress, TransferConfig
 from client.transfer.extents import BaseMap, ExtentsBuilder, NewObject, Segment, choose_block_size
+from core.chunk_check import compressed_bound
 from core.errors import Conflict, InvalidInput
 from core.identity import ManifestKey
 from core.pack import (
@@ -160,6 +161,9 @@ class _Pass:
         # so a read never queues behind an upload.
         self._hashing = ThreadPoolExecutor(hashers, thread_name_prefix="pdcat-hash")
         self._sending = ThreadPoolExecutor(config.workers, thread_name_prefix="pdcat-send")
+        # frames of incompressible cells, one buffer per transfer in flight at most (``packer.compress``);
+        # memory is touched only when such a cell comes
+        self._outs: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._asking = ThreadPoolExecutor(1, thread_name_prefix="pdcat-ask")
         self._asked: deque[Future[None]] = deque()
         self._verifying = ThreadPoolExecutor(2, thread_name_prefix="pdcat-verify")
@@ -385,12 +389,14 @@ class _Pass:
         """Compress, give the buffer back at once (the next cell can be read into it while this
         object travels), then PUT."""
         held = True
+        out = self._outs.get() if not self._outs.empty() else bytearray(compressed_bound(self.config.chunk_size))
         try:
             self._raise_if_failed()
-            blob = compress(item.data, self.config.level)
+            blob = compress(item.data, self.config.level, out)
             item.release()
             held = False
             self._send(item.digest, blob, url)
+            del blob  # a view of ``out``, which goes back to the pool below
             with self._lock:
                 self._sources[item.digest] = item.segments
                 self._to_verify.append(item.digest)
@@ -403,8 +409,9 @@ class _Pass:
         finally:
             if held:
                 item.release()
+            self._outs.put(out)
 
-    def _send(self, object_digest: str, blob: bytes, url: str | None) -> None:
+    def _send(self, object_digest: str, blob: bytes | memoryview, url: str | None) -> None:
         if self.config.chunk_delay:
             time.sleep(self.config.chunk_delay)
         what = f"chunk {object_digest[:12]}"

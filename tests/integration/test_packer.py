@@ -37,6 +37,7 @@ from client.packer import (
     unpack_from,
     write_chunk,
 )
+from core.chunk_check import compressed_bound
 from core.errors import InvalidInput, Unprocessable
 from core.pack import Chunk, FileEntry, PackIndex
 
@@ -395,6 +396,12 @@ def test_only_a_cell_incompressible_everywhere_skips_the_slow_level() -> None:
         assert decompress(blob, digest(raw), len(raw)) == raw
     assert len(compress(noise)) <= len(noise) + 1024  # stored as it is
     assert len(compress(bytes(mixed))) < len(noise) - 300_000  # the text in it was compressed
+
+    out = bytearray(compressed_bound(len(noise)))  # a push's kept buffer: the noise's frame goes there
+    framed = compress(noise, out=out)
+    assert isinstance(framed, memoryview) and framed.obj is out
+    assert decompress(bytes(framed), digest(noise), len(noise)) == noise
+    assert isinstance(compress(text, out=out), bytes)  # compressible: the one-shot frame, smaller
 
 
 @settings(max_examples=50, deadline=None)

@@ -157,8 +157,9 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 
 def _loaded_after(code: str, env: dict[str, str]) -> tuple[list[str], str]:
-    """The modules a fresh interpreter holds after ``code`` (pdcat's commands run in it), and its stdout."""
-    script = f"import sys\n{code}\nprint('MODULES', *sorted(sys.modules))\n"
+    """The modules a fresh interpreter holds after ``code`` (pdcat's commands run in it), and its stdout.
+    An entry of None is an import blocked on purpose (``client/__init__.py``), not a module."""
+    script = f"import sys\n{code}\nprint('MODULES', *sorted(k for k, v in sys.modules.items() if v is not None))\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     *out, last = done.stdout.strip().splitlines()
@@ -516,3 +517,10 @@ def test_asking_for_the_httpx_client_sends_through_it_from_then_on(catalog: Cata
         api.whoami()
     assert hooked == ["/api/v1/auth/whoami"]
     assert [s.headers["authorization"] for s in catalog.seen] == ["Bearer t", "Bearer t"]
+
+
+def test_a_transfer_never_loads_httpx_s_own_command_line() -> None:
+    """httpx's package import would load click, rich and pygments for its CLI (~70 ms of every push)."""
+    loaded, _ = _loaded_after("import client\nimport httpx\nassert callable(httpx.main)", _clean_env())
+    assert "httpx" in loaded and "httpx._main" not in loaded
+    assert not {"click", "pygments", "rich"} & _top_level(loaded)
