@@ -389,7 +389,10 @@ class _Pass:
         """Compress, give the buffer back at once (the next cell can be read into it while this
         object travels), then PUT."""
         held = True
-        out = self._outs.get() if not self._outs.empty() else bytearray(compressed_bound(self.config.chunk_size))
+        try:
+            out = self._outs.get_nowait()
+        except queue.Empty:
+            out = bytearray(compressed_bound(self.config.chunk_size))
         try:
             self._raise_if_failed()
             blob = compress(item.data, self.config.level, out)
