@@ -113,12 +113,21 @@ class Verdict:
 
 
 def promote_staged(
-    blobs: BlobStore, catalog_id: str, nonce: str, digest: str, raw_limit: int, naming: Naming = SHA256_CELLS
+    blobs: BlobStore,
+    catalog_id: str,
+    nonce: str,
+    digest: str,
+    raw_limit: int,
+    naming: Naming = SHA256_CELLS,
+    *,
+    may_find: bool = True,
 ) -> Verdict:
     """Verify the session's staged copy of ``digest`` and move it to ``chunks/`` without replacing.
 
     Already verified (someone promoted it first): the existing object stands and the staged copy is
-    dropped. The staged object is removed in every outcome but "missing".
+    dropped. The staged object is removed in every outcome but "missing". Nothing staged: "verified"
+    if the object is stored, but only with ``may_find`` (a session that may deduplicate); for any other
+    session that answer would tell what the catalog holds, so it is "missing", as when nothing is.
     """
     final = stored_key(catalog_id, digest, naming.block_size)
     staged = staging_chunk_key(nonce, digest)
@@ -134,6 +143,8 @@ def promote_staged(
                 stored_size = existing.size if existing else stored_size
             return Verdict(digest, "verified", Confirmed(stored_size, raw_size))
     except NotFound:
+        if not may_find:
+            return Verdict(digest, "missing")
         existing = blobs.head(final)
         if existing is not None:  # verified by an earlier request of this session, or by another push
             return Verdict(digest, "verified", Confirmed(existing.size))

@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import Any
 
-from core.chunk_check import promote_staged
+from core.chunk_check import Verdict, promote_staged
 from core.errors import Conflict, Gone, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from core.fanout import parallel
 from core.gc import lease_active
@@ -434,8 +434,17 @@ def verify_chunks(ctx: ServiceContext, who: Principal, upload_id: str, digests: 
     wanted = digest_list(digests, VERIFY_PAGE)
     _refuse_during_gc(ctx, open_session, wanted)
     catalog_id, nonce = open_session.manifest.catalog_id, open_session.nonce
-    limit, naming = open_session.layout.chunk_size, open_session.layout.naming
-    verdicts = parallel(lambda d: promote_staged(ctx.blobs, catalog_id, nonce, d, limit, naming), wanted, workers=4)
+    limit, naming, dedup = open_session.layout.chunk_size, open_session.layout.naming, open_session.dedup
+    verdicts = parallel(
+        lambda d: promote_staged(ctx.blobs, catalog_id, nonce, d, limit, naming, may_find=dedup), wanted, workers=4
+    )
+    if not dedup and any(v.outcome == "missing" for v in verdicts):
+        # this session's own earlier verdicts (a verify asked again) stand; nothing else it did not stage
+        mine = read_marks(ctx.blobs, nonce).confirmed
+        verdicts = [
+            Verdict(v.digest, "verified", mine[v.digest]) if v.outcome == "missing" and v.digest in mine else v
+            for v in verdicts
+        ]
     write_confirmed(ctx.blobs, nonce, {v.digest: v.confirmed for v in verdicts if v.confirmed is not None})
     answer: VerifyAnswer = {"verified": [], "missing": [], "corrupt": []}
     for verdict in verdicts:

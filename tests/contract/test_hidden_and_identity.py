@@ -76,6 +76,33 @@ def test_dedup_tells_nothing_about_a_hidden_versions_content(backend, su, cid):
         assert steps["sent"]["stored"] == build_pack(secret).digests  # type: ignore[index]
 
 
+def test_verify_tells_nothing_of_what_a_session_never_staged(backend, su, cid):
+    """Asking the server to verify a hidden version's chunks without uploading them: "missing", as
+    for bytes stored nowhere, so neither the answer nor a commit built on it reveals the content."""
+    secret = {"disk": _block(30) + _block(31)}
+    push_pack(su, cid, "1.0", "x86_64", secret, required_roles=["QA"])
+    digests = build_pack(secret).digests
+    with backend.http(roles=["PUBLISHER"], subject="mallory") as mallory:
+        for version in ("1.0", "2.0"):  # the hidden identity's decoy, and a free one
+            pack = build_pack(secret)
+            session = begin_push(mallory, cid, version, "x86_64", pack).json()
+            r = mallory.post(f"/uploads/{session['upload_id']}/verify", json={"digests": digests})
+            assert r.status_code == 200, r.text
+            assert r.json() == {"verified": [], "missing": digests, "corrupt": []}
+            put_index(mallory, session, index_bytes(pack))
+            assert commit(mallory, session["upload_id"]).status_code == 409  # nothing it may commit
+            # what the session uploads itself verifies, and verifying it again still answers verified
+            sent = send_chunks(mallory, session["upload_id"], pack)
+            assert sorted(sent["verdict"]["verified"]) == sorted(digests)
+            again = mallory.post(f"/uploads/{session['upload_id']}/verify", json={"digests": digests}).json()
+            assert sorted(again["verified"]) == sorted(digests) and again["missing"] == []
+        assert commit(mallory, session["upload_id"]).status_code == 200  # the free identity's push
+    with backend.http(roles=["PUBLISHER", "QA"], subject="quinn") as quinn:  # sees every version
+        session = begin_push(quinn, cid, "3.0", "x86_64", build_pack(secret)).json()
+        r = quinn.post(f"/uploads/{session['upload_id']}/verify", json={"digests": digests})
+        assert sorted(r.json()["verified"]) == sorted(digests)  # dedup: stored already
+
+
 def test_a_decoy_session_is_its_owners_alone_and_can_be_aborted(backend, su, cid):
     push_empty(su, cid, "1.0", required_roles=["QA"])
     pack = build_pack({"disk": _block(20)})
