@@ -236,6 +236,10 @@ class _Direct:
                 conn.request(method, target, body=body, headers=sent)
                 response = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
+                early = _early_answer(conn) if body is not None and not isinstance(exc, TimeoutError) else None
+                if early is not None:
+                    response = early  # the caller drops the connection: the body was cut short
+                    break
                 self._drop(origin)
                 if reused and retry_stale and not isinstance(exc, TimeoutError):
                     continue  # a kept-alive connection the server had closed meanwhile: once more, on a new one
@@ -295,6 +299,16 @@ class _Direct:
             with self._lock:
                 if conn in self._open:
                     self._open.remove(conn)
+
+
+def _early_answer(conn: http.client.HTTPConnection) -> http.client.HTTPResponse | None:
+    """What storage answered before it stopped reading a body, if it did: S3 refuses an expired or
+    bad signature from the headers and closes, and that 403 (a URL to refresh, not a network fault to
+    retry as it is) is waiting in the socket. httpx reads it the same way."""
+    try:
+        return conn.getresponse()
+    except (OSError, http.client.HTTPException):
+        return None
 
 
 def _transport_error(exc: BaseException, what: str) -> httpx.TransportError:

@@ -21,12 +21,22 @@ class _Storage(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     stored: dict[str, tuple[bytes, str | None]] = {}
-    connections: set[int] = set()
+    connections: set[tuple[str, int]] = set()
     hang_up = False
 
     def do_PUT(self) -> None:
+        type(self).connections.add(self.client_address)
+        if self.path.endswith("/expired"):  # refused from the headers, the body never read (S3)
+            answer = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+            self.send_response(403)
+            self.send_header("Content-Length", str(len(answer)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(answer)
+            self.wfile.flush()
+            self.close_connection = True
+            return
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).connections.add(id(self.connection))
         if self.path.endswith("/refused"):
             answer = b"<Error><Code>AccessDenied</Code></Error>"
             self.send_response(403)
@@ -87,7 +97,27 @@ def test_an_error_answer_is_the_storage_error(storage: str) -> None:
     try:
         with pytest.raises(PdcatError, match="403"):
             client.put(f"{storage}/refused", b"data", "chunk abc")
-        client.put(f"{storage}/after", b"data", "chunk abc")  # the refused answer's connection was not reused
+        client.put(f"{storage}/after", b"data", "chunk abc")
     finally:
         client.close()
     assert _Storage.stored["/bucket/after"][0] == b"data"
+    assert len(_Storage.connections) == 2  # the refused answer's connection was not reused
+
+
+def test_a_url_refused_before_the_body_is_read_is_refreshed_not_retried(storage: str) -> None:
+    """Storage that answers 403 from the headers and closes while the client still sends 8 MiB: the
+    push sees the refusal (and asks for a fresh URL), not a broken pipe it would retry as it is."""
+    client = BlobClient(retries=2, backoff=0)
+    fresh: list[str] = []
+
+    def refresh() -> str:
+        fresh.append("asked")
+        return f"{storage}/c-fresh"
+
+    data = os.urandom(8 * 1024 * 1024)
+    try:
+        client.put(f"{storage}/expired", data, "chunk abc", refresh=refresh)
+    finally:
+        client.close()
+    assert fresh == ["asked"]
+    assert _Storage.stored == {"/bucket/c-fresh": (data, None)}
