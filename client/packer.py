@@ -19,6 +19,7 @@ import bisect
 import errno
 import hashlib
 import itertools
+import mmap
 import os
 import posixpath
 import stat
@@ -324,7 +325,7 @@ def looks_incompressible(data: bytes | memoryview) -> bool:
     return True
 
 
-def compress(data: bytes | memoryview, level: int = 3, out: bytearray | None = None) -> bytes | memoryview:
+def compress(data: bytes | memoryview, level: int = 3, out: bytearray | mmap.mmap | None = None) -> bytes | memoryview:
     """One zstd frame with its content size in the header (``decompress`` checks it before allocating).
 
     A cell that looks incompressible is compressed at ``INCOMPRESSIBLE_LEVEL``: as large a frame (its
@@ -340,7 +341,7 @@ def compress(data: bytes | memoryview, level: int = 3, out: bytearray | None = N
     return _compressor(level).compress(data)
 
 
-def _compress_into(cctx: zstandard.ZstdCompressor, data: bytes | memoryview, out: bytearray) -> memoryview:
+def _compress_into(cctx: zstandard.ZstdCompressor, data: bytes | memoryview, out: bytearray | mmap.mmap) -> memoryview:
     view = memoryview(out)
     reader = cctx.stream_reader(data, size=len(data), read_size=len(data))
     length = 0

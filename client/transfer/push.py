@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import mmap
 import os
 import queue
 import threading
@@ -163,7 +164,7 @@ class _Pass:
         self._sending = ThreadPoolExecutor(config.workers, thread_name_prefix="pdcat-send")
         # frames of incompressible cells, one buffer per transfer in flight at most (``packer.compress``);
         # memory is touched only when such a cell comes
-        self._outs: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._outs: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         self._asking = ThreadPoolExecutor(1, thread_name_prefix="pdcat-ask")
         self._asked: deque[Future[None]] = deque()
         self._verifying = ThreadPoolExecutor(2, thread_name_prefix="pdcat-verify")
@@ -391,8 +392,8 @@ class _Pass:
         held = True
         try:
             out = self._outs.get_nowait()
-        except queue.Empty:
-            out = bytearray(compressed_bound(self.config.chunk_size))
+        except queue.Empty:  # anonymous memory: its pages are taken only when written (a bytearray zeroes them)
+            out = mmap.mmap(-1, compressed_bound(self.config.chunk_size))
         try:
             self._raise_if_failed()
             blob = compress(item.data, self.config.level, out)
