@@ -316,7 +316,12 @@ class FileBlobStore(BlobStore):
                     _raise_if_full(exc)
                     raise
 
-            with open(temp, "rb", buffering=0) as handle:
+            try:
+                handle = open(temp, "rb", buffering=0)  # noqa: SIM115 - closed by the with below
+            except IsADirectoryError:  # a prefix of other keys, not an object: put it back as it was
+                os.rename(temp, path)
+                raise NotFound(f"no object {key!r}") from None
+            with handle:
                 size = os.fstat(handle.fileno()).st_size
                 if size > max_bytes:
                     raise PayloadTooLarge(f"object {key!r} is larger than {max_bytes} bytes")

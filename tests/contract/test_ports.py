@@ -647,6 +647,10 @@ class BlobStoreContract:
         blobs.put_bytes(f"{base}/big", b"x" * 11)
         with pytest.raises(PayloadTooLarge):
             blobs.taken(f"{base}/big", max_bytes=10).__enter__()
+        blobs.put_bytes(f"{base}/prefix/inner", b"z")  # a key that is only a prefix of others
+        with pytest.raises(NotFound):
+            blobs.taken(f"{base}/prefix", max_bytes=10).__enter__()
+        assert blobs.get_bytes(f"{base}/prefix/inner") == b"z"  # and the keys under it are untouched
 
     def test_get_bytes_refuses_more_than_max(self, blobs: BlobStore, base: str) -> None:
         blobs.put_bytes(f"{base}/big", b"x" * 5000)
