@@ -198,7 +198,7 @@ def _index_digests(data: bytes) -> set[str] | None:
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
         return None
     digests: set[str] = set()
-    objects = doc.get("objects", [])  # index format 2: extents name objects by position in this list
+    objects = doc.get("objects", [])  # index formats 2 and 3: extents name objects by position in this list
     if not isinstance(objects, list):
         return None
     for item in objects:
@@ -338,7 +338,7 @@ def _collect_catalog(
         cutoff = clock.now() - settings.grace_seconds
         garbage = (
             info
-            for prefix in (chunks_prefix(catalog_id), objects_prefix(catalog_id))  # index formats 1 and 2
+            for prefix in (chunks_prefix(catalog_id), objects_prefix(catalog_id))  # index formats 1; 2 and 3
             for info in blobs.list(prefix)
             if is_digest(name := info.key[len(prefix) :])
             and name not in marked

@@ -275,8 +275,8 @@ class PackIndex:
     format: int = FORMAT_VERSION
     compression: str = "zstd"
     extra: dict[str, Any] = field(default_factory=dict)
-    block_size: int | None = None  # format 2 only
-    objects: tuple[PackObject, ...] = ()  # format 2 only, in the order of their first reference
+    block_size: int | None = None  # formats 2 and 3 only
+    objects: tuple[PackObject, ...] = ()  # formats 2 and 3 only, in the order of their first reference
 
     # ---- derived figures --------------------------------------------------------------------
     @property
