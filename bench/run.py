@@ -654,7 +654,7 @@ class Bench:
                     f"median of the rounds' push v1. Round 1: `pdcat serve` (all threads) used {cpu:.2f}s "
                     f"user+system CPU ({cores:.2f} cores on average over {usage.wall_seconds:.2f}s) for {gb:.3f} GB "
                     f"(10^9 bytes) of raw chunk data uploaded ({mib(self.v1_uploaded)} compressed): receiving, "
-                    "verifying (read, decompress, sha256) and promoting every chunk, and committing; the pdcat client "
+                    "verifying (read, decompress, hash) and promoting every chunk, and committing; the pdcat client "
                     f"used {client:.2f}s ({client / gb:.2f} s/GB)",
                 )
             )
