@@ -45,6 +45,7 @@ from bench.proc import (  # noqa: E402
     ServerProbe,
     ServerUsage,
     StepFailed,
+    compiled_env,
     fs_type,
     recycle_before_steps,
     run_child,
@@ -97,9 +98,12 @@ class Bench:
         from core.auth import issue_token
         from infra.local.servers import start_embedded
 
+        env = {k: v for k, v in os.environ.items() if k not in ("PDCAT_API_KEY", "PDCAT_DEBUG_CHUNK_DELAY")}
+        env = compiled_env(env, self.work / "pycache")
         self.server = start_embedded(
             self.work / "catalog",
             env={
+                **{k: v for k, v in env.items() if k == "PYTHONPYCACHEPREFIX"},  # read, never written: it is compiled
                 "PDCAT_JWT_SECRET": self.secret,
                 "PDCAT_LOG_LEVEL": "WARNING",
                 "PDCAT_ADMIN_PASSWORD": secrets.token_urlsafe(16),
@@ -108,14 +112,6 @@ class Bench:
         )
         token = issue_token(self.secret, "bench", ["SUPER_USER"], ttl_seconds=6 * 3600)[0]
         self.token = token
-        env = {k: v for k, v in os.environ.items() if k not in ("PDCAT_API_KEY", "PDCAT_DEBUG_CHUNK_DELAY")}
-        if env.pop("PYTHONDONTWRITEBYTECODE", None):
-            # pdcat runs from compiled modules, as an installed pdcat does (pip compiles them), not
-            # recompiling its sources in every timed step (~0.1 s each); the repository stays clean
-            env["PYTHONPYCACHEPREFIX"] = str(self.work / "pycache")
-        subprocess.run(
-            [sys.executable, "-m", "compileall", "-q", str(REPO / "client"), str(REPO / "core")], env=env, check=True
-        )
         env.update(
             PDCAT_SERVER=self.server.url,
             PDCAT_TOKEN=token,

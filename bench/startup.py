@@ -11,8 +11,8 @@ own keychain adds its own access time). It needs nothing but the virtualenv (no 
 The commands run as a user runs them: the ``pdcat`` console script next to this interpreter (``python -m
 client.cli`` if there is none), stdout to /dev/null, with bytecode caching on. If the environment turns
 it off (``PYTHONDONTWRITEBYTECODE``), the children get it back with ``PYTHONPYCACHEPREFIX`` pointing
-into the temporary folder, so the repository gets no ``__pycache__`` and every run after the warm-up
-reads compiled modules, as an installed pdcat does.
+into the temporary folder, where pdcat and its libraries are compiled first (``bench.proc.compiled_env``):
+the repository gets no ``__pycache__`` and every run reads compiled modules, as an installed pdcat does.
 
 Absolute times depend on the machine and its load (bench/README.md): compare numbers from one run.
 
@@ -35,6 +35,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from bench.proc import compiled_env  # noqa: E402
 
 __all__ = ["TARGET_MS", "measure"]
 
@@ -89,9 +91,7 @@ def measure(runs: int = 20, warmup: int = 3) -> dict[str, Any]:
             env={"PDCAT_JWT_SECRET": secret, "PDCAT_LOG_LEVEL": "WARNING", "PDCAT_ADMIN_PASSWORD": password},
         )
         try:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("PDCAT_")}
-            if env.pop("PYTHONDONTWRITEBYTECODE", None):
-                env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+            env = compiled_env({k: v for k, v in os.environ.items() if not k.startswith("PDCAT_")}, work / "pycache")
             env.update(
                 PDCAT_SERVER=server.url,
                 PDCAT_TOKEN=issue_token(secret, "startup-bench", ["SUPER_USER"])[0],

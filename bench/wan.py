@@ -44,6 +44,7 @@ if str(REPO) not in sys.path:
 from bench import delay_proxy as dp  # noqa: E402
 from bench.bundle import GIB, MIB, allocated_bytes, compare_trees, make_bundle  # noqa: E402
 from bench.netlink import Link, in_netns, net_dev_bytes, netem_available, require_root, wan_link  # noqa: E402
+from bench.proc import compiled_env  # noqa: E402
 
 RESULTS = REPO / ".bench" / "wan.json"
 CATALOG, ARCH = "wan", "x86_64"
@@ -413,8 +414,7 @@ class Wan:
         secret = "wan-" + secrets.token_hex(24)
         base = {k: v for k, v in os.environ.items() if not k.startswith("PDCAT_")}
         base["PYTHONPATH"] = str(self.code)
-        if base.pop("PYTHONDONTWRITEBYTECODE", None):  # compiled modules, as an installed pdcat (bench/run.py)
-            base["PYTHONPYCACHEPREFIX"] = str(self.work / "pycache")
+        base = compiled_env(base, self.work / "pycache", self.code)  # as an installed pdcat runs
         data = self.work / f"catalog{tag}"
         env = {
             **base,
