@@ -65,6 +65,8 @@ _KEY_CHARS = re.compile(r"[A-Za-z0-9._+:/-]*")
 
 
 def _segment_bytes(segment: str) -> int:
+    if segment == segment.lower():  # most keys (digests, nonces) have no capitals: skip the count
+        return len(segment)
     return len(segment) + sum(1 for c in segment if "A" <= c <= "Z")
 
 
