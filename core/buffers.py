@@ -8,6 +8,7 @@ took 1.9 ms, into a kept buffer 0.3 ms (the server's busiest line in a push's pr
 
 from __future__ import annotations
 
+import mmap
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,26 +34,31 @@ def fill(reader: _ReadsInto, out: memoryview) -> int:
 
 class BufferPool:
     """At most ``keep`` buffers of at most ``largest`` bytes stay kept; a larger or an extra one is
-    made for the call and dropped after it. Thread-safe."""
+    made for the call and dropped after it. Thread-safe.
+
+    A kept buffer is an anonymous mapping, not a ``bytearray``: a bytearray writes zeros over all of
+    its ``largest`` bytes, so each stayed resident in full, while a mapping holds only the pages used.
+    Sized for the largest chunk the server accepts (8 MiB) and filled with 4 MiB ones, the server's
+    two kept buffers held 17 MiB of its 64 MiB budget; mapped, they hold what the chunks used."""
 
     def __init__(self, keep: int, largest: int) -> None:
         self._keep = keep
         self._largest = largest
-        self._spare: list[bytearray] = []
+        self._spare: list[mmap.mmap] = []
         self._made = 0  # buffers of ``largest`` bytes made (kept, or lent out and coming back)
         self._lock = threading.Lock()
 
     @contextmanager
     def take(self, size: int) -> Iterator[memoryview]:
         """``size`` writable bytes (their content is whatever a previous call left), until the block ends."""
-        buffer: bytearray | None = None
+        buffer: mmap.mmap | None = None
         if size <= self._largest:
             with self._lock:
                 if self._spare:
                     buffer = self._spare.pop()
                 elif self._made < self._keep:
                     self._made += 1
-                    buffer = bytearray(self._largest)
+                    buffer = mmap.mmap(-1, self._largest)
         try:
             # beyond what is kept, a buffer of the call's own size: bytearray(n) zeroes all n bytes
             yield memoryview(buffer if buffer is not None else bytearray(size))[:size]

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+import pytest
+
 from core.buffers import BufferPool
 
 
 def _address(view: memoryview) -> object:
-    return view.obj  # the bytearray behind the view
+    return view.obj  # the buffer behind the view
+
+
+def _resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_a_kept_buffer_holds_only_the_pages_its_calls_used() -> None:
+    """The server keeps buffers sized for the largest chunk and fills them with smaller ones: the
+    part never written must cost no memory (a bytearray of that size was resident in full)."""
+    largest, used = 64 * 1024 * 1024, 1024 * 1024
+    pool = BufferPool(keep=1, largest=largest)
+    before = _resident_bytes()
+    with pool.take(used) as view:
+        view[:] = b"\x01" * used
+    with pool.take(used):
+        grown = _resident_bytes() - before
+    assert used <= grown < largest // 4
 
 
 def test_a_buffer_is_reused_and_sized_to_the_call() -> None:
