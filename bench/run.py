@@ -6,7 +6,7 @@ tar | zstd) run as child processes exactly as a user would run them, and each ch
 peak RSS are recorded (``bench/proc.py``). Only ratios of figures measured in this same run are judged:
 absolute times drift too much on shared machines to mean anything on their own.
 
-    .venv/bin/python bench/run.py [--runs 3] [--size-gib 3] [--data-gib 1.5] [--quick] [--rss-gib 20]
+    .venv/bin/python bench/run.py [--runs 4] [--size-gib 3] [--data-gib 1.5] [--quick] [--rss-gib 20]
                                   [--peers restic,casync,...] [--no-install] [--workdir DIR] [--keep]
 
 Prints two tables (pdcat against every peer, medians of the rounds, goals judged PASS/FAIL; and
@@ -760,7 +760,7 @@ def median_of(values: Sequence[float]) -> float:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--runs", type=int, default=None, help="rounds of every tool; each figure is their median (3)")
+    p.add_argument("--runs", type=int, default=None, help="rounds of every tool; each figure is their median (4)")
     p.add_argument("--size-gib", type=float, default=None, help="apparent size of the test disk (default 3)")
     p.add_argument("--data-gib", type=float, default=None, help="non-zero data in it, half random (default 1.5)")
     p.add_argument("--quick", action="store_true", help="1 GiB disk (0.5 GiB data), 1 round, no big-bundle RSS test")
@@ -781,7 +781,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.data_gib is None:
         args.data_gib = args.size_gib / 2
     if args.runs is None:
-        args.runs = 1 if args.quick else 3
+        args.runs = 1 if args.quick else 4  # issue 14: each figure is the median of 4 runs
     if args.rss_gib is None:
         args.rss_gib = 0.0 if args.quick else 20.0
     if args.size_gib <= 0 or args.rss_gib < 0 or not 0 < args.data_gib <= args.size_gib * 0.9 or args.runs < 1:
