@@ -55,7 +55,7 @@ compat:
 	@sh infra/local/compat.sh
 
 test: $(STAMP) $(NODE_STAMP) $(IAC_STAMP) system-packages check
-	@$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	@$(BIN)/python -m pytest -n 2 --dist loadgroup -q --durations=30  # the slowest, to keep the suite under 15 min
 
 unit: $(STAMP)
 	@$(BIN)/python -m pytest -q tests/unit
