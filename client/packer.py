@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import errno
-import hashlib
 import itertools
 import mmap
 import os
@@ -41,6 +40,7 @@ from core.pack import (
     MAX_CHUNK_SIZE,
     MAX_FILES,
     MIN_CHUNK_SIZE,
+    SHA256_CELLS,
     SYMLINK,
     Chunk,
     FileEntry,
@@ -57,7 +57,6 @@ __all__ = [
     "compress",
     "data_cells",
     "decompress",
-    "digest",
     "finalize_tree",
     "is_zero",
     "looks_incompressible",
@@ -275,10 +274,6 @@ def is_zero(data: bytes | memoryview) -> bool:
     return True
 
 
-def digest(data: bytes | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 # ---- compression ------------------------------------------------------------------------------
 _local = threading.local()
 
@@ -374,7 +369,7 @@ def decompress(blob: bytes, expected_digest: str, expected_size: int) -> bytes:
         raise ChunkCorrupt(f"{name} is corrupt: {exc}") from exc
     if len(raw) != expected_size:
         raise ChunkCorrupt(f"{name} is corrupt: {len(raw)} bytes instead of {expected_size}")
-    if digest(raw) != expected_digest:
+    if SHA256_CELLS.digest(raw) != expected_digest:
         raise ChunkCorrupt(f"{name} is corrupt: its content does not match its digest")
     return raw
 
@@ -383,7 +378,7 @@ def decompress(blob: bytes, expected_digest: str, expected_size: int) -> bytes:
 def _hash_cell(root: Path, cell: CellRef) -> str | None:
     """Digest of a cell, or None for an all-zero one; the bytes die here, only the digest is kept."""
     data = read_cell(root / cell.path, cell.offset, cell.size)
-    return None if is_zero(data) else digest(data)
+    return None if is_zero(data) else SHA256_CELLS.digest(data)
 
 
 def build_index(

@@ -27,7 +27,6 @@ from client.packer import (
     compress,
     data_cells,
     decompress,
-    digest,
     finalize_tree,
     is_zero,
     looks_incompressible,
@@ -39,7 +38,7 @@ from client.packer import (
 )
 from core.chunk_check import compressed_bound
 from core.errors import InvalidInput, Unprocessable
-from core.pack import Chunk, FileEntry, PackIndex
+from core.pack import SHA256_CELLS, Chunk, FileEntry, PackIndex
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -219,7 +218,7 @@ def test_pack_then_unpack_is_the_identity(tree: dict[str, Any], chunk_size: int,
         for entry in index.files:
             for chunk in entry.chunks:
                 raw = read_cell(src / entry.path, chunk.offset, chunk.size)
-                assert not is_zero(raw) and digest(raw) == chunk.digest
+                assert not is_zero(raw) and SHA256_CELLS.digest(raw) == chunk.digest
         store = store_of(src, index)
         sized = index.with_stored_sizes({d: len(b) for d, b in store.items()})
         wire = PackIndex.from_bytes(sized.canonical_bytes())
@@ -321,7 +320,7 @@ def test_a_flipped_byte_never_yields_wrong_bytes(raw: bytes, where: float, xor: 
     blob = bytearray(compress(raw))
     blob[int(where * len(blob))] ^= xor
     try:
-        out = decompress(bytes(blob), digest(raw), len(raw))
+        out = decompress(bytes(blob), SHA256_CELLS.digest(raw), len(raw))
     except ChunkCorrupt:
         return
     assert out == raw
@@ -336,21 +335,21 @@ def test_a_flipped_byte_in_an_incompressible_chunk_is_always_caught(raw: bytes, 
     if position == 4 and xor == 0x10:  # the frame header's "unused" bit: ignored by every decoder
         return
     blob[position] ^= xor
-    with pytest.raises(ChunkCorrupt, match=digest(raw)[:12]):
-        decompress(bytes(blob), digest(raw), len(raw))
+    with pytest.raises(ChunkCorrupt, match=SHA256_CELLS.digest(raw)[:12]):
+        decompress(bytes(blob), SHA256_CELLS.digest(raw), len(raw))
 
 
 def test_wrong_digest_size_or_garbage_is_corrupt() -> None:
     raw = os.urandom(5000)
     blob = compress(raw)
-    assert decompress(blob, digest(raw), len(raw)) == raw
-    other = digest(b"other")
+    assert decompress(blob, SHA256_CELLS.digest(raw), len(raw)) == raw
+    other = SHA256_CELLS.digest(b"other")
     for args, why in (
         ((blob, other, len(raw)), "digest"),
-        ((blob, digest(raw), len(raw) - 1), "declares"),
-        ((b"not zstd at all", digest(raw), len(raw)), "not a zstd frame"),
-        ((blob[:-10], digest(raw), len(raw)), "corrupt"),
-        ((blob + compress(b"tail"), digest(raw), len(raw)), "corrupt"),
+        ((blob, SHA256_CELLS.digest(raw), len(raw) - 1), "declares"),
+        ((b"not zstd at all", SHA256_CELLS.digest(raw), len(raw)), "not a zstd frame"),
+        ((blob[:-10], SHA256_CELLS.digest(raw), len(raw)), "corrupt"),
+        ((blob + compress(b"tail"), SHA256_CELLS.digest(raw), len(raw)), "corrupt"),
     ):
         with pytest.raises(ChunkCorrupt, match=why) as caught:
             decompress(*args)
@@ -361,7 +360,7 @@ def test_wrong_digest_size_or_garbage_is_corrupt() -> None:
 def test_a_frame_claiming_more_than_the_index_is_refused_before_allocating() -> None:
     bomb = compress(bytes(64 * MiB))  # a few KiB that would unpack to 64 MiB
     with pytest.raises(ChunkCorrupt, match="declares"):
-        decompress(bomb, digest(b"x"), 4096)
+        decompress(bomb, SHA256_CELLS.digest(b"x"), 4096)
 
 
 def test_a_frame_without_content_size_is_bounded_by_the_index() -> None:
@@ -369,9 +368,9 @@ def test_a_frame_without_content_size_is_bounded_by_the_index() -> None:
 
     raw = os.urandom(3000)
     blob = zstandard.ZstdCompressor(write_content_size=False).compress(raw)
-    assert decompress(blob, digest(raw), len(raw)) == raw
+    assert decompress(blob, SHA256_CELLS.digest(raw), len(raw)) == raw
     with pytest.raises(ChunkCorrupt):
-        decompress(blob, digest(raw), 1000)
+        decompress(blob, SHA256_CELLS.digest(raw), 1000)
 
 
 def test_compress_writes_the_content_size() -> None:
@@ -393,14 +392,14 @@ def test_only_a_cell_incompressible_everywhere_skips_the_slow_level() -> None:
     assert not looks_incompressible(noise[:60_000])  # below the sampled size: compressed as usual
     for raw in (noise, text, bytes(mixed)):
         blob = compress(raw)
-        assert decompress(blob, digest(raw), len(raw)) == raw
+        assert decompress(blob, SHA256_CELLS.digest(raw), len(raw)) == raw
     assert len(compress(noise)) <= len(noise) + 1024  # stored as it is
     assert len(compress(bytes(mixed))) < len(noise) - 300_000  # the text in it was compressed
 
     out = bytearray(compressed_bound(len(noise)))  # a push's kept buffer: the noise's frame goes there
     framed = compress(noise, out=out)
     assert isinstance(framed, memoryview) and framed.obj is out
-    assert decompress(bytes(framed), digest(noise), len(noise)) == noise
+    assert decompress(bytes(framed), SHA256_CELLS.digest(noise), len(noise)) == noise
     assert isinstance(compress(text, out=out), bytes)  # compressible: the one-shot frame, smaller
 
 
@@ -490,7 +489,7 @@ def _umask() -> int:
 # ---- unpacking never leaves its folder --------------------------------------------------------
 def _one_file_index(path: str = "f", size: int = 4096) -> tuple[PackIndex, bytes]:
     raw = os.urandom(size)
-    entry = FileEntry(path, "file", 0o644, size, (Chunk(0, size, digest(raw)),))
+    entry = FileEntry(path, "file", 0o644, size, (Chunk(0, size, SHA256_CELLS.digest(raw)),))
     return PackIndex(4096, (entry,)), raw
 
 
@@ -578,7 +577,7 @@ def test_modes_are_applied_last_without_setuid(scratch: Path) -> None:
         4096,
         (
             FileEntry("ro", "dir", 0o555),
-            FileEntry("ro/f", "file", 0o7755, 4096, (Chunk(0, 4096, digest(raw)),)),
+            FileEntry("ro/f", "file", 0o7755, 4096, (Chunk(0, 4096, SHA256_CELLS.digest(raw)),)),
             FileEntry("ro/link", "symlink", 0o777, target="f"),
         ),
     )
