@@ -14,12 +14,11 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from core.manifest import now_iso
 from core.passwords import hash_password, verify_password
 from core.ports import ApiKeyRecord, ApiKeyStore
 from core.rbac import Principal
+from tests.loopback_http import serving
 
 SECRET = "s" * 48  # >= 32 bytes, so pyjwt does not warn about a short HMAC key
 OTHER_SECRET = "o" * 48
@@ -131,15 +131,8 @@ def jwks_base(keys: Keys) -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(Handler) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,14 @@ once on a new one (without the retry policy), and an error answer is final for t
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from client.blobio import BlobClient
 from core.errors import PdcatError
+from tests.loopback_http import serving
 
 
 class _Storage(BaseHTTPRequestHandler):
@@ -58,14 +58,8 @@ class _Storage(BaseHTTPRequestHandler):
 @pytest.fixture
 def storage() -> Iterator[str]:
     _Storage.stored, _Storage.connections, _Storage.hang_up = {}, set(), False
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Storage)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/bucket"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Storage) as base:
+        yield f"{base}/bucket"
 
 
 def test_objects_arrive_whole_on_one_kept_alive_connection(storage: str) -> None:

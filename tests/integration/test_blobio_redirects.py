@@ -3,14 +3,14 @@ endpoint) is an error: an upload was not stored and a redirect page is never chu
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from client.blobio import BlobClient
 from core.errors import PdcatError
+from tests.loopback_http import serving
 
 
 class _Redirecting(BaseHTTPRequestHandler):
@@ -35,14 +35,8 @@ class _Redirecting(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def redirecting_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/bucket/chunk"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Redirecting) as base:
+        yield f"{base}/bucket/chunk"
 
 
 @pytest.mark.parametrize("method", ["get", "put"])
